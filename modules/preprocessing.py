@@ -1,0 +1,66 @@
+"""Transform module: the preprocessing shared by training, evaluation and serving.
+
+The Transform component runs `preprocessing_fn` only to compute the label
+vocabulary; it does not materialize the decoded images. The Trainer and the
+exported model apply the same transform graph to raw examples on the fly, so
+the stored examples stay the size of the encoded images and the decode/resize
+at serving is byte-for-byte the code used in training.
+"""
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from modules import features
+
+DEFAULT_IMAGE_SIZE = 96
+
+
+def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Decodes a batch of encoded images to float32 [N, size, size, 3] in [0, 255].
+
+  JPEG, PNG, GIF (first frame) and BMP are accepted; greyscale and alpha are
+  converted to 3 channels. Resizing keeps values in the [0, 255] range so that
+  each backbone applies its own `preprocess_input`.
+  """
+
+  def _one(image_bytes):
+    image = tf.io.decode_image(
+        image_bytes, channels=3, expand_animations=False)
+    image = tf.image.resize(image, [image_size, image_size], antialias=True)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+  return tf.map_fn(
+      _one,
+      encoded,
+      fn_output_signature=tf.TensorSpec(
+          [image_size, image_size, 3], tf.float32))
+
+
+def _dense_vector(tensor: tf.Tensor) -> tf.Tensor:
+  """Turns a [N, 1] dense or sparse string feature into a [N] tensor."""
+  if isinstance(tensor, tf.SparseTensor):
+    tensor = tf.sparse.to_dense(tensor, default_value='')
+  return tf.reshape(tensor, [-1])
+
+
+def preprocessing_fn(inputs, custom_config):
+  """tf.Transform callback: decoded, resized image and label index.
+
+  Args:
+    inputs: raw features (at serving, `label` is absent and `label_xf` is
+      pruned from the graph).
+    custom_config: dict with `image_size` (pixels, square).
+
+  Returns:
+    Transformed features `image_xf` and `label_xf` (-1 for an unknown label).
+  """
+  image_size = int(custom_config.get('image_size', DEFAULT_IMAGE_SIZE))
+  outputs = {
+      features.IMAGE_XF: decode_and_resize(
+          _dense_vector(inputs[features.IMAGE_KEY]), image_size)
+  }
+  outputs[features.LABEL_XF] = tft.compute_and_apply_vocabulary(
+      _dense_vector(inputs[features.LABEL_KEY]),
+      vocab_filename=features.LABEL_VOCABULARY,
+      default_value=-1)
+  return outputs

@@ -1,0 +1,173 @@
+"""Trainer module: `run_fn` for the TFX Trainer.
+
+Reads the raw examples (encoded image bytes), applies the transform graph on
+the fly in a parallel tf.data pipeline, trains under MirroredStrategy in two
+phases (modules/model.py) and exports a SavedModel whose signatures are
+  * `serving_default`: raw encoded image bytes -> class names + probabilities;
+  * `serving_examples`: serialized tf.Examples -> the same outputs (Evaluator);
+  * `transform_features`: serialized tf.Examples -> the label index (Evaluator;
+    the decoded image is left out so the Evaluator never holds pixels).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Dict, List
+
+from absl import logging
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from tfx import v1 as tfx
+
+from modules import backbones
+from modules import features
+from modules import model as model_lib
+from modules import preprocessing
+
+TRAINING_SUMMARY_FILE = 'training_summary.json'
+
+
+@dataclasses.dataclass
+class TrainerConfig(model_lib.TrainingConfig):
+  """Everything run_fn reads from the Trainer's custom_config."""
+  backbone: str = backbones.DEFAULT_BACKBONE
+  weights: str = backbones.DEFAULT_WEIGHTS
+  image_size: int = preprocessing.DEFAULT_IMAGE_SIZE
+  batch_size: int = 32  # Per replica; the global batch scales with replicas.
+
+  @classmethod
+  def from_dict(cls, values: Dict) -> 'TrainerConfig':
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values or {}) - known)
+    if unknown:
+      raise ValueError(f'Unknown trainer settings {unknown}; known: '
+                       f'{sorted(known)}')
+    return cls(**(values or {}))
+
+  def training(self) -> model_lib.TrainingConfig:
+    return model_lib.TrainingConfig(**{
+        f.name: getattr(self, f.name)
+        for f in dataclasses.fields(model_lib.TrainingConfig)})
+
+
+def make_dataset(file_pattern: List[str],
+                 tf_transform_output: tft.TFTransformOutput,
+                 batch_size: int,
+                 shuffle: bool,
+                 seed: int = 42) -> tf.data.Dataset:
+  """(image_xf, label_xf) batches from raw GZIP'd tf.Examples, one pass."""
+  files = tf.data.Dataset.list_files(file_pattern, shuffle=False)
+  dataset = tf.data.TFRecordDataset(
+      files, compression_type='GZIP', num_parallel_reads=tf.data.AUTOTUNE)
+  if shuffle:
+    dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+  raw_feature_spec = tf_transform_output.raw_feature_spec()
+  raw_feature_spec.pop(features.PATH_KEY, None)
+  transform_layer = tf_transform_output.transform_features_layer()
+
+  def _transform(serialized):
+    transformed = transform_layer(
+        tf.io.parse_example(serialized, raw_feature_spec))
+    return transformed[features.IMAGE_XF], transformed[features.LABEL_XF]
+
+  return (dataset.batch(batch_size)
+          .map(_transform, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+def class_names(tf_transform_output: tft.TFTransformOutput) -> List[str]:
+  """Class names in label-index order, from the Transform vocabulary."""
+  return [
+      name.decode('utf-8') for name in
+      tf_transform_output.vocabulary_by_name(features.LABEL_VOCABULARY)
+  ]
+
+
+def make_serving_signatures(model: keras.Model,
+                            tf_transform_output: tft.TFTransformOutput,
+                            names: List[str]):
+  """The exported signatures; see the module docstring."""
+  model.tft_layer = tf_transform_output.transform_features_layer()
+  model.class_names = tf.constant(names)
+  raw_feature_spec = tf_transform_output.raw_feature_spec()
+  image_spec = raw_feature_spec[features.IMAGE_KEY]
+  serving_spec = {features.IMAGE_KEY: image_spec}
+
+  def _predict(image_xf):
+    probabilities = tf.nn.softmax(model(image_xf, training=False), axis=-1)
+    top = tf.argmax(probabilities, axis=-1)
+    return {
+        'label': tf.gather(model.class_names, top),
+        'probability': tf.reduce_max(probabilities, axis=-1),
+        'classes': tf.broadcast_to(model.class_names, tf.shape(probabilities)),
+        'probabilities': probabilities,
+    }
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name='image_bytes')])
+  def serve_image_bytes(image_bytes):
+    raw = {features.IMAGE_KEY: tf.reshape(image_bytes, [-1] + list(
+        image_spec.shape))}
+    return _predict(model.tft_layer(raw)[features.IMAGE_XF])
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name='examples')])
+  def serve_examples(serialized):
+    raw = tf.io.parse_example(serialized, serving_spec)
+    return _predict(model.tft_layer(raw)[features.IMAGE_XF])
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name='examples')])
+  def transform_features(serialized):
+    label_spec = {features.LABEL_KEY: raw_feature_spec[features.LABEL_KEY]}
+    raw = tf.io.parse_example(serialized, label_spec)
+    return {features.LABEL_XF: model.tft_layer(raw)[features.LABEL_XF]}
+
+  return {
+      'serving_default': serve_image_bytes,
+      'serving_examples': serve_examples,
+      'transform_features': transform_features,
+  }
+
+
+def run_fn(fn_args: tfx.components.FnArgs):
+  """TFX Trainer entry point."""
+  config = TrainerConfig.from_dict(fn_args.custom_config)
+  keras.utils.set_random_seed(config.seed)
+  tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+  names = class_names(tf_transform_output)
+  strategy = tf.distribute.MirroredStrategy()
+  global_batch = config.batch_size * strategy.num_replicas_in_sync
+  logging.info('Training %d classes %s on %d replica(s), global batch %d',
+               len(names), names, strategy.num_replicas_in_sync, global_batch)
+
+  train_dataset = make_dataset(fn_args.train_files, tf_transform_output,
+                               global_batch, shuffle=True, seed=config.seed)
+  eval_dataset = make_dataset(fn_args.eval_files, tf_transform_output,
+                              global_batch, shuffle=False)
+  with strategy.scope():
+    backbone = backbones.build_backbone(
+        config.backbone, config.image_size, config.weights)
+    classifier = model_lib.build_classifier(
+        backbone, config.image_size, len(names), config.dropout)
+  tensorboard = keras.callbacks.TensorBoard(
+      log_dir=fn_args.model_run_dir, update_freq='epoch')
+  results = model_lib.train_two_phases(
+      classifier, backbone, strategy, train_dataset, eval_dataset,
+      config.training(), callbacks=[tensorboard])
+
+  signatures = make_serving_signatures(classifier, tf_transform_output, names)
+  tf.saved_model.save(classifier, fn_args.serving_model_dir,
+                      signatures=signatures)
+  summary = {
+      'config': dataclasses.asdict(config),
+      'class_names': names,
+      'replicas': strategy.num_replicas_in_sync,
+      'global_batch_size': global_batch,
+      **results,
+  }
+  tf.io.gfile.makedirs(fn_args.model_run_dir)
+  with tf.io.gfile.GFile(
+      os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY_FILE), 'w') as f:
+    json.dump(summary, f, indent=2)
