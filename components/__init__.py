@@ -1,1 +1,1 @@
-"""components."""
+"""Custom TFX components (the image ExampleGen)."""

@@ -31,12 +31,14 @@ class RunResult:
     components: node id -> 'ran' | 'cached' | 'failed' | 'skipped'.
     training: the Trainer's training_summary.json (per-phase accuracies).
     blessed: whether the Evaluator blessed this run's model.
+    evaluation: the Evaluator's output directory (tfma.load_eval_result).
     pushed_to: the versioned serving directory, if the model was pushed.
     seconds: wall time of the run.
   """
   components: Dict[str, str]
   training: dict
   blessed: bool
+  evaluation: Optional[str]
   pushed_to: Optional[str]
   seconds: float
 
@@ -59,7 +61,8 @@ def _read_last_run(connection, pipeline_name: str,
   store = metadata_store.MetadataStore(connection)
   runs = store.get_contexts_by_type('pipeline_run')
   run_context = max(runs, key=lambda c: c.id)
-  components, training, blessed, pushed_to = {}, {}, False, None
+  components, training = {}, {}
+  blessed, evaluation, pushed_to = False, None, None
   for execution in store.get_executions_by_context(run_context.id):
     node = next(c.name for c in store.get_contexts_by_execution(execution.id)
                 if c.type == 'node')
@@ -76,10 +79,13 @@ def _read_last_run(connection, pipeline_name: str,
         if os.path.exists(path):
           with open(path) as f:
             training = json.load(f)
+      elif kind == 'ModelEvaluation':
+        evaluation = artifact.uri
       elif kind == 'ModelBlessing':
         blessed = artifact.custom_properties['blessed'].int_value == 1
       elif kind == 'PushedModel':
         if artifact.custom_properties['pushed'].int_value == 1:
           pushed_to = artifact.custom_properties[
               'pushed_destination'].string_value
-  return RunResult(components, training, blessed, pushed_to, seconds)
+  return RunResult(components, training, blessed, evaluation, pushed_to,
+                   seconds)

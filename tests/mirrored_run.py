@@ -1,0 +1,54 @@
+"""Runs the real run_fn on 2 logical CPU devices; prints a JSON verdict.
+
+Used by test_mirrored_strategy.py in a subprocess, because logical devices
+must be configured before TensorFlow initializes its devices.
+Usage: mirrored_run.py PIPELINE_ROOT OUTPUT_DIR
+"""
+
+import json
+import os
+import sys
+
+os.environ['TF_USE_LEGACY_KERAS'] = '1'
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import helpers  # pylint: disable=g-import-not-at-top
+from modules import model as model_lib  # pylint: disable=g-import-not-at-top
+
+checks = []
+_run_phase = model_lib.run_phase
+
+
+def _checked_run_phase(name, model, backbone, strategy, *args, **kwargs):
+  """Records, per phase, the head kernel's per-replica copies around fit."""
+  kernel = model.get_layer('logits').kernel
+  before = [v.numpy().copy() for v in kernel.values]
+  result = _run_phase(name, model, backbone, strategy, *args, **kwargs)
+  after = [v.numpy() for v in kernel.values]
+  checks.append({
+      'phase': name,
+      'replicas_in_sync': strategy.num_replicas_in_sync,
+      'kernel_devices': sorted(v.device for v in kernel.values),
+      'replica_copies_equal': bool(all((a == after[0]).all() for a in after)),
+      'changed': bool(any((b != a).any() for b, a in zip(before, after))),
+  })
+  return result
+
+
+model_lib.run_phase = _checked_run_phase
+serving_dir = helpers.train_directly(sys.argv[1], sys.argv[2], {
+    'phase1_epochs': 2, 'phase2_epochs': 1, 'batch_size': 8})
+with open(os.path.join(sys.argv[2], 'model_run', 'training_summary.json')) as f:
+  summary = json.load(f)
+print('VERDICT ' + json.dumps({
+    'checks': checks,
+    'replicas': summary['replicas'],
+    'global_batch_size': summary['global_batch_size'],
+    'phase2_accuracy': summary['phase2']['eval_accuracy'],
+    'num_classes': len(summary['class_names']),
+    'serving_dir': serving_dir,
+}))

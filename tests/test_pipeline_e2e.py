@@ -1,0 +1,105 @@
+"""The real pipeline, end to end on the bundled data (LocalDagRunner, Beam).
+
+One run trains and pushes; the pushed SavedModel is loaded and called on raw
+JPEG/PNG bytes of the held-out split. Re-runs check caching and the gate.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+
+import helpers
+from pipeline import config as config_lib
+from pipeline import local_runner
+
+UPSTREAM = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform',
+            'Trainer')
+
+
+def _versions(serving_dir):
+  return sorted(os.listdir(serving_dir))
+
+
+def test_pushed_model_beats_chance_and_random_weights(demo_run, tmp_path):
+  config, result = demo_run
+  assert result.blessed and result.pushed_to
+  assert os.path.dirname(result.pushed_to) == config.serving_dir
+  print(f"phase 1 accuracy {result.training['phase1']['eval_accuracy']:.3f}, "
+        f"phase 2 accuracy {result.training['phase2']['eval_accuracy']:.3f}")
+
+  eval_examples = helpers.split_examples(config.pipeline_root, 'eval')
+  extensions = {os.path.splitext(p)[1] for p, _ in eval_examples}
+  assert extensions == {'.png', '.jpg'}
+  class_names = sorted({label for _, label in eval_examples})
+  chance = 1.0 / len(class_names)
+
+  outputs = helpers.classify(result.pushed_to, config.data_root,
+                             [p for p, _ in eval_examples])
+  probabilities = outputs['probabilities'].numpy()
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+  assert sorted(c.decode() for c in outputs['classes'].numpy()[0]) == (
+      class_names)
+  pretrained = helpers.accuracy(result.pushed_to, config.data_root,
+                                eval_examples)
+
+  random_init = helpers.accuracy(
+      helpers.train_directly(config.pipeline_root, str(tmp_path),
+                             {**helpers.E2E_TRAINER, 'weights': 'none'}),
+      config.data_root, eval_examples)
+  print(f'held-out accuracy on raw bytes: pretrained {pretrained:.3f}, '
+        f'random weights {random_init:.3f}, chance {chance:.3f} '
+        f'({len(eval_examples)} images)')
+  assert pretrained >= 0.85
+  assert pretrained >= random_init + 0.2
+
+
+def test_evaluator_reports_per_class_accuracy(demo_run):
+  _, result = demo_run
+  eval_result = tfma.load_eval_result(result.evaluation)
+  slices = {s: m[''][''] for s, m in eval_result.slicing_metrics}
+  per_class = {s[0][1]: m for s, m in slices.items() if s}
+  assert len(per_class) == 5
+  for metrics in per_class.values():
+    assert 0.0 <= metrics['sparse_categorical_accuracy'][
+        'doubleValue'] <= 1.0
+  assert tfma.load_validation_result(result.evaluation).validation_ok
+
+
+def test_rerun_is_cached_and_worse_models_are_not_pushed(demo_run):
+  config, first = demo_run
+  pushed_before = _versions(config.serving_dir)
+
+  rerun = local_runner.run(config)
+  for component in UPSTREAM:
+    assert rerun.components[component] == 'cached', rerun.components
+
+  def gated_run(**overrides):
+    bad = config_lib.PipelineConfig(
+        output_dir=config.output_dir,
+        trainer={**config.trainer, 'phase1_epochs': 0, 'phase2_epochs': 0},
+        **overrides)
+    result = local_runner.run(bad)
+    assert result.components['Trainer'] in ('ran', 'cached')
+    assert not result.blessed and result.pushed_to is None
+    failed = tfma.load_validation_result(result.evaluation)
+    assert not failed.validation_ok
+    return str(failed.metric_validations_per_slice)
+
+  # An untrained head above an absolute bound of 0: only "no regression
+  # against the latest blessed model" can stop it.
+  regression = gated_run(accuracy_threshold=0.0)
+  assert 'change_threshold' in regression
+  # Regression tolerated, absolute bound kept: the bound stops it.
+  too_low = gated_run(accuracy_threshold=0.6, max_accuracy_drop=1.0)
+  assert 'value_threshold' in too_low and 'change_threshold' not in too_low
+
+  # Nothing new was pushed after the first run's model, which still serves.
+  assert _versions(config.serving_dir)[:len(pushed_before)] == pushed_before
+  newest = os.path.join(config.serving_dir, _versions(config.serving_dir)[-1])
+  eval_examples = helpers.split_examples(config.pipeline_root, 'eval')
+  assert helpers.accuracy(newest, config.data_root, eval_examples) == (
+      helpers.accuracy(first.pushed_to, config.data_root, eval_examples))
+  print(f'serving versions: {_versions(config.serving_dir)}; rerun took '
+        f'{rerun.seconds:.0f} s with {rerun.components}')
