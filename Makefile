@@ -1,8 +1,11 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 # Both create .venv from uv.lock first (Python 3.10, TFX 1.16; see README).
 
-PYTHON ?= $(shell command -v python3.10 2>/dev/null || ls /root/.pyenv/versions/3.10.*/bin/python 2>/dev/null | head -n 1)
-UV ?= $(shell command -v uv 2>/dev/null || echo .uv/bin/uv)
+# The first Python 3.10 that runs: python3.10 on PATH, else pyenv's.
+PYTHON ?= $(shell for p in python3.10 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10.*/bin/python 2>/dev/null); do \
+  $$p -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && { command -v $$p; break; }; done)
+UV := .uv/bin/uv
+UV_VERSION := 0.13.9
 VENV := .venv
 
 .PHONY: demo test venv
@@ -11,7 +14,7 @@ venv: $(VENV)/.synced
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: set PYTHON=/path/to/python3.10" >&2; exit 2; }
-	@test -x "$(UV)" || python3 -m pip install --quiet --target .uv uv
+	@test -x $(UV) || python3 -m pip install --quiet --target .uv uv==$(UV_VERSION)
 	$(UV) sync --frozen --extra test --python "$(PYTHON)"
 	@touch $@
 

@@ -9,7 +9,7 @@ Both phases use the same loss on logits; softmax is applied only at serving.
 """
 
 import dataclasses
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -17,6 +17,8 @@ import tf_keras as keras
 
 from modules import backbones
 from modules import features
+
+HEAD_DROPOUT, LOGITS = 'head_dropout', 'logits'
 
 
 @dataclasses.dataclass
@@ -29,6 +31,8 @@ class TrainingConfig:
   fine_tune_layers: int = 20
   dropout: float = 0.2
   seed: int = 42
+  # Phase 1 trains the head on embeddings computed once (embedding_cache.py).
+  phase1_cache: bool = True
 
 
 def loss() -> keras.losses.Loss:
@@ -42,8 +46,8 @@ def build_classifier(backbone: backbones.Backbone, image_size: int,
   inputs = keras.Input((image_size, image_size, 3), name=features.IMAGE_XF)
   x = keras.layers.Lambda(backbone.preprocess, name='preprocess')(inputs)
   x = backbone.network(x, training=False)
-  x = keras.layers.Dropout(dropout, name='head_dropout')(x)
-  logits = keras.layers.Dense(num_classes, name='logits')(x)
+  x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
+  logits = keras.layers.Dense(num_classes, name=LOGITS)(x)
   return keras.Model(inputs, logits, name=f'{backbone.name}_classifier')
 
 
@@ -106,6 +110,15 @@ def run_phase(
     history = model.fit(
         train_dataset, validation_data=eval_dataset, epochs=epochs,
         callbacks=callbacks, verbose=2).history
+  return evaluate_phase(name, model, eval_dataset, epochs, learning_rate,
+                        history, unfrozen)
+
+
+def evaluate_phase(name: str, model: keras.Model,
+                   eval_dataset: tf.data.Dataset, epochs: int,
+                   learning_rate: float, history: dict,
+                   unfrozen: List[str]) -> dict:
+  """Evaluates the compiled classifier on images; the per-phase result."""
   eval_loss, eval_accuracy = model.evaluate(eval_dataset, verbose=0)
   print(f'[trainer] {name}: eval accuracy {eval_accuracy:.4f} '
         f'(loss {eval_loss:.4f}) after {epochs} epochs', flush=True)
@@ -116,23 +129,4 @@ def run_phase(
       'eval_accuracy': float(eval_accuracy),
       'eval_loss': float(eval_loss),
       'unfrozen_layers': unfrozen,
-  }
-
-
-def train_two_phases(
-    model: keras.Model,
-    backbone: backbones.Backbone,
-    strategy: tf.distribute.Strategy,
-    train_dataset: tf.data.Dataset,
-    eval_dataset: tf.data.Dataset,
-    config: TrainingConfig,
-    callbacks: Optional[list] = None) -> Dict[str, dict]:
-  """Feature extraction then fine-tuning; returns run_phase's result of each."""
-  data = (model, backbone, strategy, train_dataset, eval_dataset)
-  return {
-      'phase1': run_phase('phase1', *data, config.phase1_epochs,
-                          config.phase1_learning_rate, 0, callbacks),
-      'phase2': run_phase('phase2', *data, config.phase2_epochs,
-                          config.phase2_learning_rate,
-                          config.fine_tune_layers, callbacks),
   }

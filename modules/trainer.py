@@ -12,7 +12,7 @@ phases (modules/model.py) and exports a SavedModel whose signatures are
 import dataclasses
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -21,6 +21,7 @@ import tf_keras as keras
 from tfx import v1 as tfx
 
 from modules import backbones
+from modules import embedding_cache
 from modules import features
 from modules import model as model_lib
 from modules import preprocessing
@@ -44,11 +45,6 @@ class TrainerConfig(model_lib.TrainingConfig):
       raise ValueError(f'Unknown trainer settings {unknown}; known: '
                        f'{sorted(known)}')
     return cls(**(values or {}))
-
-  def training(self) -> model_lib.TrainingConfig:
-    return model_lib.TrainingConfig(**{
-        f.name: getattr(self, f.name)
-        for f in dataclasses.fields(model_lib.TrainingConfig)})
 
 
 def make_dataset(file_pattern: List[str],
@@ -131,6 +127,30 @@ def make_serving_signatures(model: keras.Model,
   }
 
 
+def train_two_phases(
+    classifier: keras.Model,
+    backbone: backbones.Backbone,
+    strategy: tf.distribute.Strategy,
+    train_dataset: tf.data.Dataset,
+    eval_dataset: tf.data.Dataset,
+    config: TrainerConfig,
+    callbacks: Optional[list] = None) -> Dict[str, dict]:
+  """Feature extraction then fine-tuning; the per-phase results."""
+  data = (classifier, backbone, strategy, train_dataset, eval_dataset)
+  if config.phase1_cache:
+    phase1 = embedding_cache.run_cached_phase1(
+        *data, config.phase1_epochs, config.phase1_learning_rate,
+        config.batch_size * strategy.num_replicas_in_sync, config.seed,
+        callbacks)
+  else:
+    phase1 = model_lib.run_phase('phase1', *data, config.phase1_epochs,
+                                 config.phase1_learning_rate, 0, callbacks)
+  phase2 = model_lib.run_phase('phase2', *data, config.phase2_epochs,
+                               config.phase2_learning_rate,
+                               config.fine_tune_layers, callbacks)
+  return {'phase1': phase1, 'phase2': phase2}
+
+
 def run_fn(fn_args: tfx.components.FnArgs):
   """TFX Trainer entry point."""
   config = TrainerConfig.from_dict(fn_args.custom_config)
@@ -153,9 +173,8 @@ def run_fn(fn_args: tfx.components.FnArgs):
         backbone, config.image_size, len(names), config.dropout)
   tensorboard = keras.callbacks.TensorBoard(
       log_dir=fn_args.model_run_dir, update_freq='epoch')
-  results = model_lib.train_two_phases(
-      classifier, backbone, strategy, train_dataset, eval_dataset,
-      config.training(), callbacks=[tensorboard])
+  results = train_two_phases(classifier, backbone, strategy, train_dataset,
+                             eval_dataset, config, callbacks=[tensorboard])
 
   signatures = make_serving_signatures(classifier, tf_transform_output, names)
   tf.saved_model.save(classifier, fn_args.serving_model_dir,

@@ -16,30 +16,42 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
+import tf_keras  # pylint: disable=g-import-not-at-top
 import helpers  # pylint: disable=g-import-not-at-top
+from modules import embedding_cache  # pylint: disable=g-import-not-at-top
 from modules import model as model_lib  # pylint: disable=g-import-not-at-top
 
 checks = []
-_run_phase = model_lib.run_phase
 
 
-def _checked_run_phase(name, model, backbone, strategy, *args, **kwargs):
-  """Records, per phase, the head kernel's per-replica copies around fit."""
-  kernel = model.get_layer('logits').kernel
-  before = [v.numpy().copy() for v in kernel.values]
-  result = _run_phase(name, model, backbone, strategy, *args, **kwargs)
-  after = [v.numpy() for v in kernel.values]
-  checks.append({
-      'phase': name,
-      'replicas_in_sync': strategy.num_replicas_in_sync,
-      'kernel_devices': sorted(v.device for v in kernel.values),
-      'replica_copies_equal': bool(all((a == after[0]).all() for a in after)),
-      'changed': bool(any((b != a).any() for b, a in zip(before, after))),
-  })
-  return result
+def _checked(phase_fn, name_of):
+  """Wraps a phase function to record the head kernel's per-replica copies."""
+
+  def wrapper(*args, **kwargs):
+    name = name_of(args)
+    model = next(a for a in args if isinstance(a, tf_keras.Model))
+    strategy = next(a for a in args if isinstance(a, tf.distribute.Strategy))
+    kernel = model.get_layer('logits').kernel
+    before = [v.numpy().copy() for v in kernel.values]
+    result = phase_fn(*args, **kwargs)
+    after = [v.numpy() for v in kernel.values]
+    checks.append({
+        'phase': name,
+        'replicas_in_sync': strategy.num_replicas_in_sync,
+        'kernel_devices': sorted(v.device for v in kernel.values),
+        'replica_copies_equal': bool(all((a == after[0]).all()
+                                         for a in after)),
+        'changed': bool(any((b != a).any() for b, a in zip(before, after))),
+    })
+    return result
+
+  return wrapper
 
 
-model_lib.run_phase = _checked_run_phase
+# Phase 1 runs on cached embeddings, phase 2 through model.run_phase.
+embedding_cache.run_cached_phase1 = _checked(
+    embedding_cache.run_cached_phase1, lambda args: 'phase1')
+model_lib.run_phase = _checked(model_lib.run_phase, lambda args: args[0])
 serving_dir = helpers.train_directly(sys.argv[1], sys.argv[2], {
     'phase1_epochs': 2, 'phase2_epochs': 1, 'batch_size': 8})
 with open(os.path.join(sys.argv[2], 'model_run', 'training_summary.json')) as f:

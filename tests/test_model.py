@@ -101,3 +101,19 @@ def test_unknown_backbone_is_a_clear_error():
     backbones.build_backbone('NotANet', 32)
   with pytest.raises(ValueError, match="only for MobileNet"):
     backbones.build_backbone('MobileNetV2', 32, weights='offline')
+
+
+@pytest.mark.parametrize('kind', ['savedmodel', 'keras'])
+def test_local_model_backbones(tmp_path, kind):
+  """`file:` backbones: a SavedModel dir (Hub-style) or a .keras model."""
+  source = keras.applications.MobileNet(
+      include_top=False, weights=None, input_shape=(32, 32, 3), pooling='avg')
+  if kind == 'savedmodel':
+    path = str(tmp_path / 'backbone')
+    tf.saved_model.save(source, path)
+  else:
+    path = str(tmp_path / 'backbone.keras')
+    source.save(path)
+  backbone = backbones.build_backbone(f'file:{path}', 32)
+  classifier = model_lib.build_classifier(backbone, 32, 3, 0.0)
+  assert classifier(np.zeros((2, 32, 32, 3), 'float32')).shape == (2, 3)

@@ -1,0 +1,119 @@
+"""Phase 1 on cached embeddings: one backbone pass instead of one per epoch.
+
+While the backbone is frozen, its pooled output for an image never changes, so
+phase 1 computes it once per example, streams it to a temporary TFRecord file
+(memory stays bounded by one batch) and trains the head on the cache for all
+phase-1 epochs. The head layers are the classifier's own, so the assembled
+model is ready for phase 2 and for export. Exact only without training-time
+augmentation; with augmentation, use the plain path (`phase1_cache=False`).
+"""
+
+import os
+import tempfile
+import time
+
+import tensorflow as tf
+import tf_keras as keras
+
+from modules import backbones
+from modules import model as model_lib
+
+_EMBEDDINGS, _LABELS = 'embeddings', 'labels'
+
+
+def embedding_model(classifier: keras.Model) -> keras.Model:
+  """The classifier up to the pooled backbone features (the head's input)."""
+  return keras.Model(classifier.input,
+                     classifier.get_layer(model_lib.HEAD_DROPOUT).input)
+
+
+def head_model(classifier: keras.Model) -> keras.Model:
+  """The classifier's own head layers on a features input (shared weights)."""
+  dropout = classifier.get_layer(model_lib.HEAD_DROPOUT)
+  return keras.Sequential([
+      keras.Input(dropout.input.shape[1:]), dropout,
+      classifier.get_layer(model_lib.LOGITS)
+  ], name='head')
+
+
+def write_embeddings(embed, dataset: tf.data.Dataset, path: str) -> int:
+  """Writes one record per batch of (embeddings, labels); returns the count."""
+  count = 0
+  with tf.io.TFRecordWriter(path) as writer:
+    for images, labels in dataset:
+      embeddings = embed(images)
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          _EMBEDDINGS: _bytes(tf.io.serialize_tensor(embeddings)),
+          _LABELS: _bytes(tf.io.serialize_tensor(labels)),
+      })).SerializeToString())
+      count += int(labels.shape[0])
+  return count
+
+
+def read_embeddings(path: str, batch_size: int, shuffle: bool,
+                    seed: int) -> tf.data.Dataset:
+  """Streams (embedding, label) batches back from `write_embeddings`' file."""
+  spec = {key: tf.io.FixedLenFeature([], tf.string)
+          for key in (_EMBEDDINGS, _LABELS)}
+
+  def _parse(record):
+    parsed = tf.io.parse_single_example(record, spec)
+    return (tf.io.parse_tensor(parsed[_EMBEDDINGS], tf.float32),
+            tf.io.parse_tensor(parsed[_LABELS], tf.int64))
+
+  dataset = tf.data.TFRecordDataset(path).map(_parse).unbatch()
+  if shuffle:
+    dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+  return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def run_cached_phase1(
+    model: keras.Model,
+    backbone: backbones.Backbone,
+    strategy: tf.distribute.Strategy,
+    train_dataset: tf.data.Dataset,
+    eval_dataset: tf.data.Dataset,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    callbacks=None) -> dict:
+  """Phase 1 with the embedding cache; returns what model_lib.run_phase does."""
+  with strategy.scope():
+    model_lib.freeze_backbone(backbone)
+    head = head_model(model)
+    model_lib.compile_for_phase(head, learning_rate)
+  history = {}
+  if epochs > 0:
+    history = _fit_head_on_cache(model, head, train_dataset, eval_dataset,
+                                 epochs, batch_size, seed, callbacks)
+  # The full classifier, evaluated on images: proves the assembly.
+  with strategy.scope():
+    model_lib.compile_for_phase(model, learning_rate)
+  return model_lib.evaluate_phase('phase1', model, eval_dataset, epochs,
+                                  learning_rate, history, [])
+
+
+def _fit_head_on_cache(model, head, train_dataset, eval_dataset, epochs,
+                       batch_size, seed, callbacks) -> dict:
+  """Caches both splits' embeddings in a temp dir, fits the head on them."""
+  embed = tf.function(lambda x: embedding_model(model)(x, training=False))
+  with tempfile.TemporaryDirectory(prefix='phase1_embeddings_') as cache_dir:
+    started = time.time()
+    paths = {split: os.path.join(cache_dir, f'{split}.tfrecord')
+             for split in ('train', 'eval')}
+    counts = {split: write_embeddings(embed, dataset, paths[split])
+              for split, dataset in (('train', train_dataset),
+                                     ('eval', eval_dataset))}
+    print(f'[trainer] phase1: cached embeddings of {counts["train"]} train and '
+          f'{counts["eval"]} eval images in {time.time() - started:.1f} s',
+          flush=True)
+    return head.fit(
+        read_embeddings(paths['train'], batch_size, True, seed),
+        validation_data=read_embeddings(paths['eval'], batch_size, False,
+                                        seed),
+        epochs=epochs, callbacks=callbacks, verbose=2).history
+
+
+def _bytes(tensor: tf.Tensor) -> tf.train.Feature:
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[tensor.numpy()]))
