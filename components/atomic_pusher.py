@@ -1,0 +1,96 @@
+"""A filesystem Pusher whose pushes appear all at once, and only once.
+
+TFX's Pusher copies file by file into `<base>/<version>/`, so a model server
+polling the base directory can see a half-copied version, and a re-run that
+re-blesses the same model pushes a duplicate version. This executor copies
+into a hidden staging directory next to the destination and renames it into
+place (atomic on a local or POSIX filesystem), and skips the copy when the
+newest pushed version is the same SavedModel (same `fingerprint.pb`).
+"""
+
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+from tfx import types
+from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.io import fileio
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils
+from tfx.types import standard_component_specs
+from tfx.utils import io_utils
+from tfx.utils import proto_utils
+
+STAGING_PREFIX = '.staging-'
+_FINGERPRINT = 'fingerprint.pb'
+
+
+def pushed_versions(base_directory: str) -> List[str]:
+  """Finished versions under `base_directory`, oldest first."""
+  if not fileio.exists(base_directory):
+    return []
+  return sorted((v for v in fileio.listdir(base_directory)
+                 if v.rstrip('/').isdigit()), key=lambda v: int(v.rstrip('/')))
+
+
+def _same_model(model_path: str, version_path: str) -> bool:
+  paths = [os.path.join(p, _FINGERPRINT) for p in (model_path, version_path)]
+  if not all(fileio.exists(p) for p in paths):
+    return False
+  return io_utils.read_bytes_file(paths[0]) == io_utils.read_bytes_file(
+      paths[1])
+
+
+def push_atomically(model_path: str, base_directory: str) -> str:
+  """Stages `model_path` beside `base_directory`/<version> and renames it in.
+
+  Returns:
+    The version directory now serving this model (an existing one if the
+    newest version is already this model).
+  """
+  versions = pushed_versions(base_directory)
+  if versions:
+    newest = os.path.join(base_directory, versions[-1].rstrip('/'))
+    if _same_model(model_path, newest):
+      logging.info('%s already serves this model; not pushing a copy.', newest)
+      return newest
+  version = int(time.time())
+  if versions:
+    version = max(version, int(versions[-1].rstrip('/')) + 1)
+  destination = os.path.join(base_directory, str(version))
+  staging = os.path.join(base_directory,
+                         f'{STAGING_PREFIX}{version}-{os.getpid()}')
+  fileio.makedirs(base_directory)
+  io_utils.copy_dir(model_path, staging)
+  fileio.rename(staging, destination)
+  logging.info('Model pushed atomically to %s.', destination)
+  return destination
+
+
+class AtomicPusherExecutor(pusher_executor.Executor):
+  """Pusher executor for `PushDestination.filesystem` with atomic pushes."""
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]],
+         exec_properties: Dict[str, Any]) -> Optional[Any]:
+    self._log_startup(input_dict, output_dict, exec_properties)
+    model_push = artifact_utils.get_single_instance(
+        output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+    if not self.CheckBlessing(input_dict):
+      self._MarkNotPushed(model_push)
+      return None
+    destination = pusher_pb2.PushDestination()
+    proto_utils.json_to_proto(
+        exec_properties[standard_component_specs.PUSH_DESTINATION_KEY],
+        destination)
+    if destination.WhichOneof('destination') != 'filesystem':
+      raise NotImplementedError('AtomicPusherExecutor pushes to a filesystem '
+                                'destination only.')
+    model_path = self.GetModelPath(input_dict)
+    serving_path = push_atomically(model_path,
+                                   destination.filesystem.base_directory)
+    io_utils.copy_dir(model_path, model_push.uri)
+    self._MarkPushed(model_push, pushed_destination=serving_path,
+                     pushed_version=os.path.basename(serving_path))
+    return None
