@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines: compile the pipeline to IR, upload, schedule, run."""

@@ -1,0 +1,255 @@
+"""`python -m kubeflow`: compile the pipeline for Kubeflow, upload, schedule.
+
+  compile   Pipeline IR JSON for KFP (KubeflowV2DagRunner), for an image.
+  upload    Upload a compiled pipeline as a new pipeline version.
+  schedule  Upload, then create a recurring run of that version.
+  run-once  Upload, then start one run of that version.
+
+The KFP commands read credentials from the environment: KFP_TOKEN (sent as a
+bearer token) or KFP_COOKIE (sent as a Cookie header, e.g. a Kubeflow login's
+authservice_session=...); the host may come from KF_PIPELINES_ENDPOINT.
+
+Exit codes: 0 done; 2 bad input or configuration, endpoint unreachable,
+authentication failed, or the request rejected; 1 internal or server error.
+
+Another CLI can mount these commands: `add_subcommands(its_subparsers)`, then
+`dispatch(args)` when `args` has a `kubeflow_command`.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import traceback
+
+from kubeflow import schedule
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_OUTPUT = os.path.join('build', 'kubeflow', 'pipeline.json')
+
+
+def add_subcommands(subparsers) -> None:
+  """Adds compile, upload, schedule and run-once to an argparse CLI."""
+  compile_ = subparsers.add_parser(
+      'compile',
+      help='Compile the pipeline to KFP IR (JSON) for a container image.',
+      description='Compiles the pipeline that `tfx-transfer run` runs into a '
+      'KFP PipelineSpec for the image built from kubeflow/Dockerfile. Paths '
+      'are as the pods see them: a bucket (gs://...) or a mounted volume.')
+  compile_.add_argument('--image', required=True,
+                        help='The image, e.g. REGISTRY/tfx-transfer:TAG; use a '
+                        'new tag for every code change.')
+  compile_.add_argument('--output-dir', required=True,
+                        help='Holds pipeline_root/ and serving/ (the pushed '
+                        'models), e.g. gs://BUCKET/tfx-transfer.')
+  compile_.add_argument(
+      '--output', default=DEFAULT_OUTPUT,
+      help=f'Where to write the IR (default {DEFAULT_OUTPUT}).')
+  compile_.add_argument('--pipeline-name', help='Default transfer-learning.')
+  compile_.add_argument('--data-root', help='Default data_root parameter '
+                        '(default: the demo data inside the image).')
+  compile_.add_argument('--manifest', help='CSV path,label under the data '
+                        'root, fixed at compile time.')
+  _add_trainer_flags(compile_, image_size=True)
+  _add_gate_flags(compile_)
+  compile_.add_argument(
+      '--beam-arg', action='append', dest='beam_args', metavar='FLAG',
+      help='A Beam pipeline option for ExampleGen, StatisticsGen, Transform '
+      'and Evaluator, written --beam-arg=--FLAG=VALUE, repeated (default: '
+      'DirectRunner in the pod, as `tfx-transfer run`). For Dataflow: '
+      '--beam-arg=--runner=DataflowRunner --beam-arg=--project=P '
+      '--beam-arg=--region=R --beam-arg=--temp_location=gs://B/tmp '
+      '--beam-arg=--sdk_container_image=IMAGE; see README.')
+  compile_.add_argument('--trainer-cpu', type=float, help='Cores.')
+  compile_.add_argument('--trainer-memory-gb', type=float, help='Memory (GB).')
+  compile_.add_argument('--trainer-gpus', type=int, default=0,
+                        help='GPUs for the Trainer (default 0).')
+  compile_.add_argument('--trainer-gpu-type', default='nvidia.com/gpu',
+                        help='Kubernetes resource name of the GPUs.')
+  compile_.set_defaults(kubeflow_command=_compile)
+
+  upload = subparsers.add_parser(
+      'upload',
+      help='Upload a compiled pipeline as a new version.')
+  _add_kfp_flags(upload)
+  upload.set_defaults(kubeflow_command=_upload)
+
+  schedule_ = subparsers.add_parser(
+      'schedule',
+      help='Upload, then create a recurring run of the new version.',
+      description='Uploads the compiled pipeline as a new version, then '
+      'creates a recurring run of exactly that version, catchup off. If a '
+      'step fails, what this command created is deleted again.')
+  _add_kfp_flags(schedule_)
+  schedule_.add_argument(
+      '--cron', required=True,
+      help='KFP cron, 6 fields with seconds first: "0 0 3 * * *" is 03:00 '
+      'daily, in the KFP scheduler\'s time zone (UTC unless configured).')
+  schedule_.add_argument('--max-concurrency', type=int, default=1,
+                         help='Runs active at once, 1 to 10 (default 1).')
+  _add_run_flags(schedule_)
+  schedule_.set_defaults(kubeflow_command=_schedule)
+
+  run_once = subparsers.add_parser(
+      'run-once',
+      help='Upload, then start one run of the new version.')
+  _add_kfp_flags(run_once)
+  _add_run_flags(run_once)
+  run_once.set_defaults(kubeflow_command=_run_once)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+  """Runs the command `add_subcommands` parsed; returns the exit code."""
+  try:
+    return args.kubeflow_command(args)
+  except (ValueError, schedule.RequestError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return EXIT_BAD_INPUT
+  except schedule.KfpError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return EXIT_INTERNAL
+  except Exception:  # pylint: disable=broad-except
+    traceback.print_exc()
+    return EXIT_INTERNAL
+
+
+def main(argv=None, prog: str = 'python -m kubeflow') -> int:
+  parser = argparse.ArgumentParser(
+      prog=prog, description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_subcommands(parser.add_subparsers(dest='command', required=True))
+  return dispatch(parser.parse_args(argv))
+
+
+def _add_trainer_flags(parser, image_size: bool) -> None:
+  parser.add_argument('--backbone', help='e.g. MobileNet, MobileNetV2, '
+                      'hub:<handle>, file:<path>.')
+  parser.add_argument('--weights', help='offline | imagenet | none | <file>')
+  if image_size:
+    parser.add_argument('--image-size', type=int)
+  parser.add_argument('--phase1-epochs', type=int)
+  parser.add_argument('--phase2-epochs', type=int)
+  parser.add_argument('--fine-tune-layers', type=int)
+
+
+def _add_gate_flags(parser) -> None:
+  parser.add_argument('--accuracy-threshold', type=float)
+  parser.add_argument('--max-accuracy-drop', type=float)
+
+
+def _add_kfp_flags(parser) -> None:
+  parser.add_argument('--host', default=os.environ.get('KF_PIPELINES_ENDPOINT'),
+                      help='KFP API endpoint, e.g. http://localhost:8080 '
+                      '(default $KF_PIPELINES_ENDPOINT).')
+  parser.add_argument('--namespace', help='For experiments and runs on a '
+                      'multi-user KFP.')
+  parser.add_argument('--package', default=DEFAULT_OUTPUT,
+                      help=f'The compiled pipeline (default {DEFAULT_OUTPUT}).')
+  parser.add_argument('--pipeline-name',
+                      help='Default: the name compiled into the package.')
+  parser.add_argument('--version-name',
+                      help='Default: UTC time and the package digest.')
+
+
+def _add_run_flags(parser) -> None:
+  """Runtime parameters; what is not given keeps the compiled default."""
+  parser.add_argument('--experiment', help='Default: the pipeline name.')
+  parser.add_argument('--name', help='Name of the run or recurring run.')
+  parser.add_argument('--data-root', help='data_root parameter.')
+  _add_trainer_flags(parser, image_size=False)
+  _add_gate_flags(parser)
+
+
+def _trainer_settings(args) -> dict:
+  names = ('backbone', 'weights', 'image_size', 'phase1_epochs',
+           'phase2_epochs', 'fine_tune_layers')
+  return {name: getattr(args, name) for name in names
+          if getattr(args, name, None) is not None}
+
+
+def _endpoint(args) -> schedule.Endpoint:
+  if not args.host:
+    raise ValueError('Pass --host or set KF_PIPELINES_ENDPOINT.')
+  return schedule.Endpoint(
+      host=args.host,
+      token=os.environ.get('KFP_TOKEN') or None,
+      cookie=os.environ.get('KFP_COOKIE') or None,
+      namespace=args.namespace)
+
+
+def _check_pod_path(flag: str, path: str) -> None:
+  if '://' not in path and not path.startswith('/'):
+    raise ValueError(f'{flag} must be a URI (gs://...) or an absolute path '
+                     f'as the pods see it, got {path!r}')
+
+
+def _compile(args) -> int:
+  _check_pod_path('--output-dir', args.output_dir)
+  if args.data_root:
+    _check_pod_path('--data-root', args.data_root)
+  # Imported here: these load TensorFlow.
+  from kubeflow import runner  # pylint: disable=g-import-not-at-top
+  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
+  settings = {
+      key: value for key, value in {
+          'pipeline_name': args.pipeline_name,
+          'manifest': args.manifest,
+          'accuracy_threshold': args.accuracy_threshold,
+          'max_accuracy_drop': args.max_accuracy_drop,
+      }.items() if value is not None
+  }
+  config = config_lib.PipelineConfig(
+      data_root=args.data_root or runner.IMAGE_DEMO_DATA,
+      output_dir=args.output_dir.rstrip('/'),
+      trainer=_trainer_settings(args),
+      **settings)
+  resources = runner.TrainerResources(
+      cpu=args.trainer_cpu, memory_gb=args.trainer_memory_gb,
+      gpus=args.trainer_gpus, gpu_type=args.trainer_gpu_type)
+  spec = runner.compile_pipeline(config, args.image, args.output,
+                                 args.beam_args, resources)
+  parameters = spec['root']['inputDefinitions']['parameters']
+  print(f'Wrote {args.output}: pipeline {config.pipeline_name!r}, image '
+        f'{args.image}, pipeline root {spec["defaultPipelineRoot"]}.')
+  for name, parameter in sorted(parameters.items()):
+    print(f'  parameter {name} = {parameter["defaultValue"]}')
+  return EXIT_OK
+
+
+def _upload(args) -> int:
+  version = schedule.upload(
+      _endpoint(args), schedule.Package.load(args.package),
+      args.pipeline_name, args.version_name)
+  print(json.dumps(dataclasses.asdict(version)))
+  return EXIT_OK
+
+
+def _parameters(args, package: schedule.Package) -> dict:
+  return schedule.run_parameters(
+      package, data_root=args.data_root,
+      accuracy_threshold=args.accuracy_threshold,
+      max_accuracy_drop=args.max_accuracy_drop,
+      trainer=_trainer_settings(args))
+
+
+def _schedule(args) -> int:
+  schedule.check_cron(args.cron)
+  package = schedule.Package.load(args.package)
+  result = schedule.schedule(
+      _endpoint(args), package, args.cron, _parameters(args, package),
+      max_concurrency=args.max_concurrency, experiment=args.experiment,
+      name=args.name, pipeline_name=args.pipeline_name,
+      version_name=args.version_name)
+  print(json.dumps(result))
+  return EXIT_OK
+
+
+def _run_once(args) -> int:
+  package = schedule.Package.load(args.package)
+  result = schedule.run_once(
+      _endpoint(args), package, _parameters(args, package),
+      experiment=args.experiment, name=args.name,
+      pipeline_name=args.pipeline_name, version_name=args.version_name)
+  print(json.dumps(result))
+  return EXIT_OK

@@ -1,0 +1,163 @@
+"""Compiles the pipeline into Kubeflow Pipelines IR with KubeflowV2DagRunner.
+
+The IR holds the pipeline definition that the local runner runs
+(`pipeline.pipeline.create_pipeline`), built for a cluster:
+
+* User code is named by import path (`modules.trainer.run_fn`), since the
+  image (kubeflow/Dockerfile) contains it; nothing is packaged under the
+  pipeline root at compile time. KFP's cache keys see the image, not the code:
+  give the image a new tag whenever the code changes.
+* data_root, the Evaluator's gate and the Trainer's settings are runtime
+  parameters (`pipeline.pipeline.runtime_parameters`).
+* The Trainer can request CPUs, memory and GPUs.
+
+The output is a bare PipelineSpec (schema 2.1.0) as JSON: what the KFP API
+server accepts as a pipeline version. Three fixes are applied to what TFX 1.16
+emits (`_fix_for_kfp`).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Optional, Sequence
+
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+from tfx import components as tfx_components
+from tfx import v1 as tfx
+from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
+
+from pipeline import config as config_lib
+from pipeline import pipeline as pipeline_lib
+
+# Where kubeflow/Dockerfile puts the project, and the demo data inside it.
+IMAGE_PROJECT_ROOT = '/pipeline'
+IMAGE_DEMO_DATA = IMAGE_PROJECT_ROOT + '/data/fashion_demo'
+
+ResourceSpec = (
+    pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec
+    .ResourceSpec)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerResources:
+  """What the Trainer's pod asks for (requests = limits); unset: no request.
+
+  Attributes:
+    cpu: Cores.
+    memory_gb: Memory in GB.
+    gpus: Number of accelerators of `gpu_type`, a Kubernetes resource name.
+  """
+  cpu: Optional[float] = None
+  memory_gb: Optional[float] = None
+  gpus: int = 0
+  gpu_type: str = 'nvidia.com/gpu'
+
+  def __post_init__(self):
+    for name in ('cpu', 'memory_gb'):
+      value = getattr(self, name)
+      if value is not None and value <= 0:
+        raise ValueError(f'Trainer {name} must be > 0, got {value}')
+    if self.gpus < 0:
+      raise ValueError(f'Trainer gpus must be >= 0, got {self.gpus}')
+
+  def resource_spec(self) -> Optional[ResourceSpec]:
+    if self.cpu is None and self.memory_gb is None and not self.gpus:
+      return None
+    spec = ResourceSpec()
+    if self.cpu is not None:
+      spec.cpu_request = spec.cpu_limit = self.cpu
+    if self.memory_gb is not None:
+      spec.memory_request = spec.memory_limit = self.memory_gb
+    if self.gpus:
+      spec.accelerator.type = self.gpu_type
+      spec.accelerator.count = self.gpus
+    return spec
+
+
+def build_pipeline(
+    config: config_lib.PipelineConfig,
+    beam_pipeline_args: Optional[Sequence[str]] = None,
+    trainer_resources: TrainerResources = TrainerResources()
+) -> tfx.dsl.Pipeline:
+  """The local pipeline definition, set up for a cluster (module docstring).
+
+  Args:
+    config: The pipeline settings; its paths must be valid inside the pods.
+    beam_pipeline_args: For ExampleGen, StatisticsGen, Transform and Evaluator;
+      default `config.beam_pipeline_args` (Beam's DirectRunner in the pod).
+    trainer_resources: What the Trainer's pod asks for.
+  """
+  pipeline = pipeline_lib.create_pipeline(
+      config,
+      list(beam_pipeline_args or ()),
+      modules_in_image=True,
+      with_runtime_parameters=True)
+  resources = trainer_resources.resource_spec()
+  if resources:
+    trainer, = [c for c in pipeline.components
+                if isinstance(c, tfx.components.Trainer)]
+    trainer.with_platform_config(resources)
+  return pipeline
+
+
+def compile_pipeline(
+    config: config_lib.PipelineConfig,
+    image: str,
+    output_path: str,
+    beam_pipeline_args: Optional[Sequence[str]] = None,
+    trainer_resources: TrainerResources = TrainerResources()
+) -> Dict[str, Any]:
+  """Writes the pipeline's IR to `output_path` (JSON) and returns it."""
+  pipeline = build_pipeline(config, beam_pipeline_args, trainer_resources)
+  # Schema 2.1, not TFX's default 2.0: KFP's v2 backend gives tasks only
+  # `parameterValues`, which TFX's entrypoint reads only with 2.1 (with 2.0 a
+  # task sees no execution properties), and only 2.1 passes each container the
+  # inputs spec that turns integers, sent as doubles, back into ints.
+  runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+      kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
+          default_image=image, use_pipeline_spec_2_1=True))
+  job = runner.run(pipeline, write_out=False)
+  spec = json_format.ParseDict(job['pipelineSpec'],
+                               pipeline_spec_pb2.PipelineSpec())
+  _fix_for_kfp(spec, pipeline, pipeline_lib.runtime_parameters(config))
+  result = json_format.MessageToDict(spec)
+  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+  with open(output_path, 'w') as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+    f.write('\n')
+  return result
+
+
+def _fix_for_kfp(spec: pipeline_spec_pb2.PipelineSpec,
+                 pipeline: tfx.dsl.Pipeline,
+                 parameters: Dict[str, Any]) -> None:
+  """Fixes what TFX 1.16's V2 builder leaves out or gets wrong for KFP.
+
+  1. RuntimeParameter defaults and descriptions are dropped (TFX only puts
+     values passed to `run(parameter_values=...)` into a PipelineJob's
+     runtimeConfig, which a bare PipelineSpec has not): every run would have
+     to pass every parameter. They become the root inputs' defaults.
+  2. The pipeline root only reaches the PipelineJob's gcsOutputDirectory; KFP
+     reads `defaultPipelineRoot` (without it, artifacts would go to KFP's
+     MinIO bucket, which TFX's file I/O cannot write).
+  3. ExampleGen's input fingerprint is computed by a `preCacheCheck` hook
+     that only Vertex AI runs; KFP's cache key sees just the data_root
+     string, so a scheduled run would reuse the first run's examples. Its
+     cache is turned off: each run reads the data root again.
+
+  Args:
+    spec: The PipelineSpec from KubeflowV2DagRunner, fixed in place.
+    pipeline: The pipeline it was compiled from.
+    parameters: The pipeline's RuntimeParameters by name.
+  """
+  root_parameters = spec.root.input_definitions.parameters
+  for name, parameter in parameters.items():
+    root_parameters[name].default_value.string_value = parameter.default
+    root_parameters[name].is_optional = True
+    root_parameters[name].description = parameter.description
+  spec.default_pipeline_root = pipeline.pipeline_info.pipeline_root
+  example_gen, = [c for c in pipeline.components
+                  if isinstance(c, tfx_components.FileBasedExampleGen)]
+  spec.root.dag.tasks[example_gen.id].caching_options.enable_cache = False
+
