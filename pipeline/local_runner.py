@@ -3,10 +3,12 @@ and reads back from MLMD what this run did."""
 
 import dataclasses
 import json
+import logging
 import os
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
+from absl import logging as absl_logging
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
@@ -21,6 +23,11 @@ _STATES = {
     metadata_store_pb2.Execution.FAILED: 'failed',
     metadata_store_pb2.Execution.CANCELED: 'skipped',
 }
+# What LocalDagRunner logs (absl, INFO) around each component it launches.
+_NODE_EVENTS = {
+    'Component %s is running.': 'running',
+    'Component %s is finished.': 'finished',
+}
 
 
 @dataclasses.dataclass
@@ -28,12 +35,19 @@ class RunResult:
   """What one pipeline run did, read from MLMD.
 
   Attributes:
-    components: node id -> 'ran' | 'cached' | 'failed' | 'skipped'.
+    components: node id -> 'ran' | 'cached' | 'failed' | 'skipped', in the
+      order the nodes ran.
     training: the Trainer's training_summary.json (per-phase accuracies).
     blessed: whether the Evaluator blessed this run's model.
     evaluation: the Evaluator's output directory (tfma.load_eval_result).
     pushed_to: the versioned serving directory, if the model was pushed.
     seconds: wall time of the run.
+    run_id: the MLMD pipeline_run context name (LocalDagRunner: a timestamp).
+    component_seconds: node id -> seconds its execution took (MLMD create to
+      last update; near 0 when cached).
+    model: the Trainer's Model artifact directory (the SavedModel is in its
+      `Format-Serving/`), also when it was not blessed.
+    examples: the ExampleGen output directory (`Split-train/`, `Split-eval/`).
   """
   components: Dict[str, str]
   training: dict
@@ -41,17 +55,68 @@ class RunResult:
   evaluation: Optional[str]
   pushed_to: Optional[str]
   seconds: float
+  run_id: str = ''
+  component_seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
+  model: Optional[str] = None
+  examples: Optional[str] = None
 
 
-def run(config: config_lib.PipelineConfig) -> RunResult:
-  """Runs the pipeline locally and returns what happened."""
+class _NodeProgress(logging.Filter):
+  """Reports each component's start and finish as LocalDagRunner logs them.
+
+  Installed on the absl logger with absl's verbosity raised to INFO; lets
+  through only the records the logger would have emitted before.
+  """
+
+  def __init__(self, report: Callable[[str], None], level: int):
+    super().__init__()
+    self._report = report
+    self._level = level
+    self._started = {}
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    event = _NODE_EVENTS.get(record.msg)
+    if event and record.args:
+      node = record.args[0]
+      now = time.time()
+      if event == 'running':
+        self._started[node] = now
+        self._report(f'[{time.strftime("%H:%M:%S")}] {node} running')
+      else:
+        took = now - self._started.get(node, now)
+        self._report(
+            f'[{time.strftime("%H:%M:%S")}] {node} finished ({took:.1f} s)')
+    return record.levelno >= self._level
+
+
+def run(config: config_lib.PipelineConfig,
+        progress: Optional[Callable[[str], None]] = None) -> RunResult:
+  """Runs the pipeline locally and returns what happened.
+
+  Args:
+    config: the pipeline settings.
+    progress: called with a line when each component starts and finishes.
+  """
   os.makedirs(config.output_dir, exist_ok=True)
   connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
       config.metadata_path)
+  absl_logger = absl_logging.get_absl_logger()
+  verbosity = absl_logging.get_verbosity()
+  node_progress = _NodeProgress(
+      progress, absl_logger.getEffectiveLevel()) if progress else None
+  if node_progress:
+    absl_logger.addFilter(node_progress)
+    # Not absl_logger.setLevel: TF restores absl's verbosity while saving.
+    absl_logging.set_verbosity(max(verbosity, absl_logging.INFO))
   started = time.time()
-  tfx.orchestration.LocalDagRunner().run(
-      pipeline_lib.create_pipeline(
-          config, metadata_connection_config=connection))
+  try:
+    tfx.orchestration.LocalDagRunner().run(
+        pipeline_lib.create_pipeline(
+            config, metadata_connection_config=connection))
+  finally:
+    if node_progress:
+      absl_logger.removeFilter(node_progress)
+      absl_logging.set_verbosity(verbosity)
   return _read_last_run(connection, config.pipeline_name,
                         time.time() - started)
 
@@ -61,31 +126,45 @@ def _read_last_run(connection, pipeline_name: str,
   store = metadata_store.MetadataStore(connection)
   runs = store.get_contexts_by_type('pipeline_run')
   run_context = max(runs, key=lambda c: c.id)
-  components, training = {}, {}
-  blessed, evaluation, pushed_to = False, None, None
-  for execution in store.get_executions_by_context(run_context.id):
+  result = RunResult(components={}, training={}, blessed=False,
+                     evaluation=None, pushed_to=None, seconds=seconds,
+                     run_id=run_context.name)
+  executions = sorted(store.get_executions_by_context(run_context.id),
+                      key=lambda e: e.id)
+  for execution in executions:
     node = next(c.name for c in store.get_contexts_by_execution(execution.id)
                 if c.type == 'node')
     node_id = node[len(pipeline_name) + 1:]
-    components[node_id] = _STATES.get(execution.last_known_state, 'unknown')
+    result.components[node_id] = _STATES.get(execution.last_known_state,
+                                             'unknown')
+    result.component_seconds[node_id] = (
+        execution.last_update_time_since_epoch -
+        execution.create_time_since_epoch) / 1000
     outputs = store.get_artifacts_by_id([
         e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
         if e.type == metadata_store_pb2.Event.OUTPUT])
     for artifact in outputs:
-      kind = store.get_artifact_types_by_id([artifact.type_id])[0].name
-      if kind == 'ModelRun':
-        path = os.path.join(artifact.uri,
-                            trainer_module.TRAINING_SUMMARY_FILE)
-        if os.path.exists(path):
-          with open(path) as f:
-            training = json.load(f)
-      elif kind == 'ModelEvaluation':
-        evaluation = artifact.uri
-      elif kind == 'ModelBlessing':
-        blessed = artifact.custom_properties['blessed'].int_value == 1
-      elif kind == 'PushedModel':
-        if artifact.custom_properties['pushed'].int_value == 1:
-          pushed_to = artifact.custom_properties[
-              'pushed_destination'].string_value
-  return RunResult(components, training, blessed, evaluation, pushed_to,
-                   seconds)
+      _read_output(store, artifact, result)
+  return result
+
+
+def _read_output(store, artifact, result: RunResult) -> None:
+  """Fills in `result` from one output artifact of the run."""
+  kind = store.get_artifact_types_by_id([artifact.type_id])[0].name
+  if kind == 'Examples':
+    result.examples = artifact.uri
+  elif kind == 'Model':
+    result.model = artifact.uri
+  elif kind == 'ModelRun':
+    path = os.path.join(artifact.uri, trainer_module.TRAINING_SUMMARY_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        result.training = json.load(f)
+  elif kind == 'ModelEvaluation':
+    result.evaluation = artifact.uri
+  elif kind == 'ModelBlessing':
+    result.blessed = artifact.custom_properties['blessed'].int_value == 1
+  elif kind == 'PushedModel':
+    if artifact.custom_properties['pushed'].int_value == 1:
+      result.pushed_to = artifact.custom_properties[
+          'pushed_destination'].string_value

@@ -1,0 +1,359 @@
+"""The run report: metrics JSON, a markdown summary and PNG plots.
+
+Written to `<output_dir>/reports/<run>/` after every local run and, when the
+model was pushed, copied next to it as `<serving>/<version>.report/` (beside
+the SavedModel directory, never inside it):
+
+  report.json           what `build` returns (see its docstring)
+  report.md             `render_markdown(report)`
+  training_curves.png   accuracy and loss per epoch, both phases
+  confusion_matrix.png  the run's model on the eval split
+"""
+
+import dataclasses
+import datetime
+import glob
+import json
+import os
+import re
+import shutil
+import typing
+from typing import Any, Dict, List, Optional
+
+from matplotlib import figure
+from matplotlib import ticker
+import numpy as np
+
+from modules import features
+from pipeline import config as config_lib
+
+if typing.TYPE_CHECKING:  # It loads TFX, which `tfx-transfer report` skips.
+  from pipeline import local_runner
+
+REPORTS_DIR = 'reports'
+JSON_FILE, MARKDOWN_FILE = 'report.json', 'report.md'
+CURVES_FILE, CONFUSION_FILE = 'training_curves.png', 'confusion_matrix.png'
+_ACCURACY = 'sparse_categorical_accuracy'
+_EXAMPLE_COUNT = 'example_count'
+
+
+def build(config: config_lib.PipelineConfig,
+          result: 'local_runner.RunResult') -> Dict[str, Any]:
+  """The report of one run, as written to report.json.
+
+  Returns:
+    A JSON-ready dict: `run_id`, `created` (UTC), `outcome` ('pushed' or
+    'not_blessed'), `blessed`, `pushed_to`, `model`, `data_root`;
+    `accuracy` with `phase1`, `phase2` (the Trainer's eval after each phase),
+    `eval` (the Evaluator's) and `baseline` (the latest blessed model's on the
+    same examples; None without one); `per_class` (class -> examples,
+    accuracy, baseline_accuracy); `gate` (thresholds, `validation_ok`,
+    `failures` as sentences); `confusion_matrix` (`labels`, `matrix` rows =
+    true class, columns = predicted); `training` (per phase: epochs, learning
+    rate, eval accuracy and loss, per-epoch `history`); `components` (node ->
+    state and seconds) and the run's total `seconds`; `config`.
+  """
+  training = result.training
+  evaluation = _evaluation(result.evaluation) if result.evaluation else {}
+  labels = sorted(training.get('class_names', []))
+  return {
+      'run_id': result.run_id,
+      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec='seconds'),
+      'outcome': 'pushed' if result.pushed_to else 'not_blessed',
+      'blessed': result.blessed,
+      'pushed_to': result.pushed_to,
+      'model': result.model,
+      'data_root': config.data_root,
+      'accuracy': {
+          'phase1': training.get('phase1', {}).get('eval_accuracy'),
+          'phase2': training.get('phase2', {}).get('eval_accuracy'),
+          'eval': evaluation.get('accuracy'),
+          'baseline': evaluation.get('baseline_accuracy'),
+      },
+      'per_class': evaluation.get('per_class', {}),
+      'gate': {
+          'accuracy_threshold': config.accuracy_threshold,
+          'max_accuracy_drop': config.max_accuracy_drop,
+          'validation_ok': evaluation.get('validation_ok'),
+          'failures': evaluation.get('failures', []),
+      },
+      'confusion_matrix': {
+          'labels': labels,
+          'matrix': _confusion_matrix(result.model, result.examples, labels)
+                    if result.model and result.examples and labels else [],
+      },
+      'training': {
+          phase: {key: training[phase][key] for key in (
+              'epochs', 'learning_rate', 'eval_accuracy', 'eval_loss',
+              'history')}
+          for phase in ('phase1', 'phase2') if phase in training
+      },
+      'components': {
+          node: {'state': state,
+                 'seconds': round(result.component_seconds.get(node, 0.0), 3)}
+          for node, state in result.components.items()
+      },
+      'seconds': round(result.seconds, 1),
+      'config': dataclasses.asdict(config),
+  }
+
+
+def write(report: Dict[str, Any], output_dir: str,
+          copy_to: Optional[str] = None) -> str:
+  """Writes the report files; returns `<output_dir>/reports/<run>/`.
+
+  Args:
+    report: what `build` returned.
+    output_dir: the pipeline's output directory.
+    copy_to: another directory to copy the files into (e.g. for CI artifacts).
+  """
+  report_dir = os.path.join(output_dir, REPORTS_DIR,
+                            _dir_name(report['run_id']))
+  os.makedirs(report_dir, exist_ok=True)
+  with open(os.path.join(report_dir, JSON_FILE), 'w') as f:
+    json.dump(report, f, indent=2)
+  with open(os.path.join(report_dir, MARKDOWN_FILE), 'w') as f:
+    f.write(render_markdown(report))
+  plot_training(report['training'], os.path.join(report_dir, CURVES_FILE))
+  plot_confusion_matrix(report['confusion_matrix'],
+                        os.path.join(report_dir, CONFUSION_FILE))
+  copies = [copy_to] if copy_to else []
+  if report['pushed_to']:
+    copies.append(report['pushed_to'].rstrip('/') + '.report')
+  for copy in copies:
+    shutil.copytree(report_dir, copy, dirs_exist_ok=True)
+  return report_dir
+
+
+def find(output_dir: str, run_id: Optional[str] = None) -> str:
+  """The directory of the newest report under `output_dir` (or of `run_id`).
+
+  Raises:
+    FileNotFoundError: when there is none.
+  """
+  reports = glob.glob(os.path.join(output_dir, REPORTS_DIR, '*', JSON_FILE))
+  if run_id:
+    reports = [p for p in reports
+               if os.path.basename(os.path.dirname(p)) == _dir_name(run_id)]
+  if not reports:
+    raise FileNotFoundError(
+        f'No run report{f" for run {run_id}" if run_id else ""} under '
+        f'{os.path.join(output_dir, REPORTS_DIR)}; `tfx-transfer run` '
+        'writes one.')
+  return os.path.dirname(max(reports, key=os.path.getmtime))
+
+
+def _dir_name(run_id: str) -> str:
+  """The run id as a folder name CI artifact uploads accept (no ':')."""
+  return re.sub(r'[^\w.-]', '-', run_id)
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+  """A markdown summary of `report` (for report.md, CI job summaries)."""
+  accuracy, gate = report['accuracy'], report['gate']
+  if report['pushed_to']:
+    outcome = f'**Blessed and pushed** to `{report["pushed_to"]}`'
+  else:
+    outcome = ('**Not blessed: the gate held.** Nothing was pushed; the '
+               'previous model keeps serving')
+  lines = [
+      f'# Run report {report["run_id"]}', '',
+      f'{outcome}. Data: '
+      f'`{report["data_root"]}`; {report["seconds"]:.0f} s.', '',
+      '| accuracy on the eval split | value |', '|---|---|',
+  ]
+  for phase, name in (('phase1', 'phase 1 (frozen backbone)'),
+                      ('phase2', 'phase 2 (fine-tuning)')):
+    if phase in report['training']:
+      epochs = report['training'][phase]['epochs']
+      lines.append(f'| Trainer, after {name}, {epochs} epochs | '
+                   f'{_number(accuracy[phase])} |')
+  lines += [
+      f'| Evaluator (TFMA), this model | {_number(accuracy["eval"])} |',
+      f'| Evaluator (TFMA), latest blessed model | '
+      f'{_number(accuracy["baseline"], "none yet")} |', '',
+      f'Gate: accuracy >= {gate["accuracy_threshold"]:g} on every slice and '
+      f'at most {gate["max_accuracy_drop"]:g} below the latest blessed model.',
+  ]
+  lines += [f'- failed: {failure}' for failure in gate['failures']]
+  if report['per_class']:
+    lines += ['', '## Per class', '',
+              '| class | examples | accuracy | latest blessed model |',
+              '|---|---:|---:|---:|']
+    lines += [
+        f'| {name} | {m["examples"]} | {_number(m["accuracy"])} | '
+        f'{_number(m["baseline_accuracy"], "-")} |'
+        for name, m in report['per_class'].items()
+    ]
+  matrix = report['confusion_matrix']
+  if matrix['matrix']:
+    lines += ['', '## Confusion matrix', '',
+              'Rows: true class; columns: predicted class.', '',
+              '| | ' + ' | '.join(matrix['labels']) + ' |',
+              '|---|' + '---:|' * len(matrix['labels'])]
+    lines += [
+        f'| **{label}** | ' + ' | '.join(str(n) for n in row) + ' |'
+        for label, row in zip(matrix['labels'], matrix['matrix'])
+    ]
+  lines += ['', '## Components', '', '| component | state | seconds |',
+            '|---|---|---:|']
+  lines += [f'| {node} | {c["state"]} | {c["seconds"]:.1f} |'
+            for node, c in report['components'].items()]
+  lines += ['', f'![training curves]({CURVES_FILE})',
+            f'![confusion matrix]({CONFUSION_FILE})', '']
+  return '\n'.join(lines)
+
+
+def _number(value: Optional[float], missing: str = '-') -> str:
+  return missing if value is None else f'{value:.4f}'
+
+
+def plot_training(training: Dict[str, Any], path: str) -> None:
+  """Accuracy and loss per epoch of both phases, train and eval, as a PNG."""
+  fig = figure.Figure(figsize=(10, 4), layout='constrained')
+  axes = fig.subplots(1, 2)
+  epoch = 0
+  for phase, style in (('phase1', '-'), ('phase2', '--')):
+    history = training.get(phase, {}).get('history', {})
+    epochs = list(range(epoch + 1, epoch + 1 + len(history.get('loss', []))))
+    for ax, metric in zip(axes, ('accuracy', 'loss')):
+      for key, color in ((metric, 'tab:blue'), (f'val_{metric}', 'tab:orange')):
+        if history.get(key):
+          split = 'eval' if key.startswith('val_') else 'train'
+          ax.plot(epochs, history[key], style, marker='o', color=color,
+                  label=f'{phase} {split}')
+    if epochs and epoch:
+      for ax in axes:
+        ax.axvline(epoch + 0.5, color='grey', linewidth=0.8)
+    epoch += len(epochs)
+  for ax, metric in zip(axes, ('accuracy', 'loss')):
+    ax.set_xlabel('epoch')
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(metric)
+    ax.set_title(f'{metric} (phase 1 solid, phase 2 dashed)')
+    if epoch:
+      ax.legend(fontsize='small')
+    else:
+      ax.text(0.5, 0.5, 'no training epochs', ha='center', va='center',
+              transform=ax.transAxes)
+  axes[0].set_ylim(0, 1.02)
+  fig.savefig(path, dpi=100)
+
+
+def plot_confusion_matrix(confusion: Dict[str, Any], path: str) -> None:
+  """The confusion matrix (rows true, columns predicted) as a PNG."""
+  labels, matrix = confusion['labels'], np.array(confusion['matrix'])
+  size = 2 + 0.6 * max(len(labels), 3)
+  fig = figure.Figure(figsize=(size + 1, size), layout='constrained')
+  ax = fig.subplots()
+  if matrix.size:
+    image = ax.imshow(matrix, cmap='Blues')
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    for (row, column), count in np.ndenumerate(matrix):
+      ax.text(column, row, str(count), ha='center', va='center',
+              color='white' if count > matrix.max() / 2 else 'black')
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha='right')
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_title(f'eval split, accuracy {np.trace(matrix) / matrix.sum():.3f}')
+  else:
+    ax.text(0.5, 0.5, 'no model to evaluate', ha='center', va='center')
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  fig.savefig(path, dpi=100)
+
+
+def _evaluation(uri: str) -> Dict[str, Any]:
+  """Accuracy overall and per class, and the gate's verdict, from TFMA."""
+  # Imported here: TFMA loads TensorFlow, which `tfx-transfer report` skips.
+  import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+  candidate = tfma.load_eval_result(uri)
+  specs = {spec.is_baseline: spec.name for spec in candidate.config.model_specs}
+  if True in specs:
+    candidate = tfma.load_eval_result(uri, model_name=specs[False])
+    baseline = _accuracy_by_class(
+        tfma.load_eval_result(uri, model_name=specs[True]))
+  else:
+    baseline = {}
+  ours = _accuracy_by_class(candidate)
+  overall = ours.pop(None)
+  baseline_overall = baseline.pop(None, {})
+  validation = tfma.load_validation_result(uri)
+  return {
+      'accuracy': overall['accuracy'],
+      'baseline_accuracy': baseline_overall.get('accuracy'),
+      'per_class': {
+          name: {**metrics, 'baseline_accuracy':
+                     baseline.get(name, {}).get('accuracy')}
+          for name, metrics in sorted(ours.items())
+      },
+      'validation_ok': validation.validation_ok,
+      'failures': _failures(validation),
+  }
+
+
+def _accuracy_by_class(eval_result) -> Dict[Optional[str], Dict[str, Any]]:
+  """Slice (None = overall, else the class) -> accuracy and example count."""
+  result = {}
+  for slice_key, metrics in eval_result.slicing_metrics:
+    values = metrics['']['']
+    name = dict(slice_key).get('label') if slice_key else None
+    if isinstance(name, bytes):
+      name = name.decode()
+    result[name] = {
+        'examples': int(values[_EXAMPLE_COUNT]['doubleValue']),
+        'accuracy': values[_ACCURACY]['doubleValue'],
+    }
+  return result
+
+
+def _failures(validation) -> List[str]:
+  """The gate's failed checks as sentences, e.g. for CI annotations."""
+  sentences = []
+  for per_slice in sorted(validation.metric_validations_per_slice,
+                          key=_slice_name):
+    where = _slice_name(per_slice) or 'overall'
+    for failure in per_slice.failures:
+      value = failure.metric_value.double_value.value
+      threshold = failure.metric_threshold
+      metric = failure.metric_key.name
+      if failure.metric_key.is_diff:
+        allowed_drop = round(-threshold.change_threshold.absolute.value, 6)
+        sentences.append(f'{where}: {metric} {value:+.4f} vs the latest '
+                         f'blessed model (allowed drop: {allowed_drop:g})')
+      else:
+        bound = threshold.value_threshold.lower_bound.value
+        sentences.append(f'{where}: {metric} {value:.4f} < {bound:g}')
+  return sentences
+
+
+def _slice_name(per_slice) -> str:
+  """E.g. 'label=bag'; '' for the overall slice."""
+  names = []
+  for key in per_slice.slice_key.single_slice_keys:
+    value = getattr(key, key.WhichOneof('kind'))
+    names.append(f'{key.column}='
+                 f'{value.decode() if isinstance(value, bytes) else value}')
+  return ', '.join(names)
+
+
+def _confusion_matrix(model_uri: str, examples_uri: str,
+                      labels: List[str]) -> List[List[int]]:
+  """Counts of (true, predicted) class of the model on the eval split."""
+  # Imported here: see _evaluation.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfx.utils import path_utils  # pylint: disable=g-import-not-at-top
+  serve = tf.saved_model.load(path_utils.serving_model_path(
+      model_uri)).signatures['serving_examples']
+  files = tf.io.gfile.glob(os.path.join(examples_uri, 'Split-eval', '*'))
+  index = {label: i for i, label in enumerate(labels)}
+  matrix = np.zeros((len(labels), len(labels)), dtype=int)
+  records = tf.data.TFRecordDataset(files, compression_type='GZIP')
+  for batch in records.batch(256):
+    true = tf.io.parse_example(batch, {
+        features.LABEL_KEY: tf.io.FixedLenFeature([], tf.string)
+    })[features.LABEL_KEY].numpy()
+    predicted = serve(examples=batch)['label'].numpy()
+    for t, p in zip(true, predicted):
+      matrix[index[t.decode()], index[p.decode()]] += 1
+  return matrix.tolist()
