@@ -1,1 +1,1 @@
-"""Custom TFX components (the image ExampleGen)."""
+"""Custom TFX components: the image and text ExampleGens, the atomic Pusher."""

@@ -15,54 +15,42 @@ the features `image` (the original encoded bytes), `label` (the class name) and
 `path` (relative to input_base, POSIX separators). Rejected files are never
 dropped silently: each is listed with its reason in `ingestion_report.json` in
 the output Examples artifact and in the log, and the executor fails with a
-ValueError when the data is unusable (see `ImageExampleGenExecutor.Do`).
+ValueError when the data is unusable (see components/ingestion.py).
 
 Options (`max_rejected_fraction`, `max_pixels`) are passed as the component's
 `custom_config`: an example_gen_pb2.CustomConfig packing a
 google.protobuf.Struct, built by `make_custom_config`.
 """
 
-import collections
 import csv
 import io
-import json
 import os
 import posixpath
-import uuid
 from typing import (Any, Dict, Iterable, List, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
 from absl import logging
 import apache_beam as beam
-from google.protobuf import json_format
-from google.protobuf import struct_pb2
 from PIL import Image
 import tensorflow as tf
-from tfx import types
-from tfx.components.example_gen import base_example_gen_executor
 from tfx.components.example_gen import component
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
-from tfx.types import artifact_utils
 from tfx.types import standard_component_specs
-from tfx.utils import proto_utils
+
+from components import ingestion
 
 IMAGE_FEATURE = 'image'
-LABEL_FEATURE = 'label'
+LABEL_FEATURE = ingestion.LABEL_FEATURE
 PATH_FEATURE = 'path'
-REPORT_FILE_NAME = 'ingestion_report.json'
+REPORT_FILE_NAME = ingestion.REPORT_FILE_NAME
 DEFAULT_MAX_REJECTED_FRACTION = 0.1
 DEFAULT_MAX_PIXELS = 40_000_000
 
 # Pillow format names that tf.io.decode_image decodes. MPO is Pillow's name
 # for the multi-picture JPEGs many cameras write; TF decodes their first frame.
 _DECODABLE_FORMATS = frozenset({'JPEG', 'MPO', 'PNG', 'GIF', 'BMP'})
-# exec_properties key through which Do tells the Beam transforms where to put
-# their per-file records (read back and deleted after the pipeline).
-_RECORDS_DIR_KEY = '_image_example_gen_records_dir'
-_REJECTED_TAG = 'rejected'
-_ERROR_LISTING_LIMIT = 5
 
 # One candidate file: (path relative to input_base, label, class key, reason).
 # The class key names the class folder (or manifest label) the file counts
@@ -80,53 +68,33 @@ def make_custom_config(
     max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION,
     max_pixels: int = DEFAULT_MAX_PIXELS) -> example_gen_pb2.CustomConfig:
   """Returns the FileBasedExampleGen custom_config carrying the options."""
-  options = _validate_options(
+  return ingestion.pack_options(_validate_options(
       {'max_rejected_fraction': max_rejected_fraction,
-       'max_pixels': max_pixels})
-  struct = struct_pb2.Struct()
-  struct.update(options._asdict())
-  config = example_gen_pb2.CustomConfig()
-  config.custom_config.Pack(struct)
-  return config
+       'max_pixels': max_pixels}))
 
 
 def parse_custom_config(
     custom_config: Optional[Union[str, example_gen_pb2.CustomConfig]]
 ) -> Options:
   """Parses the custom_config exec property (JSON of a CustomConfig)."""
-  if not custom_config:
-    return Options()
-  if isinstance(custom_config, str):
-    if 'custom_config' not in json.loads(custom_config):
-      raise ValueError(
-          'custom_config must be an example_gen_pb2.CustomConfig; build it '
-          f'with make_custom_config(...), got {custom_config}.')
-    custom_config = proto_utils.json_to_proto(
-        custom_config, example_gen_pb2.CustomConfig())
-  struct = struct_pb2.Struct()
-  if not custom_config.custom_config.Unpack(struct):
-    raise ValueError(
-        'custom_config must pack a google.protobuf.Struct (use '
-        f'make_custom_config), got {custom_config.custom_config.type_url}.')
-  return _validate_options(json_format.MessageToDict(struct))
+  return _validate_options(
+      ingestion.unpack_options(custom_config, 'make_custom_config'))
 
 
 def _validate_options(values: Dict[str, Any]) -> Options:
   """Checks option names and ranges."""
-  unknown = set(values) - set(Options._fields)
-  if unknown:
-    raise ValueError(f'Unknown image ExampleGen options {sorted(unknown)}; '
-                     f'expected {list(Options._fields)}.')
+  ingestion.check_option_names(values, Options, 'image ExampleGen')
   options = Options(**values)
-  if not 0.0 <= options.max_rejected_fraction <= 1.0:
-    raise ValueError('max_rejected_fraction must be in [0, 1], got '
-                     f'{options.max_rejected_fraction}.')
-  if options.max_pixels != int(options.max_pixels) or options.max_pixels < 1:
-    raise ValueError(
-        f'max_pixels must be a positive integer, got {options.max_pixels}.')
   return options._replace(
-      max_rejected_fraction=float(options.max_rejected_fraction),
-      max_pixels=int(options.max_pixels))
+      max_rejected_fraction=ingestion.check_max_rejected_fraction(
+          options.max_rejected_fraction),
+      max_pixels=check_max_pixels(options.max_pixels))
+
+
+def check_max_pixels(value: float) -> int:
+  if value != int(value) or value < 1:
+    raise ValueError(f'max_pixels must be a positive integer, got {value}.')
+  return int(value)
 
 
 def image_problem(data: bytes, max_pixels: int) -> Optional[str]:
@@ -141,7 +109,7 @@ def image_problem(data: bytes, max_pixels: int) -> Optional[str]:
   except Image.DecompressionBombError as e:
     return f'image too large (possible decompression bomb): {e}'
   except Exception as e:  # pylint: disable=broad-except
-    return f'corrupt image header: {_describe(e)}'
+    return f'corrupt image header: {ingestion.describe(e)}'
   if image_format not in _DECODABLE_FORMATS:
     return (f'unsupported format {image_format}: tf.io.decode_image only '
             'decodes JPEG, PNG, GIF and BMP')
@@ -154,7 +122,7 @@ def image_problem(data: bytes, max_pixels: int) -> Optional[str]:
     with Image.open(io.BytesIO(data)) as image:
       image.load()
   except Exception as e:  # pylint: disable=broad-except
-    return f'corrupt or truncated image: {_describe(e)}'
+    return f'corrupt or truncated image: {ingestion.describe(e)}'
   if image_format == 'BMP':
     return _bmp_problem(data, mode)
   return None
@@ -173,25 +141,6 @@ def _bmp_problem(data: bytes, mode: str) -> Optional[str]:
   return None
 
 
-def _describe(error: Exception) -> str:
-  return str(error) or type(error).__name__
-
-
-def _read_problem(path: str) -> Tuple[bytes, Optional[str]]:
-  """Reads a file; returns (bytes, None) or (b'', why it is unreadable)."""
-  try:
-    with fileio.open(path, 'rb') as f:
-      return f.read(), None
-  except (FileNotFoundError, tf.errors.NotFoundError):
-    return b'', 'file not found'
-  except (OSError, tf.errors.OpError) as e:
-    return b'', f'unreadable file: {_describe(e)}'
-
-
-def _bytes_feature(value: bytes) -> tf.train.Feature:
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
 class _ValidateImage(beam.DoFn):
   """Reads and validates one file; emits (class key, Example) or a rejection."""
 
@@ -204,11 +153,11 @@ class _ValidateImage(beam.DoFn):
     path, label, class_key, reason = entry
     data = b''
     if reason is None:
-      data, reason = _read_problem(os.path.join(self._input_base, path))
+      data, reason = ingestion.read_file(os.path.join(self._input_base, path))
     if reason is None:
       reason = image_problem(data, self._max_pixels)
     if reason is not None:
-      yield beam.pvalue.TaggedOutput(_REJECTED_TAG, {
+      yield beam.pvalue.TaggedOutput(ingestion.REJECTED_TAG, {
           'path': path,
           'reason': reason
       })
@@ -216,9 +165,9 @@ class _ValidateImage(beam.DoFn):
     yield class_key, tf.train.Example(
         features=tf.train.Features(
             feature={
-                IMAGE_FEATURE: _bytes_feature(data),
-                LABEL_FEATURE: _bytes_feature(label.encode('utf-8')),
-                PATH_FEATURE: _bytes_feature(path.encode('utf-8')),
+                IMAGE_FEATURE: ingestion.bytes_feature(data),
+                LABEL_FEATURE: ingestion.bytes_feature(label.encode('utf-8')),
+                PATH_FEATURE: ingestion.bytes_feature(path.encode('utf-8')),
             }))
 
 
@@ -274,17 +223,6 @@ def _list_class_files(class_folder: str, input_base: str) -> Iterable[_Entry]:
       yield path, label, class_folder, None
 
 
-def _manifest_path_problem(path: str) -> Optional[str]:
-  """Returns why a manifest path may not be read, or None."""
-  if (path.startswith(('/', '\\')) or '://' in path or
-      path[1:3] in (':\\', ':/')):
-    return 'absolute path in manifest: paths must be relative to the data root'
-  normalized = posixpath.normpath(path)
-  if normalized == '..' or normalized.startswith('../'):
-    return "path escapes the data root via '..'"
-  return None
-
-
 def _read_manifest(input_base: str, pattern: str) -> List[_Entry]:
   """Reads a `path,label` manifest into entries (bad rows pre-rejected)."""
   manifest = os.path.join(input_base, pattern)
@@ -308,7 +246,7 @@ def _read_manifest(input_base: str, pattern: str) -> List[_Entry]:
     if not raw_path or not label:
       reason = f'empty path or label in manifest line {line}'
     else:
-      reason = _manifest_path_problem(raw_path)
+      reason = ingestion.relative_path_problem(raw_path)
     path = raw_path if reason else posixpath.normpath(raw_path)
     if not reason and path in first_line:
       reason = f'duplicate of manifest line {first_line[path]}'
@@ -328,8 +266,7 @@ class _ImagesToExample(beam.PTransform):
     self._max_pixels = parse_custom_config(
         exec_properties.get(
             standard_component_specs.CUSTOM_CONFIG_KEY)).max_pixels
-    self._records_prefix = os.path.join(exec_properties[_RECORDS_DIR_KEY],
-                                        uuid.uuid4().hex)
+    self._records_prefix = ingestion.records_prefix(exec_properties)
 
   def expand(self, pipeline: beam.Pipeline) -> beam.PCollection:
     logging.info('Reading images under %s with pattern %r.', self._input_base,
@@ -352,205 +289,30 @@ class _ImagesToExample(beam.PTransform):
                  | 'Candidates' >> beam.Flatten())
     results = entries | 'Validate' >> beam.ParDo(
         _ValidateImage(self._input_base, self._max_pixels)).with_outputs(
-            _REJECTED_TAG, main='accepted')
-    records = (
-        pipeline
-        | 'ExpectedClasses' >> beam.Create([{
-            'kind': 'expected', 'class': key, 'description': description
-        } for key, description in sorted(expected.items())]),
-        entries
-        | 'CountRead' >> beam.combiners.Count.Globally()
-        | 'ReadRecord' >> beam.Map(lambda n: {'kind': 'read', 'count': n}),
-        results.accepted
-        | 'ClassKeys' >> beam.Keys()
-        | 'CountPerClass' >> beam.combiners.Count.PerElement()
-        | 'ClassRecord' >> beam.MapTuple(lambda key, n: {
-            'kind': 'ingested_class', 'class': key, 'count': n}),
-        results[_REJECTED_TAG]
-        | 'RejectedRecord' >> beam.Map(lambda r: {'kind': 'rejected', **r}))
-    _ = (
-        records
-        | 'FlattenRecords' >> beam.Flatten()
-        | 'ToJson' >> beam.Map(json.dumps)
-        | 'WriteRecords' >> beam.io.WriteToText(self._records_prefix))
+            ingestion.REJECTED_TAG, main='accepted')
+    ingestion.write_split_records(pipeline, self._records_prefix, expected,
+                                  entries, results.accepted,
+                                  results[ingestion.REJECTED_TAG])
     return results.accepted | 'Examples' >> beam.Values()
 
 
-class ImageExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
+class ImageExampleGenExecutor(ingestion.ReportingExecutor):
   """FileBasedExampleGen executor for labelled images."""
+
+  ITEMS = ingestion.Items(
+      kind='Image', plural='files', key='path', valid='image',
+      valid_plural='images',
+      layout_hint=('put images in one sub-folder per class (e.g. '
+                   '{root}/cat/1.jpg) or list them in the manifest'),
+      class_hint='Add one sub-folder (or manifest label) per class.')
+
+  @classmethod
+  def parse_options(cls, custom_config: Any) -> Options:
+    return parse_custom_config(custom_config)
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
     """Returns the PTransform that turns one input split into Examples."""
     return _ImagesToExample
-
-  def GenerateExamplesByBeam(
-      self, pipeline: beam.Pipeline,
-      exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
-    """Runs the base implementation and records output counts per split."""
-    splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
-    labels = [
-        examples | f'Labels[{split}]' >> beam.Map(_split_and_label, split)
-        for split, examples in splits.items()
-    ]
-    _ = (
-        labels
-        | 'FlattenLabels' >> beam.Flatten()
-        | 'CountPerSplitLabel' >> beam.combiners.Count.PerElement()
-        | 'SplitRecord' >> beam.MapTuple(lambda key, n: {
-            'kind': 'ingested', 'split': key[0], 'label': key[1], 'count': n})
-        | 'SplitRecordToJson' >> beam.Map(json.dumps)
-        | 'WriteSplitRecords' >> beam.io.WriteToText(
-            os.path.join(exec_properties[_RECORDS_DIR_KEY], 'splits')))
-    return splits
-
-  def Do(self, input_dict: Dict[str, List[types.Artifact]],
-         output_dict: Dict[str, List[types.Artifact]],
-         exec_properties: Dict[str, Any]) -> None:
-    """Generates the Examples, then writes, logs and checks the report.
-
-    Args:
-      input_dict: Unused (FileBasedExampleGen has no input artifacts).
-      output_dict: `examples`: the single output Examples artifact.
-      exec_properties: FileBasedExampleGen's exec properties; `custom_config`
-        is parsed with `parse_custom_config`.
-
-    Raises:
-      ValueError: if no files were found, every file was rejected, a class has
-        no valid image, fewer than two classes have valid images, or the
-        rejected fraction exceeds max_rejected_fraction. The report is written
-        to the Examples artifact before raising.
-    """
-    options = parse_custom_config(
-        exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY))
-    examples = artifact_utils.get_single_instance(
-        output_dict[standard_component_specs.EXAMPLES_KEY])
-    records_dir = os.path.join(examples.uri, '.ingestion_records')
-    if fileio.exists(records_dir):
-      fileio.rmtree(records_dir)
-    super().Do(input_dict, output_dict,
-               {**exec_properties, _RECORDS_DIR_KEY: records_dir})
-    report = _build_report(
-        _read_records(records_dir),
-        exec_properties[standard_component_specs.INPUT_BASE_KEY],
-        artifact_utils.decode_split_names(examples.split_names), options)
-    fileio.rmtree(records_dir)
-    report_path = os.path.join(examples.uri, REPORT_FILE_NAME)
-    with fileio.open(report_path, 'w') as f:
-      f.write(json.dumps(report, indent=2, sort_keys=True))
-    _log_report(report, report_path)
-    _check_report(report, report_path)
-
-
-def _split_and_label(example: tf.train.Example, split: str) -> Tuple[str, str]:
-  label = example.features.feature[LABEL_FEATURE].bytes_list.value[0]
-  return split, label.decode('utf-8')
-
-
-def _read_records(records_dir: str) -> List[Dict[str, Any]]:
-  """Reads the JSON-lines records the Beam transforms wrote."""
-  records = []
-  for path in fileio.glob(os.path.join(records_dir, '*-of-*')):
-    with fileio.open(path) as f:
-      records.extend(json.loads(line) for line in f.read().splitlines() if line)
-  return records
-
-
-def _build_report(records: List[Dict[str, Any]], input_base: str,
-                  split_names: List[str], options: Options) -> Dict[str, Any]:
-  """Aggregates the per-file records into the ingestion report."""
-  by_kind = collections.defaultdict(list)
-  for record in records:
-    by_kind[record['kind']].append(record)
-  per_split_and_class = {split: {} for split in split_names}
-  for record in by_kind['ingested']:
-    per_split_and_class[record['split']][record['label']] = record['count']
-  per_class = collections.Counter()
-  for counts in per_split_and_class.values():
-    per_class.update(counts)
-  read = sum(record['count'] for record in by_kind['read'])
-  ingested = sum(per_class.values())
-  rejected = sorted(({
-      'path': r['path'],
-      'reason': r['reason']
-  } for r in by_kind['rejected']), key=lambda r: r['path'])
-  if read != ingested + len(rejected):
-    raise RuntimeError(f'Ingestion counts do not add up for {input_base}: '
-                       f'read {read}, ingested {ingested}, rejected '
-                       f'{len(rejected)}.')
-  ingested_classes = {record['class'] for record in by_kind['ingested_class']}
-  return {
-      'data_root': input_base,
-      'counts': {'read': read, 'ingested': ingested, 'rejected': len(rejected)},
-      'rejected_fraction': len(rejected) / read if read else 0.0,
-      'ingested_per_split': {
-          split: sum(counts.values())
-          for split, counts in per_split_and_class.items()
-      },
-      'ingested_per_class': dict(sorted(per_class.items())),
-      'ingested_per_split_and_class': {
-          split: dict(sorted(counts.items()))
-          for split, counts in per_split_and_class.items()
-      },
-      'classes_without_valid_images': sorted(
-          record['description'] for record in by_kind['expected']
-          if record['class'] not in ingested_classes),
-      'rejected_files': rejected,
-      'options': options._asdict(),
-  }
-
-
-def _log_report(report: Dict[str, Any], report_path: str) -> None:
-  counts = report['counts']
-  logging.info(
-      'Image ingestion from %s: read %d, ingested %d, rejected %d (%.1f%%); '
-      'per split %s; per class %s. Report: %s', report['data_root'],
-      counts['read'], counts['ingested'], counts['rejected'],
-      100 * report['rejected_fraction'], report['ingested_per_split'],
-      report['ingested_per_class'], report_path)
-  for rejected in report['rejected_files']:
-    logging.warning('Rejected %s: %s', rejected['path'], rejected['reason'])
-
-
-def _first_rejected(rejected: List[Dict[str, str]]) -> str:
-  listed = '; '.join(
-      f"{r['path']} ({r['reason']})" for r in rejected[:_ERROR_LISTING_LIMIT])
-  if len(rejected) > _ERROR_LISTING_LIMIT:
-    listed += f'; and {len(rejected) - _ERROR_LISTING_LIMIT} more'
-  return listed
-
-
-def _check_report(report: Dict[str, Any], report_path: str) -> None:
-  """Raises ValueError when the ingested data is unusable for training."""
-  root, counts = report['data_root'], report['counts']
-  rejected = report['rejected_files']
-  if not counts['read']:
-    raise ValueError(
-        f'No files found under data root {root}: put images in one sub-folder '
-        f'per class (e.g. {os.path.join(root, "cat", "1.jpg")}) or list them '
-        'in the manifest.')
-  if not counts['ingested']:
-    raise ValueError(
-        f'All {counts["read"]} files under data root {root} were rejected: '
-        f'{_first_rejected(rejected)}. Full list in {report_path}.')
-  if report['classes_without_valid_images']:
-    raise ValueError(
-        'No valid image for '
-        f'{", ".join(report["classes_without_valid_images"])} under data root '
-        f'{root}: it is empty or all its files were rejected (see '
-        f'{report_path}). Add valid images or remove the class.')
-  if len(report['ingested_per_class']) < 2:
-    raise ValueError(
-        f'Only one class ({next(iter(report["ingested_per_class"]))!r}) has '
-        f'valid images under data root {root}; a classifier needs at least '
-        'two. Add one sub-folder (or manifest label) per class.')
-  max_fraction = report['options']['max_rejected_fraction']
-  if report['rejected_fraction'] > max_fraction:
-    raise ValueError(
-        f'{counts["rejected"]} of {counts["read"]} files '
-        f'({report["rejected_fraction"]:.1%}) under data root {root} were '
-        f'rejected, more than max_rejected_fraction={max_fraction:g}. First '
-        f'rejected: {_first_rejected(rejected)}. Fix or remove these files or '
-        f'raise max_rejected_fraction (full list in {report_path}).')
 
 
 def image_example_gen(

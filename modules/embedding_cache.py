@@ -1,6 +1,7 @@
 """Phase 1 on cached embeddings: one backbone pass instead of one per epoch.
 
-While the backbone is frozen, its pooled output for an image never changes, so
+While the backbones are frozen, the head's input for an example (the pooled
+image or text features, or both towers' concatenated) never changes, so
 phase 1 computes it once per example, streams it to a temporary TFRecord file
 (memory stays bounded by one batch) and trains the head on the cache for all
 phase-1 epochs. The head layers are the classifier's own, so the assembled
@@ -15,7 +16,6 @@ import time
 import tensorflow as tf
 import tf_keras as keras
 
-from modules import backbones
 from modules import model as model_lib
 
 _EMBEDDINGS, _LABELS = 'embeddings', 'labels'
@@ -40,8 +40,8 @@ def write_embeddings(embed, dataset: tf.data.Dataset, path: str) -> int:
   """Writes one record per batch of (embeddings, labels); returns the count."""
   count = 0
   with tf.io.TFRecordWriter(path) as writer:
-    for images, labels in dataset:
-      embeddings = embed(images)
+    for inputs, labels in dataset:
+      embeddings = embed(inputs)
       writer.write(tf.train.Example(features=tf.train.Features(feature={
           _EMBEDDINGS: _bytes(tf.io.serialize_tensor(embeddings)),
           _LABELS: _bytes(tf.io.serialize_tensor(labels)),
@@ -69,7 +69,7 @@ def read_embeddings(path: str, batch_size: int, shuffle: bool,
 
 def run_cached_phase1(
     model: keras.Model,
-    backbone: backbones.Backbone,
+    backbone: model_lib.Towers,
     strategy: tf.distribute.Strategy,
     train_dataset: tf.data.Dataset,
     eval_dataset: tf.data.Dataset,
@@ -87,7 +87,7 @@ def run_cached_phase1(
   if epochs > 0:
     history = _fit_head_on_cache(model, head, train_dataset, eval_dataset,
                                  epochs, batch_size, seed, callbacks)
-  # The full classifier, evaluated on images: proves the assembly.
+  # The full classifier, evaluated on its inputs: proves the assembly.
   with strategy.scope():
     model_lib.compile_for_phase(model, learning_rate)
   return model_lib.evaluate_phase('phase1', model, eval_dataset, epochs,
@@ -106,7 +106,7 @@ def _fit_head_on_cache(model, head, train_dataset, eval_dataset, epochs,
               for split, dataset in (('train', train_dataset),
                                      ('eval', eval_dataset))}
     print(f'[trainer] phase1: cached embeddings of {counts["train"]} train and '
-          f'{counts["eval"]} eval images in {time.time() - started:.1f} s',
+          f'{counts["eval"]} eval examples in {time.time() - started:.1f} s',
           flush=True)
     return head.fit(
         read_embeddings(paths['train'], batch_size, True, seed),

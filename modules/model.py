@@ -1,15 +1,18 @@
-"""The classifier and its two-phase transfer-learning schedule.
+"""The classifiers and their two-phase transfer-learning schedule.
 
-Phase 1 (feature extraction) trains a new head on a frozen backbone. Phase 2
-(fine-tuning) unfreezes the top `fine_tune_layers` layers of the backbone and
-trains them with a lower learning rate. In both phases the backbone is called
-with `training=False` and its BatchNormalization layers stay frozen, so their
-moving statistics never change (small fine-tuning batches would wreck them).
-Both phases use the same loss on logits; softmax is applied only at serving.
+Image, text and image+text (fusion) classifiers share one head: the pooled
+backbone features (for fusion, both towers' concatenated) go through dropout
+and a dense layer. Phase 1 (feature extraction) trains the head on frozen
+backbones. Phase 2 (fine-tuning) unfreezes the top layers of each backbone,
+its own count per tower, and trains them with a lower learning rate. In both
+phases the backbones are called with `training=False` and BatchNormalization
+layers stay frozen, so their moving statistics never change (small
+fine-tuning batches would wreck them). Both phases use the same loss on
+logits; softmax is applied only at serving.
 """
 
 import dataclasses
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
 from absl import logging
 import tensorflow as tf
@@ -18,7 +21,10 @@ import tf_keras as keras
 from modules import backbones
 from modules import features
 
-HEAD_DROPOUT, LOGITS = 'head_dropout', 'logits'
+HEAD_DROPOUT, LOGITS, FUSION = 'head_dropout', 'logits', 'fusion'
+AnyBackbone = Union[backbones.Backbone, backbones.TextBackbone]
+# One backbone, or one per tower (image first for fusion).
+Towers = Union[AnyBackbone, Sequence[AnyBackbone]]
 
 
 @dataclasses.dataclass
@@ -44,18 +50,53 @@ def build_classifier(backbone: backbones.Backbone, image_size: int,
                      num_classes: int, dropout: float) -> keras.Model:
   """Backbone + dropout + dense head; inputs are [0, 255] float images."""
   inputs = keras.Input((image_size, image_size, 3), name=features.IMAGE_XF)
-  x = keras.layers.Lambda(backbone.preprocess, name='preprocess')(inputs)
-  x = backbone.network(x, training=False)
+  return keras.Model(
+      inputs, _head(_image_features(backbone, inputs), num_classes, dropout),
+      name=f'{backbone.name}_classifier')
+
+
+def build_text_classifier(backbone: backbones.TextBackbone, max_length: int,
+                          num_classes: int, dropout: float) -> keras.Model:
+  """Text encoder + dropout + dense head; inputs are transformed text."""
+  inputs = backbone.inputs(max_length)
+  return keras.Model(
+      inputs, _head(backbone.embed(inputs), num_classes, dropout),
+      name='text_classifier')
+
+
+def build_fusion_classifier(image_backbone: backbones.Backbone,
+                            text_backbone: backbones.TextBackbone,
+                            image_size: int, max_length: int,
+                            num_classes: int, dropout: float) -> keras.Model:
+  """Both towers' pooled features, concatenated, + dropout + dense head."""
+  image = keras.Input((image_size, image_size, 3), name=features.IMAGE_XF)
+  inputs = {features.IMAGE_XF: image, **text_backbone.inputs(max_length)}
+  fused = keras.layers.Concatenate(name=FUSION)([
+      _image_features(image_backbone, image), text_backbone.embed(inputs)])
+  return keras.Model(inputs, _head(fused, num_classes, dropout),
+                     name='image_text_classifier')
+
+
+def _image_features(backbone: backbones.Backbone, images):
+  x = keras.layers.Lambda(backbone.preprocess, name='preprocess')(images)
+  return backbone.network(x, training=False)
+
+
+def _head(x, num_classes: int, dropout: float):
   x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
-  logits = keras.layers.Dense(num_classes, name=LOGITS)(x)
-  return keras.Model(inputs, logits, name=f'{backbone.name}_classifier')
+  return keras.layers.Dense(num_classes, name=LOGITS)(x)
 
 
-def freeze_backbone(backbone: backbones.Backbone) -> None:
-  backbone.network.trainable = False
+def as_list(towers: Towers) -> List[AnyBackbone]:
+  return list(towers) if isinstance(towers, (list, tuple)) else [towers]
 
 
-def unfreeze_top(backbone: backbones.Backbone, num_layers: int) -> List[str]:
+def freeze_backbone(backbone: Towers) -> None:
+  for tower in as_list(backbone):
+    tower.network.trainable = False
+
+
+def unfreeze_top(backbone: AnyBackbone, num_layers: int) -> List[str]:
   """Makes the top `num_layers` backbone layers trainable, except BatchNorm.
 
   Returns:
@@ -85,22 +126,42 @@ def compile_for_phase(model: keras.Model, learning_rate: float) -> None:
 def run_phase(
     name: str,
     model: keras.Model,
-    backbone: backbones.Backbone,
+    backbone: Towers,
     strategy: tf.distribute.Strategy,
     train_dataset: tf.data.Dataset,
     eval_dataset: tf.data.Dataset,
     epochs: int,
     learning_rate: float,
-    fine_tune_layers: int,
+    fine_tune_layers: Union[int, Sequence[int]],
     callbacks: Optional[list] = None) -> dict:
   """Sets trainability, recompiles in the strategy scope, fits, evaluates.
 
+  Args:
+    name: the phase, for the log.
+    model: the classifier.
+    backbone: its backbone, or its towers' (image first for fusion).
+    strategy: the distribution strategy the model was built under.
+    train_dataset: (inputs, label index) batches.
+    eval_dataset: the same, for validation.
+    epochs: epochs to fit (0: only evaluate).
+    learning_rate: Adam's.
+    fine_tune_layers: top layers to unfreeze; one count per tower.
+    callbacks: Keras callbacks for fit.
+
   Returns:
     The Keras `history` (per-epoch metrics), the final `eval_accuracy` and
-    `eval_loss`, and the names of the `unfrozen_layers` of the backbone.
+    `eval_loss`, and the names of the `unfrozen_layers` of the backbones.
   """
+  towers = as_list(backbone)
+  counts = (list(fine_tune_layers) if isinstance(fine_tune_layers,
+                                                 (list, tuple)) else
+            [fine_tune_layers] * len(towers))
+  if len(counts) != len(towers):
+    raise ValueError(f'{len(towers)} backbones but fine_tune_layers '
+                     f'{fine_tune_layers!r}.')
   with strategy.scope():
-    unfrozen = unfreeze_top(backbone, fine_tune_layers)
+    unfrozen = [name for tower, count in zip(towers, counts)
+                for name in unfreeze_top(tower, count)]
     compile_for_phase(model, learning_rate)
   logging.info('%s: %d epochs at lr=%g, %d trainable weights, unfrozen '
                'backbone layers: %s', name, epochs, learning_rate,
@@ -118,7 +179,7 @@ def evaluate_phase(name: str, model: keras.Model,
                    eval_dataset: tf.data.Dataset, epochs: int,
                    learning_rate: float, history: dict,
                    unfrozen: List[str]) -> dict:
-  """Evaluates the compiled classifier on images; the per-phase result."""
+  """Evaluates the compiled classifier; the per-phase result."""
   eval_loss, eval_accuracy = model.evaluate(eval_dataset, verbose=0)
   print(f'[trainer] {name}: eval accuracy {eval_accuracy:.4f} '
         f'(loss {eval_loss:.4f}) after {epochs} epochs', flush=True)

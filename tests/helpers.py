@@ -72,3 +72,39 @@ def train_directly(pipeline_root: str, output_dir: str,
   fn_args = trainer_fn_args(pipeline_root, output_dir, custom_config)
   trainer.run_fn(fn_args)
   return fn_args.serving_model_dir
+
+
+def split_rows(pipeline_root: str, split: str) -> List[Dict[str, str]]:
+  """Every example ExampleGen put in `split`, its string features decoded."""
+  examples = latest_artifact(pipeline_root, 'FileBasedExampleGen', 'examples')
+  records = tf.data.TFRecordDataset(
+      glob.glob(os.path.join(examples, f'Split-{split}', '*')),
+      compression_type='GZIP')
+  rows = []
+  for record in records:
+    feature = tf.train.Example.FromString(record.numpy()).features.feature
+    rows.append({name: value.bytes_list.value[0].decode()
+                 for name, value in feature.items() if name != 'image'})
+  return rows
+
+
+def serve(saved_model_dir: str, **inputs) -> Dict[str, tf.Tensor]:
+  """Calls `serving_default` of a SavedModel (text models included)."""
+  import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
+  signature = tf.saved_model.load(saved_model_dir).signatures['serving_default']
+  return signature(**{k: tf.constant(v) for k, v in inputs.items()})
+
+
+def bag_of_words_accuracy(train: List[Dict[str, str]],
+                          test: List[Dict[str, str]]) -> float:
+  """TF-IDF (1-2 grams) + logistic regression, C chosen by 5-fold CV."""
+  from sklearn import feature_extraction  # pylint: disable=g-import-not-at-top
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  from sklearn import pipeline  # pylint: disable=g-import-not-at-top
+  model = pipeline.make_pipeline(
+      feature_extraction.text.TfidfVectorizer(ngram_range=(1, 2),
+                                              sublinear_tf=True),
+      linear_model.LogisticRegressionCV(Cs=[0.1, 1, 10, 100], cv=5,
+                                        max_iter=2000))
+  model.fit([r['text'] for r in train], [r['label'] for r in train])
+  return model.score([r['text'] for r in test], [r['label'] for r in test])

@@ -1,0 +1,371 @@
+"""What the image and text ExampleGen executors share: options, the report.
+
+Each executor validates its inputs in Beam and never drops one silently. The
+Beam transforms write small JSON records (what was expected, read, ingested
+and rejected, and why); `ReportingExecutor.Do` aggregates them into
+`ingestion_report.json` in the Examples artifact, logs it, and fails with a
+ValueError naming the data root when the data is unusable for training.
+"""
+
+import abc
+import collections
+import dataclasses
+import json
+import os
+import posixpath
+import uuid
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Type
+
+from absl import logging
+import apache_beam as beam
+from google.protobuf import json_format
+from google.protobuf import struct_pb2
+import tensorflow as tf
+from tfx import types
+from tfx.components.example_gen import base_example_gen_executor
+from tfx.dsl.io import fileio
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
+from tfx.types import standard_component_specs
+from tfx.utils import proto_utils
+
+REPORT_FILE_NAME = 'ingestion_report.json'
+LABEL_FEATURE = 'label'
+# exec_properties key through which Do tells the Beam transforms where to put
+# their records (read back and deleted after the pipeline).
+RECORDS_DIR_KEY = '_ingestion_records_dir'
+REJECTED_TAG = 'rejected'
+_ERROR_LISTING_LIMIT = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Items:
+  """How a report and its errors name what an executor reads.
+
+  Attributes:
+    kind: 'Image' or 'Text', for the log.
+    plural: what is read and rejected, e.g. 'files' ('rejected_files').
+    key: the field naming one rejected item, e.g. 'path'.
+    valid: what a class needs at least one of, e.g. 'image'.
+    valid_plural: e.g. 'images' ('classes_without_valid_images').
+    layout_hint: how to lay out the data, for the "nothing found" error;
+      `{root}` is replaced by the data root.
+    class_hint: how to add a class, for the "one class" error.
+  """
+  kind: str
+  plural: str
+  key: str
+  valid: str
+  valid_plural: str
+  layout_hint: str
+  class_hint: str
+
+
+def pack_options(options: NamedTuple) -> example_gen_pb2.CustomConfig:
+  """An ExampleGen custom_config packing `options` as a Struct."""
+  struct = struct_pb2.Struct()
+  struct.update({k: list(v) if isinstance(v, tuple) else v
+                 for k, v in options._asdict().items()})
+  config = example_gen_pb2.CustomConfig()
+  config.custom_config.Pack(struct)
+  return config
+
+
+def unpack_options(custom_config: Any, factory: str) -> Dict[str, Any]:
+  """The option values in a custom_config exec property ({} if unset).
+
+  Args:
+    custom_config: JSON of a CustomConfig (as exec_properties hold it), a
+      CustomConfig, or None.
+    factory: the function that builds it, named in errors.
+  """
+  if not custom_config:
+    return {}
+  if isinstance(custom_config, str):
+    if 'custom_config' not in json.loads(custom_config):
+      raise ValueError(
+          'custom_config must be an example_gen_pb2.CustomConfig; build it '
+          f'with {factory}(...), got {custom_config}.')
+    custom_config = proto_utils.json_to_proto(
+        custom_config, example_gen_pb2.CustomConfig())
+  struct = struct_pb2.Struct()
+  if not custom_config.custom_config.Unpack(struct):
+    raise ValueError(
+        f'custom_config must pack a google.protobuf.Struct (use {factory}), '
+        f'got {custom_config.custom_config.type_url}.')
+  return json_format.MessageToDict(struct)
+
+
+def check_option_names(values: Dict[str, Any], options: Type[NamedTuple],
+                       what: str) -> None:
+  unknown = set(values) - set(options._fields)
+  if unknown:
+    raise ValueError(f'Unknown {what} options {sorted(unknown)}; expected '
+                     f'{list(options._fields)}.')
+
+
+def check_max_rejected_fraction(value: float) -> float:
+  if not 0.0 <= value <= 1.0:
+    raise ValueError(f'max_rejected_fraction must be in [0, 1], got {value}.')
+  return float(value)
+
+
+def describe(error: Exception) -> str:
+  return str(error) or type(error).__name__
+
+
+def read_file(path: str) -> Tuple[bytes, Optional[str]]:
+  """Reads a file; returns (bytes, None) or (b'', why it is unreadable)."""
+  try:
+    with fileio.open(path, 'rb') as f:
+      return f.read(), None
+  except (FileNotFoundError, tf.errors.NotFoundError):
+    return b'', 'file not found'
+  except (OSError, tf.errors.OpError) as e:
+    return b'', f'unreadable file: {describe(e)}'
+
+
+def relative_path_problem(path: str) -> Optional[str]:
+  """Returns why a path listed in a manifest may not be read, or None."""
+  if (path.startswith(('/', '\\')) or '://' in path or
+      path[1:3] in (':\\', ':/')):
+    return 'absolute path in manifest: paths must be relative to the data root'
+  normalized = posixpath.normpath(path)
+  if normalized == '..' or normalized.startswith('../'):
+    return "path escapes the data root via '..'"
+  return None
+
+
+def bytes_feature(value: bytes) -> tf.train.Feature:
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def records_prefix(exec_properties: Dict[str, Any]) -> str:
+  """A fresh file prefix for one split transform's records."""
+  return os.path.join(exec_properties[RECORDS_DIR_KEY], uuid.uuid4().hex)
+
+
+def write_split_records(pipeline: beam.Pipeline, prefix: str,
+                        expected: Dict[str, str],
+                        candidates: beam.PCollection,
+                        accepted: beam.PCollection,
+                        rejected: beam.PCollection) -> None:
+  """Writes one input split's records for the report.
+
+  Args:
+    pipeline: the Beam pipeline.
+    prefix: from `records_prefix`.
+    expected: class key -> how to name it if it ends up with no valid item.
+    candidates: everything read (counted).
+    accepted: (class key, Example) pairs.
+    rejected: {key: item, 'reason': why} dicts.
+  """
+  records = (
+      pipeline
+      | 'ExpectedClasses' >> beam.Create([{
+          'kind': 'expected', 'class': key, 'description': description
+      } for key, description in sorted(expected.items())]),
+      candidates
+      | 'CountRead' >> beam.combiners.Count.Globally()
+      | 'ReadRecord' >> beam.Map(lambda n: {'kind': 'read', 'count': n}),
+      accepted
+      | 'ClassKeys' >> beam.Keys()
+      | 'CountPerClass' >> beam.combiners.Count.PerElement()
+      | 'ClassRecord' >> beam.MapTuple(lambda key, n: {
+          'kind': 'ingested_class', 'class': key, 'count': n}),
+      rejected
+      | 'RejectedRecord' >> beam.Map(lambda r: {'kind': 'rejected', **r}))
+  _ = (
+      records
+      | 'FlattenRecords' >> beam.Flatten()
+      | 'ToJson' >> beam.Map(json.dumps)
+      | 'WriteRecords' >> beam.io.WriteToText(prefix))
+
+
+class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor,
+                        abc.ABC):
+  """A FileBasedExampleGen executor that writes and checks the report.
+
+  Subclasses name their items (`ITEMS`), parse their options
+  (`parse_options`, a NamedTuple with `max_rejected_fraction`), and return a
+  PTransform whose splits call `write_split_records`.
+  """
+  ITEMS: Items
+
+  @classmethod
+  @abc.abstractmethod
+  def parse_options(cls, custom_config: Any) -> NamedTuple:
+    """Parses the custom_config exec property."""
+
+  def GenerateExamplesByBeam(
+      self, pipeline: beam.Pipeline,
+      exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
+    """Runs the base implementation and records output counts per split."""
+    splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+    labels = [
+        examples | f'Labels[{split}]' >> beam.Map(_split_and_label, split)
+        for split, examples in splits.items()
+    ]
+    _ = (
+        labels
+        | 'FlattenLabels' >> beam.Flatten()
+        | 'CountPerSplitLabel' >> beam.combiners.Count.PerElement()
+        | 'SplitRecord' >> beam.MapTuple(lambda key, n: {
+            'kind': 'ingested', 'split': key[0], 'label': key[1], 'count': n})
+        | 'SplitRecordToJson' >> beam.Map(json.dumps)
+        | 'WriteSplitRecords' >> beam.io.WriteToText(
+            os.path.join(exec_properties[RECORDS_DIR_KEY], 'splits')))
+    return splits
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]],
+         exec_properties: Dict[str, Any]) -> None:
+    """Generates the Examples, then writes, logs and checks the report.
+
+    Args:
+      input_dict: Unused (FileBasedExampleGen has no input artifacts).
+      output_dict: `examples`: the single output Examples artifact.
+      exec_properties: FileBasedExampleGen's exec properties; `custom_config`
+        is parsed with `parse_options`.
+
+    Raises:
+      ValueError: if nothing was found, everything was rejected, a class has
+        no valid item, fewer than two classes have valid items, or the
+        rejected fraction exceeds max_rejected_fraction. The report is written
+        to the Examples artifact before raising.
+    """
+    options = self.parse_options(
+        exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY))
+    examples = artifact_utils.get_single_instance(
+        output_dict[standard_component_specs.EXAMPLES_KEY])
+    records_dir = os.path.join(examples.uri, '.ingestion_records')
+    if fileio.exists(records_dir):
+      fileio.rmtree(records_dir)
+    super().Do(input_dict, output_dict,
+               {**exec_properties, RECORDS_DIR_KEY: records_dir})
+    report = build_report(
+        _read_records(records_dir),
+        exec_properties[standard_component_specs.INPUT_BASE_KEY],
+        artifact_utils.decode_split_names(examples.split_names), options,
+        self.ITEMS)
+    fileio.rmtree(records_dir)
+    report_path = os.path.join(examples.uri, REPORT_FILE_NAME)
+    with fileio.open(report_path, 'w') as f:
+      f.write(json.dumps(report, indent=2, sort_keys=True))
+    _log_report(report, report_path, self.ITEMS)
+    check_report(report, report_path, self.ITEMS)
+
+
+def _split_and_label(example: tf.train.Example, split: str) -> Tuple[str, str]:
+  label = example.features.feature[LABEL_FEATURE].bytes_list.value[0]
+  return split, label.decode('utf-8')
+
+
+def _read_records(records_dir: str) -> List[Dict[str, Any]]:
+  """Reads the JSON-lines records the Beam transforms wrote."""
+  records = []
+  for path in fileio.glob(os.path.join(records_dir, '*-of-*')):
+    with fileio.open(path) as f:
+      records.extend(json.loads(line) for line in f.read().splitlines() if line)
+  return records
+
+
+def build_report(records: Iterable[Dict[str, Any]], input_base: str,
+                 split_names: List[str], options: NamedTuple,
+                 items: Items) -> Dict[str, Any]:
+  """Aggregates the records into the ingestion report."""
+  by_kind = collections.defaultdict(list)
+  for record in records:
+    by_kind[record['kind']].append(record)
+  per_split_and_class = {split: {} for split in split_names}
+  for record in by_kind['ingested']:
+    per_split_and_class[record['split']][record['label']] = record['count']
+  per_class = collections.Counter()
+  for counts in per_split_and_class.values():
+    per_class.update(counts)
+  read = sum(record['count'] for record in by_kind['read'])
+  ingested = sum(per_class.values())
+  rejected = sorted(({
+      items.key: r[items.key],
+      'reason': r['reason']
+  } for r in by_kind['rejected']), key=lambda r: r[items.key])
+  if read != ingested + len(rejected):
+    raise RuntimeError(f'Ingestion counts do not add up for {input_base}: '
+                       f'read {read}, ingested {ingested}, rejected '
+                       f'{len(rejected)}.')
+  ingested_classes = {record['class'] for record in by_kind['ingested_class']}
+  return {
+      'data_root': input_base,
+      'counts': {'read': read, 'ingested': ingested, 'rejected': len(rejected)},
+      'rejected_fraction': len(rejected) / read if read else 0.0,
+      'ingested_per_split': {
+          split: sum(counts.values())
+          for split, counts in per_split_and_class.items()
+      },
+      'ingested_per_class': dict(sorted(per_class.items())),
+      'ingested_per_split_and_class': {
+          split: dict(sorted(counts.items()))
+          for split, counts in per_split_and_class.items()
+      },
+      f'classes_without_valid_{items.valid_plural}': sorted(
+          record['description'] for record in by_kind['expected']
+          if record['class'] not in ingested_classes),
+      f'rejected_{items.plural}': rejected,
+      'options': options._asdict(),
+  }
+
+
+def _log_report(report: Dict[str, Any], report_path: str,
+                items: Items) -> None:
+  counts = report['counts']
+  logging.info(
+      '%s ingestion from %s: read %d, ingested %d, rejected %d (%.1f%%); '
+      'per split %s; per class %s. Report: %s', items.kind,
+      report['data_root'], counts['read'], counts['ingested'],
+      counts['rejected'], 100 * report['rejected_fraction'],
+      report['ingested_per_split'], report['ingested_per_class'], report_path)
+  for rejected in report[f'rejected_{items.plural}']:
+    logging.warning('Rejected %s: %s', rejected[items.key], rejected['reason'])
+
+
+def _first_rejected(rejected: List[Dict[str, str]], key: str) -> str:
+  listed = '; '.join(
+      f"{r[key]} ({r['reason']})" for r in rejected[:_ERROR_LISTING_LIMIT])
+  if len(rejected) > _ERROR_LISTING_LIMIT:
+    listed += f'; and {len(rejected) - _ERROR_LISTING_LIMIT} more'
+  return listed
+
+
+def check_report(report: Dict[str, Any], report_path: str,
+                 items: Items) -> None:
+  """Raises ValueError when the ingested data is unusable for training."""
+  root, counts = report['data_root'], report['counts']
+  rejected = _first_rejected(report[f'rejected_{items.plural}'], items.key)
+  empty_classes = report[f'classes_without_valid_{items.valid_plural}']
+  if not counts['read']:
+    raise ValueError(
+        f'No {items.plural} found under data root {root}: '
+        f'{items.layout_hint.format(root=root)}.')
+  if not counts['ingested']:
+    raise ValueError(
+        f'All {counts["read"]} {items.plural} under data root {root} were '
+        f'rejected: {rejected}. Full list in {report_path}.')
+  if empty_classes:
+    raise ValueError(
+        f'No valid {items.valid} for {", ".join(empty_classes)} under data '
+        f'root {root}: it is empty or all its {items.plural} were rejected '
+        f'(see {report_path}). Add valid {items.valid_plural} or remove the '
+        'class.')
+  if len(report['ingested_per_class']) < 2:
+    raise ValueError(
+        f'Only one class ({next(iter(report["ingested_per_class"]))!r}) has '
+        f'valid {items.valid_plural} under data root {root}; a classifier '
+        f'needs at least two. {items.class_hint}')
+  max_fraction = report['options']['max_rejected_fraction']
+  if report['rejected_fraction'] > max_fraction:
+    raise ValueError(
+        f'{counts["rejected"]} of {counts["read"]} {items.plural} '
+        f'({report["rejected_fraction"]:.1%}) under data root {root} were '
+        f'rejected, more than max_rejected_fraction={max_fraction:g}. First '
+        f'rejected: {rejected}. Fix or remove these {items.plural} or raise '
+        f'max_rejected_fraction (full list in {report_path}).')
