@@ -14,7 +14,9 @@ from typing import Any, Dict, List, Optional
 
 from absl import logging
 from tfx import types
+from tfx.components.pusher import component as pusher_component
 from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils
@@ -94,3 +96,9 @@ class AtomicPusherExecutor(pusher_executor.Executor):
     self._MarkPushed(model_push, pushed_destination=serving_path,
                      pushed_version=os.path.basename(serving_path))
     return None
+
+
+class AtomicPusher(pusher_component.Pusher):
+  """TFX's Pusher with AtomicPusherExecutor (filesystem destinations)."""
+
+  EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(AtomicPusherExecutor)

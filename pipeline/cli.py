@@ -1,19 +1,34 @@
-"""`tfx-transfer`: run the pipeline locally, classify with a pushed model.
+"""`tfx-transfer`: retrain locally, classify with a pushed model, show reports.
 
-Exit codes (for CI):
-  0  the new model was blessed and pushed
-  3  trained, but the Evaluator did not bless it; the previous model stays
-  2  bad input or configuration
+  tfx-transfer run [--config FILE] [flags]   run the pipeline (LocalDagRunner)
+  tfx-transfer predict --model DIR [FILE...] [--text T...]
+                                             classify images and/or texts
+  tfx-transfer report [--output-dir DIR]     print the last run's report
+
+Settings come from PipelineConfig's defaults, then the --config file (YAML or
+TOML, see pipeline/config_file.py), then the flags. `run` writes its report to
+<output-dir>/reports/<run>/ and beside a pushed model.
+
+Exit codes of `run` (for CI):
+  0  a new model was blessed and pushed
+  3  a model was trained but not blessed: the gate held, nothing was pushed
+     and the previous model keeps serving
+  2  bad input or configuration (settings, data, model or image paths)
   1  internal failure
 """
 
 import argparse
-import glob
 import json
 import os
 import sys
+import warnings
 
 EXIT_PUSHED, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NOT_BLESSED = 0, 1, 2, 3
+# Run flags that set PipelineConfig fields, and those that set its `trainer`.
+_PIPELINE_FLAGS = ('data_root', 'modality', 'manifest', 'output_dir',
+                   'accuracy_threshold', 'max_accuracy_drop')
+_TRAINER_FLAGS = ('backbone', 'weights', 'image_size', 'phase1_epochs',
+                  'phase2_epochs', 'fine_tune_layers')
 
 
 def _parse_args(argv):
@@ -21,111 +36,180 @@ def _parse_args(argv):
       prog='tfx-transfer', description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
+  kubeflow = commands.add_parser(
+      'kubeflow', add_help=False,
+      help='compile | upload | schedule | run-once on Kubeflow Pipelines '
+      '(`tfx-transfer kubeflow --help`).')
+  kubeflow.add_argument('kubeflow_argv', nargs=argparse.REMAINDER)
 
-  run = commands.add_parser('run', help='Run the pipeline locally (Beam).')
+  run = commands.add_parser(
+      'run', help='Run the pipeline locally (Beam); exit code 0/3/2/1.',
+      description='Run the pipeline locally. Flags override --config.')
+  run.add_argument('--config', help='YAML (.yaml/.yml) or TOML (.toml) file '
+                   'with PipelineConfig keys and a `trainer` table.')
   run.add_argument('--data-root', help='Folder-per-class image tree '
                    '(default: the bundled Fashion-MNIST demo).')
-  run.add_argument('--manifest', help='CSV path,label under --data-root.')
-  run.add_argument('--output-dir', help='Pipeline root, MLMD, serving/.')
+  run.add_argument('--modality', help='What the data holds (default '
+                   "'image'); see MODALITIES in pipeline/config.py.")
+  run.add_argument('--manifest', help='CSV path,label under --data-root; '
+                   'for text and image_text, the CSV or JSONL data file.')
+  run.add_argument('--output-dir', help='Pipeline root, MLMD, serving/, '
+                   'reports/ (default: outputs/).')
   run.add_argument('--backbone', help='e.g. MobileNet, MobileNetV2, '
                    'hub:<handle>, file:<path>.')
-  run.add_argument('--weights', help="offline | imagenet | none | <file>")
+  run.add_argument('--weights', help='offline | imagenet | none | <file>')
   run.add_argument('--image-size', type=int)
-  run.add_argument('--phase1-epochs', type=int)
-  run.add_argument('--phase2-epochs', type=int)
+  run.add_argument('--phase1-epochs', type=int,
+                   help='Epochs with the backbone frozen.')
+  run.add_argument('--phase2-epochs', type=int,
+                   help='Fine-tuning epochs (0 skips fine-tuning).')
   run.add_argument('--fine-tune-layers', type=int)
-  run.add_argument('--accuracy-threshold', type=float)
-  run.add_argument('--max-accuracy-drop', type=float)
+  run.add_argument('--accuracy-threshold', type=float,
+                   help='The gate: eval accuracy must reach this.')
+  run.add_argument('--max-accuracy-drop', type=float,
+                   help='The gate: allowed drop below the latest blessed '
+                   'model (default 0: no regression).')
+  run.add_argument('--report-dir', help='Also copy the run report here '
+                   '(e.g. a CI artifact folder).')
 
   predict = commands.add_parser(
       'predict', help='Classify image files with a pushed model.')
   predict.add_argument('--model', required=True, help='A pushed model '
                        'directory, or the serving/ folder (newest version).')
-  predict.add_argument('images', nargs='+')
+  predict.add_argument('images', nargs='*')
+  predict.add_argument('--text', action='append', default=[],
+                       help='A text to classify (repeat the flag); for an '
+                       'image+text model, one per image, in order.')
+
+  report = commands.add_parser(
+      'report', help="Print the last run's report (markdown).")
+  report.add_argument('--output-dir', help='The runs\' output directory '
+                      '(default: outputs/).')
+  report.add_argument('--run', help='A run id (default: the newest report).')
+  report.add_argument('--json', action='store_true',
+                      help='Print report.json instead of the markdown.')
   return parser.parse_args(argv)
 
 
-def _config_from_args(args):
+def _error(message: str) -> int:
+  print(f'error: {message}', file=sys.stderr)
+  return EXIT_BAD_INPUT
+
+
+def _load_config(args):
+  """PipelineConfig from the defaults, --config and the flags; checks it.
+
+  Everything but the trainer settings is checked before TensorFlow loads.
+
+  Raises:
+    ValueError: with a message for the user.
+  """
   from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
-  trainer = {
-      key: value for key, value in {
-          'backbone': args.backbone,
-          'weights': args.weights,
-          'image_size': args.image_size,
-          'phase1_epochs': args.phase1_epochs,
-          'phase2_epochs': args.phase2_epochs,
-          'fine_tune_layers': args.fine_tune_layers,
-      }.items() if value is not None
-  }
-  overrides = {
-      key: value for key, value in {
-          'data_root': args.data_root and os.path.abspath(args.data_root),
-          'manifest': args.manifest,
-          'output_dir': args.output_dir and os.path.abspath(args.output_dir),
-          'accuracy_threshold': args.accuracy_threshold,
-          'max_accuracy_drop': args.max_accuracy_drop,
-      }.items() if value is not None
-  }
-  return config_lib.PipelineConfig(trainer=trainer, **overrides)
+  from pipeline import config_file  # pylint: disable=g-import-not-at-top
+  values = config_file.load(args.config) if args.config else {}
+  values.update({key: getattr(args, key) for key in _PIPELINE_FLAGS
+                 if getattr(args, key) is not None})
+  trainer = dict(values.get('trainer') or {})
+  trainer.update({key: getattr(args, key) for key in _TRAINER_FLAGS
+                  if getattr(args, key) is not None})
+  values['trainer'] = trainer
+  for key in ('data_root', 'output_dir'):
+    if key in values:
+      values[key] = os.path.abspath(values[key])
+  data_root = values.get('data_root', config_lib.DEMO_DATA)
+  if not os.path.isdir(data_root):
+    raise ValueError(f'data root {data_root} is not a directory')
+  manifest = values.get('manifest')
+  if manifest and not os.path.isfile(os.path.join(data_root, manifest)):
+    raise ValueError(f'manifest {manifest} is not a file under {data_root}')
+  config = config_lib.PipelineConfig(**values)  # Loads TF last.
+  config_file.check_trainer(config.trainer)
+  return config
 
 
 def _run(args) -> int:
   try:
-    config = _config_from_args(args)
+    config = _load_config(args)
   except (TypeError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return EXIT_BAD_INPUT
-  if not os.path.isdir(config.data_root):
-    print(f'error: data root {config.data_root} is not a directory',
-          file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return _error(str(e))
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
+  from pipeline import report as report_lib  # pylint: disable=g-import-not-at-top
   print(f'Running pipeline on {config.data_root} -> {config.output_dir}',
         flush=True)
   try:
-    result = local_runner.run(config)
+    result = local_runner.run(config, progress=lambda line: print(
+        line, flush=True))
   except ValueError as e:  # Raised by components on bad input data.
-    print(f'error: {e}', file=sys.stderr)
-    return EXIT_BAD_INPUT
-  for name, state in sorted(result.components.items()):
-    print(f'  {name:35s} {state}')
-  for phase in ('phase1', 'phase2'):
-    if phase in result.training:
-      print(f'{phase} eval accuracy: '
-            f'{result.training[phase]["eval_accuracy"]:.4f}')
-  print(f'pipeline took {result.seconds:.0f} s')
+    return _error(str(e))
+  report = report_lib.build(config, result)
+  report_dir = report_lib.write(report, config.output_dir,
+                                copy_to=args.report_dir)
+  _print_summary(report)
+  print(f'Report: {os.path.join(report_dir, report_lib.MARKDOWN_FILE)}')
   if result.pushed_to:
     print(f'Blessed and pushed to {result.pushed_to}')
     return EXIT_PUSHED
-  print('Not blessed: the model was not pushed; the previous model stays.')
+  print('Not blessed (the gate held): nothing was pushed; the previous model '
+        'stays.')
   return EXIT_NOT_BLESSED
+
+
+def _print_summary(report) -> None:
+  """The components' table and the accuracies, from the run report."""
+  print(f'\n{"component":32s} {"state":7s} {"seconds":>8s}')
+  for node, component in report['components'].items():
+    print(f'{node:32s} {component["state"]:7s} {component["seconds"]:8.1f}')
+  print(f'{"pipeline":32s} {"":7s} {report["seconds"]:8.1f}\n')
+  accuracy = report['accuracy']
+  for phase in ('phase1', 'phase2'):
+    if phase in report['training']:
+      print(f'{phase} ({report["training"][phase]["epochs"]} epochs) eval '
+            f'accuracy: {accuracy[phase]:.4f}')
+  if accuracy['eval'] is not None:
+    baseline = accuracy['baseline']
+    print(f'Evaluator accuracy: {accuracy["eval"]:.4f}; latest blessed '
+          f'model: {"none" if baseline is None else f"{baseline:.4f}"}')
+  for failure in report['gate']['failures']:
+    print(f'  gate failed: {failure}')
 
 
 def _latest_version(model_dir: str) -> str:
   if os.path.exists(os.path.join(model_dir, 'saved_model.pb')):
     return model_dir
-  versions = sorted(
-      glob.glob(os.path.join(model_dir, '*', 'saved_model.pb')),
-      key=lambda p: int(os.path.basename(os.path.dirname(p)))
-      if os.path.basename(os.path.dirname(p)).isdigit() else -1)
+  versions = [
+      name for name in os.listdir(model_dir) if name.isdigit() and
+      os.path.exists(os.path.join(model_dir, name, 'saved_model.pb'))
+  ]
   if not versions:
     raise FileNotFoundError(f'No SavedModel under {model_dir}')
-  return os.path.dirname(versions[-1])
+  return os.path.join(model_dir, max(versions, key=int))
 
 
 def _predict(args) -> int:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     model_path = _latest_version(args.model)
-    images = [open(path, 'rb').read() for path in args.images]
+    images = []
+    for path in args.images:
+      with open(path, 'rb') as f:
+        images.append(f.read())
   except OSError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return _error(str(e))
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
   serve = tf.saved_model.load(model_path).signatures['serving_default']
-  outputs = serve(image_bytes=tf.constant(images))
-  for i, path in enumerate(args.images):
+  given = {'image_bytes': images, 'text': args.text}
+  wanted = sorted(serve.structured_input_signature[1])
+  inputs = {name: given.get(name, []) for name in wanted}
+  counts = {len(v) for v in inputs.values()}
+  if (counts == {0} or len(counts) != 1 or
+      any(v for k, v in given.items() if k not in inputs)):
+    return _error(f'this model takes {" and ".join(wanted)} (image files '
+                  'and/or --text), one of each per example')
+  outputs = serve(**{k: tf.constant(v) for k, v in inputs.items()})
+  for i in range(len(next(iter(inputs.values())))):
     print(json.dumps({
-        'image': path,
+        **({'image': args.images[i]} if 'image_bytes' in inputs else {}),
+        **({'text': args.text[i]} if 'text' in inputs else {}),
         'label': outputs['label'][i].numpy().decode(),
         'probabilities': {
             c.decode(): round(float(p), 4) for c, p in zip(
@@ -136,11 +220,34 @@ def _predict(args) -> int:
   return 0
 
 
+def _report(args) -> int:
+  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
+  from pipeline import report as report_lib  # pylint: disable=g-import-not-at-top
+  output_dir = os.path.abspath(
+      args.output_dir or config_lib.PipelineConfig.output_dir)
+  try:
+    report_dir = report_lib.find(output_dir, args.run)
+  except FileNotFoundError as e:
+    return _error(str(e))
+  name = report_lib.JSON_FILE if args.json else report_lib.MARKDOWN_FILE
+  with open(os.path.join(report_dir, name)) as f:
+    sys.stdout.write(f.read())
+  return 0
+
+
 def main(argv=None) -> int:
   os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # google-api-core warns about Python 3.10 once per imported API package.
+  warnings.filterwarnings('ignore', category=FutureWarning, module='google')
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ['kubeflow']:  # Loads kfp only when asked for.
+    from kubeflow import cli as kubeflow_cli  # pylint: disable=g-import-not-at-top
+    return kubeflow_cli.main(argv[1:], prog='tfx-transfer kubeflow')
   args = _parse_args(argv)
   try:
-    return {'run': _run, 'predict': _predict}[args.command](args)
+    return {'run': _run, 'predict': _predict, 'report': _report}[
+        args.command](args)
   except Exception:  # pylint: disable=broad-except
     import traceback  # pylint: disable=g-import-not-at-top
     traceback.print_exc()

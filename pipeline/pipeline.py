@@ -1,28 +1,42 @@
 """The pipeline definition, shared by the local runner and Kubeflow.
 
-ExampleGen (images) -> StatisticsGen -> SchemaGen -> Transform (label
-vocabulary; the decode/resize graph, not materialized) -> Trainer (two-phase
-transfer learning) -> Evaluator (accuracy bound + no regression against the
-latest blessed model) -> Pusher (only when blessed).
+ExampleGen (images, text or image+text rows) -> StatisticsGen -> SchemaGen ->
+Transform (label vocabulary; the decode/resize and tokenization graph, not
+materialized) -> Trainer (two-phase transfer learning) -> Evaluator (accuracy
+bound + no regression against the latest blessed model) -> Pusher (only when
+blessed; atomic, see components/atomic_pusher.py).
 """
 
+import json
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
+from tfx.utils import proto_utils
 
+from components import atomic_pusher
 from components import image_example_gen
+from components import text_example_gen
 from modules import features
 from pipeline import config as config_lib
 
 PREPROCESSING_MODULE = os.path.join(config_lib.MODULES_DIR, 'preprocessing.py')
 TRAINER_MODULE = os.path.join(config_lib.MODULES_DIR, 'trainer.py')
+# The same user code by import path, for images that contain the project.
+PREPROCESSING_FN = 'modules.preprocessing.preprocessing_fn'
+RUN_FN = 'modules.trainer.run_fn'
+
+# Settings a KubeflowV2DagRunner run can override. All are strings: V2 only
+# substitutes whole execution properties, never values inside a dict or proto.
+DATA_ROOT_PARAMETER = 'data_root'  # ExampleGen input_base.
+EVAL_CONFIG_PARAMETER = 'eval_config'  # tfma.EvalConfig as JSON (the gate).
+TRAINER_CONFIG_PARAMETER = 'trainer_config'  # Trainer custom_config as JSON.
 
 
 def eval_config(accuracy_threshold: float,
                 max_accuracy_drop: float) -> tfma.EvalConfig:
-  """Accuracy gate (absolute bound and change vs baseline), per-class slices."""
+  """Overall-accuracy gate (bound, no regression); per-class metrics."""
   return tfma.EvalConfig(
       model_specs=[
           tfma.ModelSpec(
@@ -40,26 +54,115 @@ def eval_config(accuracy_threshold: float,
               tfma.MetricConfig(class_name='ExampleCount'),
               tfma.MetricConfig(
                   class_name='SparseCategoricalAccuracy',
-                  threshold=tfma.MetricThreshold(
-                      value_threshold=tfma.GenericValueThreshold(
-                          lower_bound={'value': accuracy_threshold}),
-                      # Ignored on the first run, when no baseline exists.
-                      change_threshold=tfma.GenericChangeThreshold(
-                          direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                          absolute={'value': -max_accuracy_drop - 1e-10}))),
+                  # The gate is on overall accuracy; per-class accuracy is
+                  # reported, not gated (a class has only a few eval examples).
+                  per_slice_thresholds=[
+                      tfma.PerSliceMetricThreshold(
+                          slicing_specs=[tfma.SlicingSpec()],
+                          threshold=tfma.MetricThreshold(
+                              value_threshold=tfma.GenericValueThreshold(
+                                  lower_bound={'value': accuracy_threshold}),
+                              # Ignored on the first run (no baseline).
+                              change_threshold=tfma.GenericChangeThreshold(
+                                  direction=(
+                                      tfma.MetricDirection.HIGHER_IS_BETTER),
+                                  absolute={
+                                      'value': -max_accuracy_drop - 1e-10
+                                  })))
+                  ]),
           ])
       ])
 
 
+def runtime_parameters(
+    config: config_lib.PipelineConfig
+) -> Dict[str, tfx.dsl.experimental.RuntimeParameter]:
+  """The runtime parameters, defaulting to `config`'s values."""
+  gate = eval_config(config.accuracy_threshold, config.max_accuracy_drop)
+  defaults = {
+      DATA_ROOT_PARAMETER: (
+          config.data_root, 'Folder-per-class image tree (ExampleGen).'),
+      EVAL_CONFIG_PARAMETER: (
+          json.dumps(proto_utils.proto_to_dict(gate), sort_keys=True),
+          'tfma.EvalConfig JSON: the accuracy gate of the Evaluator.'),
+      TRAINER_CONFIG_PARAMETER: (
+          json.dumps(config.trainer, sort_keys=True),
+          'Trainer settings JSON (modules/trainer.py TrainerConfig); '
+          'image_size is fixed at compile time.'),
+  }
+  return {
+      name: tfx.dsl.experimental.RuntimeParameter(
+          name=name, ptype=str, default=default, description=description)
+      for name, (default, description) in defaults.items()
+  }
+
+
+def example_gen_component(config: config_lib.PipelineConfig, data_root):
+  """The image ExampleGen, or for text and image_text the text ExampleGen."""
+  if config.modality == features.IMAGE:
+    return image_example_gen.image_example_gen(
+        data_root,
+        manifest=config.manifest,
+        split_folders=config.split_folders,
+        max_rejected_fraction=config.max_rejected_fraction)
+  return text_example_gen.text_example_gen(
+      data_root,
+      config.manifest,
+      text_columns=config.text_columns,
+      label_column=config.label_column,
+      id_column=config.id_column,
+      image_column=(config.image_column
+                    if config.modality == features.IMAGE_TEXT else None),
+      max_rejected_fraction=config.max_rejected_fraction)
+
+
+def transform_config(config: config_lib.PipelineConfig) -> Dict[str, object]:
+  """The Transform's custom_config: image size and/or text tokenization."""
+  values = {}
+  if config.modality in (features.IMAGE, features.IMAGE_TEXT):
+    values['image_size'] = config.image_size
+  if config.modality in (features.TEXT, features.IMAGE_TEXT):
+    values.update(text_encoder=config.text_encoder,
+                  max_length=config.max_length)
+  return values
+
+
 def create_pipeline(config: config_lib.PipelineConfig,
                     beam_pipeline_args: Optional[List[str]] = None,
-                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
-  """Builds the TFX pipeline for `config`."""
-  example_gen = image_example_gen.image_example_gen(
-      config.data_root,
-      manifest=config.manifest,
-      split_folders=config.split_folders,
-      max_rejected_fraction=config.max_rejected_fraction)
+                    metadata_connection_config=None,
+                    *,
+                    modules_in_image: bool = False,
+                    with_runtime_parameters: bool = False) -> tfx.dsl.Pipeline:
+  """Builds the TFX pipeline for `config`.
+
+  Args:
+    config: The pipeline settings.
+    beam_pipeline_args: Overrides `config.beam_pipeline_args`.
+    metadata_connection_config: MLMD connection (local runs).
+    modules_in_image: Name the user code by import path (`PREPROCESSING_FN`,
+      `RUN_FN`) rather than by file, for container images that hold the
+      project. TFX then packages no user-module wheel under the pipeline root
+      at compile time, and cache keys no longer see code changes.
+    with_runtime_parameters: Make data_root, the Evaluator's gate and the
+      Trainer's settings `runtime_parameters(config)` (KubeflowV2DagRunner).
+  """
+  if with_runtime_parameters:
+    parameters = runtime_parameters(config)
+    data_root = parameters[DATA_ROOT_PARAMETER]
+    gate = parameters[EVAL_CONFIG_PARAMETER]
+    trainer_config = parameters[TRAINER_CONFIG_PARAMETER]
+  else:
+    data_root = config.data_root
+    gate = eval_config(config.accuracy_threshold, config.max_accuracy_drop)
+    trainer_config = config.trainer
+  if modules_in_image:
+    transform_code = {'preprocessing_fn': PREPROCESSING_FN}
+    trainer_code = {'run_fn': RUN_FN}
+  else:
+    transform_code = {'module_file': PREPROCESSING_MODULE}
+    trainer_code = {'module_file': TRAINER_MODULE}
+
+  example_gen = example_gen_component(config, data_root)
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs['examples'])
   schema_gen = tfx.components.SchemaGen(
@@ -68,19 +171,19 @@ def create_pipeline(config: config_lib.PipelineConfig,
   transform = tfx.components.Transform(
       examples=example_gen.outputs['examples'],
       schema=schema_gen.outputs['schema'],
-      module_file=PREPROCESSING_MODULE,
-      custom_config={'image_size': config.image_size},
+      custom_config=transform_config(config),
       # Only the vocabulary is analyzed; images are decoded on the fly.
       materialize=False,
-      splits_config=tfx.proto.SplitsConfig(analyze=['train', 'eval']))
+      splits_config=tfx.proto.SplitsConfig(analyze=['train', 'eval']),
+      **transform_code)
   trainer = tfx.components.Trainer(
-      module_file=TRAINER_MODULE,
       examples=example_gen.outputs['examples'],
       transform_graph=transform.outputs['transform_graph'],
       schema=schema_gen.outputs['schema'],
       train_args=tfx.proto.TrainArgs(splits=['train']),
       eval_args=tfx.proto.EvalArgs(splits=['eval']),
-      custom_config=config.trainer)
+      custom_config=trainer_config,
+      **trainer_code)
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
       model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -92,15 +195,15 @@ def create_pipeline(config: config_lib.PipelineConfig,
       example_splits=['eval'],
       model=trainer.outputs['model'],
       baseline_model=model_resolver.outputs['model'],
-      eval_config=eval_config(config.accuracy_threshold,
-                              config.max_accuracy_drop))
+      eval_config=gate)
   with tfx.dsl.Cond(evaluator.outputs['blessing'].future()[0]
                     .custom_property('blessed') == 1):
-    pusher = tfx.components.Pusher(
+    pusher = atomic_pusher.AtomicPusher(
         model=trainer.outputs['model'],
+        model_blessing=evaluator.outputs['blessing'],  # Checked again.
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=config.serving_dir)))
+                base_directory=config.serving_dir))).with_id('Pusher')
 
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name,
