@@ -1,0 +1,174 @@
+"""Shared helpers of the benchmarks: setup, metric lines, data, splits.
+
+Every benchmark prints its figures as `name value` lines (see `metric`) and
+the machine's load average (from `uptime`) before and after it runs, because
+the 2-core machine they were measured on is shared.
+"""
+
+import os
+import posixpath
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+os.environ['TF_USE_LEGACY_KERAS'] = '1'
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, PROJECT_ROOT)
+sys.path.insert(1, os.path.join(PROJECT_ROOT, 'tests'))  # tests/helpers.py
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+import tf_keras as keras
+from tfx.components.example_gen import base_example_gen_executor
+from tfx.proto import example_gen_pb2
+from tfx.utils import proto_utils
+
+from components import image_example_gen
+from modules import preprocessing
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+DEMO_DATA = os.path.join(PROJECT_ROOT, 'data', 'fashion_demo')
+SEED = 42
+IMAGE_SIZE = preprocessing.DEFAULT_IMAGE_SIZE
+BACKBONE, WEIGHTS = 'MobileNet', 'offline'
+
+# (path relative to the data root, POSIX separators; class name)
+Example = Tuple[str, str]
+
+
+def metric(name: str, value) -> None:
+  """Prints one figure as `name value`."""
+  if isinstance(value, float):
+    value = f'{value:.4f}'
+  print(f'{name} {value}', flush=True)
+
+
+def load_average(when: str) -> None:
+  """Prints `uptime` and its 1/5/15-minute load average as a metric line."""
+  uptime = subprocess.run(['uptime'], capture_output=True, text=True,
+                          check=True).stdout.strip()
+  print(f'# uptime ({when}): {uptime}', flush=True)
+  metric(f'load_average_{when}',
+         uptime.rsplit('load average:', 1)[-1].strip().replace(',', ''))
+
+
+class Timer:
+  """`with Timer() as t: ...` then `t.seconds`."""
+
+  def __enter__(self):
+    self._start = time.perf_counter()
+    return self
+
+  def __exit__(self, *exc):
+    self.seconds = time.perf_counter() - self._start
+
+
+def list_images(data_root: str) -> List[Example]:
+  """Every file below data_root/<class>/, as ExampleGen names them, sorted."""
+  result = []
+  for label in sorted(os.listdir(data_root)):
+    folder = os.path.join(data_root, label)
+    for directory, _, names in os.walk(folder):
+      sub = os.path.relpath(directory, folder).replace(os.sep, '/')
+      for name in names:
+        result.append((posixpath.normpath(posixpath.join(label, sub, name)),
+                       label))
+  return sorted(result)
+
+
+def pipeline_split(data_root: str) -> Dict[str, List[Example]]:
+  """The train/eval split ExampleGen makes of a folder-per-class tree.
+
+  Calls TFX's own partition function on the `path` feature with the output
+  config that `image_example_gen` builds, so it is the pipeline's split.
+  """
+  component = image_example_gen.image_example_gen(data_root)
+  split_config = proto_utils.json_to_proto(
+      component.exec_properties['output_config'],
+      example_gen_pb2.Output()).split_config
+  buckets = np.cumsum([s.hash_buckets for s in split_config.splits]).tolist()
+  names = [s.name for s in split_config.splits]
+  result = {name: [] for name in names}
+  for path, label in list_images(data_root):
+    example = tf.train.Example(features=tf.train.Features(feature={
+        image_example_gen.PATH_FEATURE: tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[path.encode()]))}))
+    # pylint: disable-next=protected-access
+    index = base_example_gen_executor._PartitionFn(
+        example, len(buckets), buckets, split_config)
+    result[names[index]].append((path, label))
+  return result
+
+
+def image_dataset(data_root: str, examples: List[Example],
+                  class_names: List[str], batch_size: int, shuffle: bool,
+                  image_size: int = IMAGE_SIZE,
+                  seed: int = SEED) -> tf.data.Dataset:
+  """(image, label index) batches decoded in a parallel map, like the Trainer.
+
+  The structure of modules/trainer.make_dataset (shuffle, batch, parallel
+  decode with preprocessing.decode_and_resize, prefetch), on files.
+  """
+  paths = [os.path.join(data_root, p) for p, _ in examples]
+  labels = [class_names.index(label) for _, label in examples]
+  dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+  if shuffle:
+    dataset = dataset.shuffle(len(paths), seed=seed,
+                              reshuffle_each_iteration=True)
+
+  def _load(batch_paths, batch_labels):
+    encoded = tf.map_fn(tf.io.read_file, batch_paths)
+    return (preprocessing.decode_and_resize(encoded, image_size),
+            tf.cast(batch_labels, tf.int64))
+
+  return (dataset.batch(batch_size)
+          .map(_load, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+def replicate_tree(source: str, target: str, copies: int,
+                   pixels: Optional[int] = None) -> int:
+  """Writes `copies` distinct versions of every image of `source` to `target`.
+
+  Copy 0 is the original file; copy c > 0 is the image rolled by c // 28
+  rows and c % 28 columns and re-encoded in its own format (JPEG at quality
+  95, as data/build_fashion_demo.py wrote them), so every file is distinct
+  and about the original's size. With `pixels`, every copy (0 included) is
+  first resized to pixels x pixels, for larger files.
+
+  Returns:
+    The total bytes of the files written (the encoded input bytes).
+  """
+  total = 0
+  for path, _ in list_images(source):
+    os.makedirs(os.path.dirname(os.path.join(target, path)), exist_ok=True)
+    stem, ext = os.path.splitext(path)
+    with Image.open(os.path.join(source, path)) as image:
+      fmt = image.format
+      if pixels:
+        image = image.resize((pixels, pixels), Image.BILINEAR)
+      original = np.asarray(image)
+    for c in range(copies):
+      out = os.path.join(target, f'{stem}_v{c:03d}{ext}' if c else path)
+      if c == 0 and not pixels:
+        shutil.copyfile(os.path.join(source, path), out)
+      else:
+        Image.fromarray(np.roll(original, (c // 28, c % 28), axis=(0, 1))).save(
+            out, format=fmt, **({'quality': 95} if fmt == 'JPEG' else {}))
+      total += os.path.getsize(out)
+  return total
+
+
+def tree_bytes(root: str) -> int:
+  """Total size of the files below root."""
+  return sum(os.path.getsize(os.path.join(d, n))
+             for d, _, names in os.walk(root) for n in names)
+
+
+def set_seed(seed: int = SEED) -> None:
+  keras.utils.set_random_seed(seed)

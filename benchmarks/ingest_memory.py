@@ -1,0 +1,194 @@
+"""(d) ExampleGen + StatisticsGen + SchemaGen + Transform: memory and bytes.
+
+Builds the real components with pipeline.pipeline.create_pipeline (so they
+carry the pipeline's own settings) and runs only those four with
+LocalDagRunner (Beam in-memory DirectRunner, the pipeline's defaults) on N
+images and on K*N images (the demo tree with K-1 re-encoded, slightly shifted
+copies of each image: distinct files of about the same size; --pixels P
+resizes them all to P x P first, for larger files). Each size runs in its own
+subprocess. Peak memory: the child's ru_maxrss (os.wait4), and the peak of
+its VmRSS sampled every 50 ms while each component runs. Output bytes: the
+Examples artifact's files (GZIP'd TFRecords) and its records uncompressed,
+each against the encoded input bytes.
+
+  .venv/bin/python benchmarks/ingest_memory.py [--copies 1] [--factor 4]
+      [--pixels 0]
+"""
+
+import argparse
+import glob
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+
+import common  # pylint: disable=g-bad-import-order
+
+_INGEST = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform')
+
+
+def rss_mib(field: str) -> float:
+  """VmRSS or VmHWM of this process, MiB."""
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith(field + ':'):
+        return int(line.split()[1]) / 1024
+  return float('nan')
+
+
+class _RssByComponent(logging.Filter):
+  """Samples VmRSS every 50 ms; the peak while each component runs.
+
+  Installed on the absl logger, it sees LocalDagRunner's 'Component %s is
+  running/finished.' records (INFO) and lets through only what the logger
+  would have emitted before.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.peaks, self._node = {}, None
+    self._logger = logging.getLogger('absl')
+    self._level = self._logger.getEffectiveLevel()
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+
+  def __enter__(self):
+    self._logger.addFilter(self)
+    self._logger.setLevel(logging.INFO)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._done.set()
+    self._thread.join()
+    self._logger.removeFilter(self)
+    self._logger.setLevel(self._level)
+
+  def _sample(self):
+    while not self._done.wait(0.05):
+      node = self._node
+      if node:
+        self.peaks[node] = max(self.peaks.get(node, 0.0), rss_mib('VmRSS'))
+
+  def filter(self, record):
+    if record.msg == 'Component %s is running.':
+      self._node = record.args[0]
+    elif record.msg == 'Component %s is finished.':
+      self._node = None
+    return record.levelno >= self._level
+
+
+def ingest(data_root: str, output_dir: str) -> dict:
+  """Runs the four components once (child process); returns sizes, times."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from tfx import v1 as tfx
+  from pipeline import config as config_lib
+  from pipeline import pipeline as pipeline_lib
+  # pylint: enable=g-import-not-at-top
+  rss_after_imports = rss_mib('VmRSS')
+  config = config_lib.PipelineConfig(data_root=data_root,
+                                     output_dir=output_dir)
+  full = pipeline_lib.create_pipeline(config)
+  nodes = [node for node in full.components if node.id in _INGEST]
+  for node in nodes:  # Detach the Trainer, Evaluator, ... that read them.
+    for down in list(node.downstream_nodes):
+      if down.id not in _INGEST:
+        node.remove_downstream_node(down)
+  with common.Timer() as timer, _RssByComponent() as by_component:
+    tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+        pipeline_name='ingest', pipeline_root=config.pipeline_root,
+        components=nodes, enable_cache=False,
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                config.metadata_path)),
+        beam_pipeline_args=config.beam_pipeline_args))
+  examples = glob.glob(os.path.join(config.pipeline_root,
+                                    'FileBasedExampleGen', 'examples', '*',
+                                    'Split-*', '*'))
+  records = tf.data.TFRecordDataset(examples, compression_type='GZIP')
+  return {
+      'images': sum(1 for _ in records),
+      'seconds': timer.seconds,
+      'rss_after_imports_mib': rss_after_imports,
+      'peak_rss_mib_by_component': by_component.peaks,
+      'examples_file_bytes': sum(os.path.getsize(p) for p in examples),
+      'examples_record_bytes': sum(len(r.numpy()) for r in records),
+      'transform_graph_bytes': common.tree_bytes(glob.glob(os.path.join(
+          config.pipeline_root, 'Transform', 'transform_graph', '*'))[0]),
+  }
+
+
+def measure(data_root: str, work: str) -> dict:
+  """Runs `ingest` in a child process; adds its peak RSS."""
+  result_path = os.path.join(work, 'result.json')
+  child = subprocess.Popen([sys.executable, __file__, '--child', data_root,
+                            work])
+  _, status, usage = os.wait4(child.pid, 0)
+  child.returncode = os.waitstatus_to_exitcode(status)
+  if child.returncode:
+    raise RuntimeError(f'ingest of {data_root} failed ({child.returncode})')
+  with open(result_path) as f:
+    result = json.load(f)
+  result['peak_rss_mib'] = usage.ru_maxrss / 1024
+  result['input_bytes'] = common.tree_bytes(data_root)
+  return result
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--copies', type=int, default=1,
+                      help='N = this many versions of each demo image')
+  parser.add_argument('--factor', type=int, default=4)
+  parser.add_argument('--pixels', type=int, default=0,
+                      help='resize the images to this size (larger files)')
+  parser.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    data_root, work = args.child
+    result = ingest(data_root, os.path.join(work, 'out'))
+    with open(os.path.join(work, 'result.json'), 'w') as f:
+      json.dump(result, f)
+    return
+
+  common.load_average('start')
+  sizes = {'n': args.copies, f'{args.factor}n': args.copies * args.factor}
+  results = {}
+  with tempfile.TemporaryDirectory(prefix='bench_d_') as tmp:
+    for name, copies in sizes.items():
+      data_root = os.path.join(tmp, name, 'data')
+      common.replicate_tree(common.DEMO_DATA, data_root, copies, args.pixels)
+      results[name] = measure(data_root, os.path.join(tmp, name))
+      print(f'# {name}: {results[name]}', flush=True)
+  common.load_average('end')
+
+  for name, result in results.items():
+    common.metric(f'{name}_images', result['images'])
+    common.metric(f'{name}_input_bytes', result['input_bytes'])
+    common.metric(f'{name}_seconds', result['seconds'])
+    common.metric(f'{name}_rss_after_imports_mib',
+                  result['rss_after_imports_mib'])
+    common.metric(f'{name}_peak_rss_mib', result['peak_rss_mib'])
+    for node, peak in result['peak_rss_mib_by_component'].items():
+      common.metric(f'{name}_peak_rss_mib_{node}', peak)
+    common.metric(f'{name}_examples_file_bytes', result['examples_file_bytes'])
+    common.metric(f'{name}_examples_record_bytes',
+                  result['examples_record_bytes'])
+    common.metric(f'{name}_examples_file_over_input',
+                  result['examples_file_bytes'] / result['input_bytes'])
+    common.metric(f'{name}_examples_records_over_input',
+                  result['examples_record_bytes'] / result['input_bytes'])
+    common.metric(f'{name}_transform_graph_bytes',
+                  result['transform_graph_bytes'])
+  small, large = results['n'], results[f'{args.factor}n']
+  common.metric('peak_rss_ratio_large_over_small',
+                large['peak_rss_mib'] / small['peak_rss_mib'])
+  common.metric('peak_rss_growth_mib',
+                large['peak_rss_mib'] - small['peak_rss_mib'])
+
+
+if __name__ == '__main__':
+  main()
