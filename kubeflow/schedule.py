@@ -237,17 +237,13 @@ def schedule(endpoint: Endpoint,
   check_cron(cron)
   if max_concurrency not in MAX_CONCURRENCY_RANGE:
     raise ValueError(f'max concurrency must be 1 to 10, got {max_concurrency}')
-  client = _connect(endpoint)
-  pipeline_name = pipeline_name or package.name
-  experiment_id = _experiment_id(client, experiment or pipeline_name,
-                                 endpoint.namespace)
-  with contextlib.ExitStack() as undo:
-    version = _upload(client, package, pipeline_name, version_name, undo)
-    name = name or f'{pipeline_name} {version.version_name} ({cron})'
-    with _kfp_call(f'Creating recurring run {name!r}'):
+
+  def create(client, experiment_id, version, pipeline_name):
+    run_name = name or f'{pipeline_name} {version.version_name} ({cron})'
+    with _kfp_call(f'Creating recurring run {run_name!r}'):
       recurring_run = client.create_recurring_run(
           experiment_id=experiment_id,
-          job_name=name,
+          job_name=run_name,
           cron_expression=cron,
           max_concurrency=max_concurrency,
           no_catchup=True,
@@ -255,9 +251,10 @@ def schedule(endpoint: Endpoint,
           pipeline_id=version.pipeline_id,
           version_id=version.version_id,
           enabled=True)
-    undo.pop_all()
-  return {**dataclasses.asdict(version),
-          'recurring_run_id': recurring_run.recurring_run_id}
+    return {'recurring_run_id': recurring_run.recurring_run_id}
+
+  return _upload_then(endpoint, package, experiment, pipeline_name,
+                      version_name, create)
 
 
 def run_once(endpoint: Endpoint,
@@ -268,22 +265,39 @@ def run_once(endpoint: Endpoint,
              pipeline_name: Optional[str] = None,
              version_name: Optional[str] = None) -> Dict[str, str]:
   """Uploads `package` and starts one run of that version (see `schedule`)."""
+
+  def create(client, experiment_id, version, pipeline_name):
+    run_name = name or f'{pipeline_name} {version.version_name}'
+    with _kfp_call(f'Creating run {run_name!r}'):
+      run = client.run_pipeline(
+          experiment_id=experiment_id,
+          job_name=run_name,
+          params=dict(parameters),
+          pipeline_id=version.pipeline_id,
+          version_id=version.version_id)
+    return {'run_id': run.run_id}
+
+  return _upload_then(endpoint, package, experiment, pipeline_name,
+                      version_name, create)
+
+
+def _upload_then(endpoint: Endpoint, package: Package,
+                 experiment: Optional[str], pipeline_name: Optional[str],
+                 version_name: Optional[str], create) -> Dict[str, str]:
+  """Uploads `package`, then `create(client, experiment_id, version, name)`.
+
+  Whatever the upload created is deleted again if `create` fails, so nothing
+  is left half-created. Returns the version's ids and `create`'s ids.
+  """
   client = _connect(endpoint)
   pipeline_name = pipeline_name or package.name
   experiment_id = _experiment_id(client, experiment or pipeline_name,
                                  endpoint.namespace)
   with contextlib.ExitStack() as undo:
     version = _upload(client, package, pipeline_name, version_name, undo)
-    name = name or f'{pipeline_name} {version.version_name}'
-    with _kfp_call(f'Creating run {name!r}'):
-      run = client.run_pipeline(
-          experiment_id=experiment_id,
-          job_name=name,
-          params=dict(parameters),
-          pipeline_id=version.pipeline_id,
-          version_id=version.version_id)
+    created = create(client, experiment_id, version, pipeline_name)
     undo.pop_all()
-  return {**dataclasses.asdict(version), 'run_id': run.run_id}
+  return {**dataclasses.asdict(version), **created}
 
 
 def _connect(endpoint: Endpoint, timeout: float = 30) -> kfp.Client:
