@@ -6,12 +6,17 @@ phase 1 computes it once per example, streams it to a temporary TFRecord file
 (memory stays bounded by one batch) and trains the head on the cache for all
 phase-1 epochs. The head layers are the classifier's own, so the assembled
 model is ready for phase 2 and for export. Exact only without training-time
-augmentation; with augmentation, use the plain path (`phase1_cache=False`).
+augmentation: the cache holds each example's one unaugmented view, so with
+augmentation the Trainer runs phase 1 on the plain path instead. Under mixed
+precision the embeddings are stored as float32.
 """
 
+import dataclasses
+import math
 import os
 import tempfile
 import time
+from typing import Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -77,27 +82,37 @@ def run_cached_phase1(
     learning_rate: float,
     batch_size: int,
     seed: int,
-    callbacks=None) -> dict:
-  """Phase 1 with the embedding cache; returns what model_lib.run_phase does."""
+    callbacks=None,
+    options: Optional[model_lib.FitOptions] = None) -> dict:
+  """Phase 1 with the embedding cache; returns what model_lib.run_phase does.
+
+  `options` (schedule, early stopping, class weights) apply to the head's fit
+  as they would to the plain path's.
+  """
   with strategy.scope():
     model_lib.freeze_backbone(backbone)
     head = head_model(model)
-    model_lib.compile_for_phase(head, learning_rate)
-  history = {}
+  fitted = {'history': {}, 'early_stopping': None}
   if epochs > 0:
-    history = _fit_head_on_cache(model, head, train_dataset, eval_dataset,
-                                 epochs, batch_size, seed, callbacks)
+    fitted = _fit_head_on_cache(model, head, strategy, train_dataset,
+                                eval_dataset, epochs, learning_rate,
+                                batch_size, seed, callbacks,
+                                options or model_lib.FitOptions())
   # The full classifier, evaluated on its inputs: proves the assembly.
   with strategy.scope():
     model_lib.compile_for_phase(model, learning_rate)
   return model_lib.evaluate_phase('phase1', model, eval_dataset, epochs,
-                                  learning_rate, history, [])
+                                  learning_rate, fitted['history'], [],
+                                  fitted['early_stopping'])
 
 
-def _fit_head_on_cache(model, head, train_dataset, eval_dataset, epochs,
-                       batch_size, seed, callbacks) -> dict:
+def _fit_head_on_cache(model, head, strategy, train_dataset, eval_dataset,
+                       epochs, learning_rate, batch_size, seed, callbacks,
+                       options) -> dict:
   """Caches both splits' embeddings in a temp dir, fits the head on them."""
-  embed = tf.function(lambda x: embedding_model(model)(x, training=False))
+  embedder = embedding_model(model)
+  embed = tf.function(
+      lambda x: tf.cast(embedder(x, training=False), tf.float32))
   with tempfile.TemporaryDirectory(prefix='phase1_embeddings_') as cache_dir:
     started = time.time()
     paths = {split: os.path.join(cache_dir, f'{split}.tfrecord')
@@ -108,11 +123,13 @@ def _fit_head_on_cache(model, head, train_dataset, eval_dataset, epochs,
     print(f'[trainer] phase1: cached embeddings of {counts["train"]} train and '
           f'{counts["eval"]} eval examples in {time.time() - started:.1f} s',
           flush=True)
-    return head.fit(
+    options = dataclasses.replace(
+        options, steps_per_epoch=math.ceil(counts['train'] / batch_size))
+    return model_lib.fit_phase(
+        'phase1', head, strategy,
         read_embeddings(paths['train'], batch_size, True, seed),
-        validation_data=read_embeddings(paths['eval'], batch_size, False,
-                                        seed),
-        epochs=epochs, callbacks=callbacks, verbose=2).history
+        read_embeddings(paths['eval'], batch_size, False, seed),
+        epochs, learning_rate, callbacks, options)
 
 
 def _bytes(tensor: tf.Tensor) -> tf.train.Feature:

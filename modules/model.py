@@ -1,25 +1,32 @@
-"""The classifiers and their two-phase transfer-learning schedule.
+"""The classifiers and their transfer-learning phases.
 
 Image, text and image+text (fusion) classifiers share one head: the pooled
 backbone features (for fusion, both towers' concatenated) go through dropout
-and a dense layer. Phase 1 (feature extraction) trains the head on frozen
-backbones. Phase 2 (fine-tuning) unfreezes the top layers of each backbone,
-its own count per tower, and trains them with a lower learning rate. In both
-phases the backbones are called with `training=False` and BatchNormalization
-layers stay frozen, so their moving statistics never change (small
-fine-tuning batches would wreck them). Both phases use the same loss on
-logits; softmax is applied only at serving.
+and a dense layer (float32 even under mixed precision). Phase 1 (feature
+extraction) trains the head on frozen backbones. Fine-tuning follows: one
+phase (phase 2) or several (progressive unfreezing, `phases`), each
+unfreezing the top of each backbone (`Unfreeze`: top N layers, from a named
+layer, or a fraction) and training at its own learning rate. In every phase
+the backbones are called with `training=False` and BatchNormalization layers
+stay frozen, so their moving statistics never change (small fine-tuning
+batches would wreck them). All phases use the same loss on logits; softmax
+is applied only at serving. Every fit is guarded: a NaN or infinite training
+loss raises TrainingDivergedError at once.
 """
 
+import contextlib
 import dataclasses
-from typing import List, Optional, Sequence, Union
+import math
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
+from modules import augmentation as augmentation_lib
 from modules import backbones
 from modules import features
+from modules import schedules
 
 HEAD_DROPOUT, LOGITS, FUSION = 'head_dropout', 'logits', 'fusion'
 AnyBackbone = Union[backbones.Backbone, backbones.TextBackbone]
@@ -27,18 +34,205 @@ AnyBackbone = Union[backbones.Backbone, backbones.TextBackbone]
 Towers = Union[AnyBackbone, Sequence[AnyBackbone]]
 
 
+UNFREEZE_KEYS = ('fine_tune_layers', 'fine_tune_from', 'fine_tune_fraction')
+_PHASE_KEYS = ('epochs', 'learning_rate', *UNFREEZE_KEYS,
+               'text_fine_tune_layers')
+PRECISIONS = ('float32', 'mixed_float16')
+
+
+class TrainingDivergedError(RuntimeError):
+  """A phase's training loss became NaN or infinite; nothing may be pushed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Unfreeze:
+  """Which backbone layers a fine-tuning phase trains (never BatchNorm).
+
+  Exactly one of: the `top` N layers; every layer from `from_layer` up (a
+  layer's name, or a block's name prefix such as `block6` or `conv5_block1`);
+  the top `fraction` of the layers (rounded up). Layers are counted as Keras
+  lists them (`Backbone.layers`; a text encoder's are its inputs, embeddings
+  and transformer blocks).
+  """
+  top: Optional[int] = None
+  from_layer: Optional[str] = None
+  fraction: Optional[float] = None
+
+  def first_trainable(self, layers: Sequence[keras.layers.Layer]) -> int:
+    """The index of the lowest layer this setting trains."""
+    if self.from_layer is not None:
+      names = [layer.name for layer in layers]
+      if self.from_layer in names:
+        return names.index(self.from_layer)
+      for i, name in enumerate(names):
+        if name.startswith(self.from_layer):
+          return i
+      raise ValueError(f'fine_tune_from: no backbone layer is named or starts '
+                       f'with {self.from_layer!r}; its layers: {names}')
+    if self.fraction is not None:
+      return len(layers) - math.ceil(self.fraction * len(layers))
+    return max(0, len(layers) - self.top)
+
+
+def parse_unfreeze(values: Dict[str, Any], where: str) -> Unfreeze:
+  """The one setting among `values`' UNFREEZE_KEYS (the others None/absent)."""
+  given = [key for key in UNFREEZE_KEYS if values.get(key) is not None]
+  if len(given) != 1:
+    raise ValueError(f'{where}: give exactly one of {list(UNFREEZE_KEYS)}, '
+                     f'got {given or "none"}')
+  key, value = given[0], values[given[0]]
+  if key == 'fine_tune_layers':
+    _check(_is_int(value) and value >= 0, f'{where}.{key}',
+           'an integer >= 0', value)
+    return Unfreeze(top=value)
+  if key == 'fine_tune_from':
+    _check(isinstance(value, str) and value, f'{where}.{key}',
+           'a layer or block name', value)
+    return Unfreeze(from_layer=value)
+  _check(_is_number(value) and 0 < value <= 1, f'{where}.{key}',
+         'a number in (0, 1]', value)
+  return Unfreeze(fraction=float(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One fine-tuning phase: its length, learning rate and unfreezing."""
+  name: str
+  epochs: int
+  learning_rate: float
+  unfreeze: Unfreeze  # Image towers.
+  text_unfreeze: Unfreeze  # Text towers: top transformer blocks.
+
+  def tower_settings(self, towers: Sequence['AnyBackbone']) -> List[Unfreeze]:
+    return [self.text_unfreeze if isinstance(tower, backbones.TextBackbone)
+            else self.unfreeze for tower in towers]
+
+
 @dataclasses.dataclass
 class TrainingConfig:
-  """Hyperparameters of the two phases; see README for the defaults' reasons."""
+  """Hyperparameters of the phases; see README for the defaults' reasons.
+
+  Fine-tuning is one phase 2 (`phase2_*` and the unfreeze setting: at most
+  one of `fine_tune_from`, `fine_tune_fraction`, else `fine_tune_layers`) or,
+  when `phases` is set, those phases in order (progressive unfreezing): each
+  a mapping with `epochs`, `learning_rate`, optionally one of UNFREEZE_KEYS
+  and `text_fine_tune_layers` (default: the top-level ones).
+  """
   phase1_epochs: int = 5
   phase1_learning_rate: float = 1e-3
   phase2_epochs: int = 2
   phase2_learning_rate: float = 1e-4
   fine_tune_layers: int = 20
+  fine_tune_from: Optional[str] = None
+  fine_tune_fraction: Optional[float] = None
+  text_fine_tune_layers: int = 2  # Top transformer blocks unfrozen in phase 2.
+  phases: Optional[List[Dict[str, Any]]] = None
+  lr_schedule: str = schedules.CONSTANT
+  lr_decay_rate: float = 0.9  # exponential: factor per epoch.
+  lr_warmup_epochs: float = 0.0  # cosine: linear warm-up from 0.
+  early_stopping_patience: int = 0  # Epochs without a better val_loss; 0: off.
+  class_weights: Union[str, Dict[str, float]] = 'none'  # Or 'balanced'.
+  augmentation: Optional[Dict[str, Any]] = None  # modules/augmentation.py
+  precision: str = 'float32'  # Or 'mixed_float16'.
   dropout: float = 0.2
   seed: int = 42
   # Phase 1 trains the head on embeddings computed once (embedding_cache.py).
   phase1_cache: bool = True
+
+  def __post_init__(self):
+    self.fine_tuning_phases()  # Validates the unfreeze settings and phases.
+    _check(self.lr_schedule in schedules.SCHEDULES, 'lr_schedule',
+           f'one of {list(schedules.SCHEDULES)}', self.lr_schedule)
+    _check(_is_number(self.lr_decay_rate) and 0 < self.lr_decay_rate <= 1,
+           'lr_decay_rate', 'a number in (0, 1]', self.lr_decay_rate)
+    _check(_is_number(self.lr_warmup_epochs) and self.lr_warmup_epochs >= 0,
+           'lr_warmup_epochs', 'a number >= 0', self.lr_warmup_epochs)
+    _check(_is_int(self.early_stopping_patience) and
+           self.early_stopping_patience >= 0, 'early_stopping_patience',
+           'an integer >= 0', self.early_stopping_patience)
+    _check(self.class_weights in ('none', 'balanced') or (
+        isinstance(self.class_weights, dict) and all(
+            isinstance(k, str) and _is_number(v) and v > 0
+            for k, v in self.class_weights.items())), 'class_weights',
+           "'none', 'balanced' or a mapping {class name: weight > 0}",
+           self.class_weights)
+    augmentation_lib.validate(self.augmentation)
+    _check(self.precision in PRECISIONS, 'precision',
+           f'one of {list(PRECISIONS)}', self.precision)
+
+  def fine_tuning_phases(self) -> List[Phase]:
+    """The phases after phase 1, named phase2, phase3, ..."""
+    alternatives = {key: getattr(self, key)
+                    for key in ('fine_tune_from', 'fine_tune_fraction')
+                    if getattr(self, key) is not None}
+    unfreeze = parse_unfreeze(
+        alternatives or {'fine_tune_layers': self.fine_tune_layers}, 'trainer')
+    text_unfreeze = _text_unfreeze(self.text_fine_tune_layers,
+                                   'trainer.text_fine_tune_layers')
+    if self.phases is None:
+      return [Phase('phase2', self.phase2_epochs, self.phase2_learning_rate,
+                    unfreeze, text_unfreeze)]
+    _check(isinstance(self.phases, list), 'phases',
+           'a list of mappings', self.phases)
+    return [_parse_phase(values, f'trainer.phases[{i}]', f'phase{i + 2}',
+                         unfreeze, text_unfreeze)
+            for i, values in enumerate(self.phases)]
+
+
+def _parse_phase(values: Any, where: str, name: str, unfreeze: Unfreeze,
+                 text_unfreeze: Unfreeze) -> Phase:
+  if not isinstance(values, dict):
+    raise ValueError(f'{where} must be a mapping with keys {list(_PHASE_KEYS)},'
+                     f' got {values!r}')
+  unknown = sorted(set(values) - set(_PHASE_KEYS))
+  if unknown:
+    raise ValueError(f'{where}: unknown key(s) {unknown}; known keys: '
+                     f'{list(_PHASE_KEYS)}')
+  epochs, learning_rate = values.get('epochs'), values.get('learning_rate')
+  _check(_is_int(epochs) and epochs >= 0, f'{where}.epochs',
+         'an integer >= 0', epochs)
+  _check(_is_number(learning_rate) and learning_rate > 0,
+         f'{where}.learning_rate', 'a number > 0', learning_rate)
+  if any(key in values for key in UNFREEZE_KEYS):
+    unfreeze = parse_unfreeze(values, where)
+  if 'text_fine_tune_layers' in values:
+    text_unfreeze = _text_unfreeze(values['text_fine_tune_layers'],
+                                   f'{where}.text_fine_tune_layers')
+  return Phase(name, epochs, float(learning_rate), unfreeze, text_unfreeze)
+
+
+def _text_unfreeze(blocks: Any, where: str) -> Unfreeze:
+  _check(_is_int(blocks) and blocks >= 0, where, 'an integer >= 0', blocks)
+  return Unfreeze(top=blocks)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(ok, key: str, requirement: str, value) -> None:
+  if not ok:
+    name = key if key.startswith('trainer') else f'trainer.{key}'
+    raise ValueError(f'{name} must be {requirement}, got {value!r}')
+
+
+@contextlib.contextmanager
+def precision_policy(name: str):
+  """Sets Keras' global dtype policy (e.g. mixed_float16) for the block.
+
+  Build, train and export inside it; the previous policy is restored after,
+  so nothing else in the process inherits it.
+  """
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(name)
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
 
 
 def loss() -> keras.losses.Loss:
@@ -47,12 +241,17 @@ def loss() -> keras.losses.Loss:
 
 
 def build_classifier(backbone: backbones.Backbone, image_size: int,
-                     num_classes: int, dropout: float) -> keras.Model:
-  """Backbone + dropout + dense head; inputs are [0, 255] float images."""
+                     num_classes: int, dropout: float,
+                     augmentation: Optional[keras.layers.Layer] = None
+                     ) -> keras.Model:
+  """Backbone + dropout + dense head; inputs are [0, 255] float images.
+
+  `augmentation` (modules/augmentation.py) goes before the backbone.
+  """
   inputs = keras.Input((image_size, image_size, 3), name=features.IMAGE_XF)
-  return keras.Model(
-      inputs, _head(_image_features(backbone, inputs), num_classes, dropout),
-      name=f'{backbone.name}_classifier')
+  features_ = _image_features(backbone, inputs, augmentation)
+  return keras.Model(inputs, _head(features_, num_classes, dropout),
+                     name=f'{backbone.name}_classifier')
 
 
 def build_text_classifier(backbone: backbones.TextBackbone, max_length: int,
@@ -67,24 +266,30 @@ def build_text_classifier(backbone: backbones.TextBackbone, max_length: int,
 def build_fusion_classifier(image_backbone: backbones.Backbone,
                             text_backbone: backbones.TextBackbone,
                             image_size: int, max_length: int,
-                            num_classes: int, dropout: float) -> keras.Model:
+                            num_classes: int, dropout: float,
+                            augmentation: Optional[keras.layers.Layer] = None
+                            ) -> keras.Model:
   """Both towers' pooled features, concatenated, + dropout + dense head."""
   image = keras.Input((image_size, image_size, 3), name=features.IMAGE_XF)
   inputs = {features.IMAGE_XF: image, **text_backbone.inputs(max_length)}
-  fused = keras.layers.Concatenate(name=FUSION)([
-      _image_features(image_backbone, image), text_backbone.embed(inputs)])
+  fused = keras.layers.Concatenate(name=FUSION, dtype='float32')([
+      _image_features(image_backbone, image, augmentation),
+      text_backbone.embed(inputs)])
   return keras.Model(inputs, _head(fused, num_classes, dropout),
                      name='image_text_classifier')
 
 
-def _image_features(backbone: backbones.Backbone, images):
+def _image_features(backbone: backbones.Backbone, images, augmentation):
+  if augmentation is not None:
+    images = augmentation(images)
   x = keras.layers.Lambda(backbone.preprocess, name='preprocess')(images)
   return backbone.network(x, training=False)
 
 
 def _head(x, num_classes: int, dropout: float):
   x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
-  return keras.layers.Dense(num_classes, name=LOGITS)(x)
+  # float32 logits under mixed precision: a stable softmax and loss.
+  return keras.layers.Dense(num_classes, name=LOGITS, dtype='float32')(x)
 
 
 def as_list(towers: Towers) -> List[AnyBackbone]:
@@ -97,17 +302,25 @@ def freeze_backbone(backbone: Towers) -> None:
 
 
 def unfreeze_top(backbone: AnyBackbone, num_layers: int) -> List[str]:
-  """Makes the top `num_layers` backbone layers trainable, except BatchNorm.
+  """Makes the top `num_layers` backbone layers trainable, except BatchNorm."""
+  return unfreeze(backbone, Unfreeze(top=num_layers))
+
+
+def unfreeze(backbone: AnyBackbone, setting: Union[int, Unfreeze]) -> List[str]:
+  """Makes the layers `setting` names trainable (an int: the top N), except
+  BatchNorm; freezes the rest.
 
   Returns:
-    The names of the layers that are trainable afterwards.
+    The names of the layers with weights that are trainable afterwards.
   """
-  if num_layers <= 0:
+  if isinstance(setting, int):
+    setting = Unfreeze(top=setting)
+  layers = backbone.layers
+  first_trainable = setting.first_trainable(layers)
+  if first_trainable >= len(layers):
     freeze_backbone(backbone)
     return []
   backbone.network.trainable = True
-  layers = backbone.layers
-  first_trainable = max(0, len(layers) - num_layers)
   for i, layer in enumerate(layers):
     layer.trainable = (
         i >= first_trainable and
@@ -115,12 +328,119 @@ def unfreeze_top(backbone: AnyBackbone, num_layers: int) -> List[str]:
   return [layer.name for layer in layers if layer.trainable and layer.weights]
 
 
-def compile_for_phase(model: keras.Model, learning_rate: float) -> None:
-  """(Re)compiles; call inside the strategy scope after changing trainability."""
+def compile_for_phase(model: keras.Model,
+                      learning_rate: schedules.LearningRate) -> None:
+  """(Re)compiles; call inside the strategy scope after changing trainability.
+
+  Under the mixed_float16 policy Keras wraps Adam in a LossScaleOptimizer.
+  """
   model.compile(
       optimizer=keras.optimizers.Adam(learning_rate),
       loss=loss(),
       metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
+
+
+@dataclasses.dataclass
+class FitOptions:
+  """What every phase's fit shares beyond its epochs and learning rate.
+
+  Attributes:
+    lr_schedule: a schedules.SCHEDULES name, with `lr_decay_rate` and
+      `lr_warmup_epochs`.
+    steps_per_epoch: training batches per epoch, for the schedules; None:
+      the dataset's cardinality, else counted once.
+    early_stopping_patience: epochs without a lower val_loss before a phase
+      stops (the best epoch's weights are restored); 0: off.
+    class_weight: {class index: loss weight}, or None.
+  """
+  lr_schedule: str = schedules.CONSTANT
+  lr_decay_rate: float = 0.9
+  lr_warmup_epochs: float = 0.0
+  steps_per_epoch: Optional[int] = None
+  early_stopping_patience: int = 0
+  class_weight: Optional[Dict[int, float]] = None
+
+  @classmethod
+  def from_config(cls, config: TrainingConfig, **kwargs) -> 'FitOptions':
+    return cls(lr_schedule=config.lr_schedule,
+               lr_decay_rate=config.lr_decay_rate,
+               lr_warmup_epochs=config.lr_warmup_epochs,
+               early_stopping_patience=config.early_stopping_patience,
+               **kwargs)
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+  """Raises TrainingDivergedError on the first NaN or infinite batch loss."""
+
+  def __init__(self, phase: str):
+    super().__init__()
+    self.phase = phase
+    self.epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss_value = (logs or {}).get('loss')
+    if loss_value is not None and not math.isfinite(float(loss_value)):
+      learning_rate = float(self.model.optimizer.learning_rate)
+      raise TrainingDivergedError(
+          f'{self.phase}: training diverged, the loss became {loss_value} at '
+          f'epoch {self.epoch + 1}, batch {batch + 1}, learning rate '
+          f'{learning_rate:.3g}. Lower the learning rate.')
+
+
+def fit_phase(name: str, model: keras.Model, strategy: tf.distribute.Strategy,
+              train_dataset: tf.data.Dataset, eval_dataset: tf.data.Dataset,
+              epochs: int, learning_rate: float, callbacks: Optional[list],
+              options: FitOptions) -> dict:
+  """Compiles `model` for the phase (in the strategy scope) and fits it.
+
+  Returns:
+    `history` (per-epoch metrics) and `early_stopping` (None when off, else
+    `patience`, `stopped_early`, `epochs_run` and `best_epoch`, 1-based,
+    whose weights the model keeps).
+  """
+  rate = learning_rate
+  if epochs > 0 and options.lr_schedule != schedules.CONSTANT:
+    rate = schedules.learning_rate(
+        options.lr_schedule, learning_rate, epochs,
+        options.steps_per_epoch or _steps_per_epoch(train_dataset),
+        options.lr_decay_rate, options.lr_warmup_epochs)
+  with strategy.scope():
+    compile_for_phase(model, rate)
+  if epochs == 0:
+    return {'history': {}, 'early_stopping': None}
+  all_callbacks = [DivergenceGuard(name), *(callbacks or [])]
+  stopper = None
+  if options.early_stopping_patience:
+    stopper = keras.callbacks.EarlyStopping(
+        monitor='val_loss', patience=options.early_stopping_patience,
+        restore_best_weights=True)
+    all_callbacks.append(stopper)
+  history = model.fit(
+      train_dataset, validation_data=eval_dataset, epochs=epochs,
+      callbacks=all_callbacks, class_weight=options.class_weight,
+      verbose=2).history
+  early_stopping = None
+  if stopper:
+    early_stopping = {
+        'patience': options.early_stopping_patience,
+        'stopped_early': stopper.stopped_epoch > 0,
+        'epochs_run': len(history['loss']),
+        'best_epoch': stopper.best_epoch + 1,
+    }
+    print(f'[trainer] {name}: early stopping: ran {len(history["loss"])} of '
+          f'{epochs} epochs, kept epoch {stopper.best_epoch + 1}', flush=True)
+  return {'history': history, 'early_stopping': early_stopping}
+
+
+def _steps_per_epoch(dataset: tf.data.Dataset) -> int:
+  """Batches per epoch: the cardinality when known, else one counting pass."""
+  steps = int(dataset.cardinality())
+  if steps < 0:
+    steps = int(dataset.reduce(0, lambda count, _: count + 1))
+  return steps
 
 
 def run_phase(
@@ -132,8 +452,9 @@ def run_phase(
     eval_dataset: tf.data.Dataset,
     epochs: int,
     learning_rate: float,
-    fine_tune_layers: Union[int, Sequence[int]],
-    callbacks: Optional[list] = None) -> dict:
+    fine_tune_layers: Union[int, Unfreeze, Sequence[Union[int, Unfreeze]]],
+    callbacks: Optional[list] = None,
+    options: Optional[FitOptions] = None) -> dict:
   """Sets trainability, recompiles in the strategy scope, fits, evaluates.
 
   Args:
@@ -144,41 +465,39 @@ def run_phase(
     train_dataset: (inputs, label index) batches.
     eval_dataset: the same, for validation.
     epochs: epochs to fit (0: only evaluate).
-    learning_rate: Adam's.
-    fine_tune_layers: top layers to unfreeze; one count per tower.
+    learning_rate: Adam's (the schedule's peak).
+    fine_tune_layers: what to unfreeze (an int: the top N layers, 0 for
+      none); one per tower, or one for all.
     callbacks: Keras callbacks for fit.
+    options: schedule, early stopping, class weights (default: none).
 
   Returns:
-    The Keras `history` (per-epoch metrics), the final `eval_accuracy` and
-    `eval_loss`, and the names of the `unfrozen_layers` of the backbones.
+    What evaluate_phase returns.
   """
   towers = as_list(backbone)
-  counts = (list(fine_tune_layers) if isinstance(fine_tune_layers,
-                                                 (list, tuple)) else
-            [fine_tune_layers] * len(towers))
-  if len(counts) != len(towers):
+  settings = (list(fine_tune_layers) if isinstance(fine_tune_layers,
+                                                   (list, tuple)) else
+              [fine_tune_layers] * len(towers))
+  if len(settings) != len(towers):
     raise ValueError(f'{len(towers)} backbones but fine_tune_layers '
                      f'{fine_tune_layers!r}.')
   with strategy.scope():
-    unfrozen = [name for tower, count in zip(towers, counts)
-                for name in unfreeze_top(tower, count)]
-    compile_for_phase(model, learning_rate)
+    unfrozen = [name for tower, setting in zip(towers, settings)
+                for name in unfreeze(tower, setting)]
   logging.info('%s: %d epochs at lr=%g, %d trainable weights, unfrozen '
                'backbone layers: %s', name, epochs, learning_rate,
                len(model.trainable_weights), unfrozen)
-  history = {}
-  if epochs > 0:
-    history = model.fit(
-        train_dataset, validation_data=eval_dataset, epochs=epochs,
-        callbacks=callbacks, verbose=2).history
+  fitted = fit_phase(name, model, strategy, train_dataset, eval_dataset,
+                     epochs, learning_rate, callbacks, options or FitOptions())
   return evaluate_phase(name, model, eval_dataset, epochs, learning_rate,
-                        history, unfrozen)
+                        fitted['history'], unfrozen, fitted['early_stopping'])
 
 
 def evaluate_phase(name: str, model: keras.Model,
                    eval_dataset: tf.data.Dataset, epochs: int,
                    learning_rate: float, history: dict,
-                   unfrozen: List[str]) -> dict:
+                   unfrozen: List[str],
+                   early_stopping: Optional[dict] = None) -> dict:
   """Evaluates the compiled classifier; the per-phase result."""
   eval_loss, eval_accuracy = model.evaluate(eval_dataset, verbose=0)
   print(f'[trainer] {name}: eval accuracy {eval_accuracy:.4f} '
@@ -190,4 +509,5 @@ def evaluate_phase(name: str, model: keras.Model,
       'eval_accuracy': float(eval_accuracy),
       'eval_loss': float(eval_loss),
       'unfrozen_layers': unfrozen,
+      'early_stopping': early_stopping,
   }

@@ -2,7 +2,8 @@
 
 Reads the raw examples (encoded image bytes, raw text or both), applies the
 transform graph on the fly in a parallel tf.data pipeline, trains under
-MirroredStrategy in two phases (modules/model.py) and exports a SavedModel
+MirroredStrategy in phases (modules/model.py: feature extraction, then one
+or several fine-tuning phases) and exports a SavedModel
 whose signatures are
   * `serving_default`: raw inputs -> class names + probabilities. The inputs
     are `image_bytes` (encoded images), `text` (UTF-8 strings), or both for
@@ -16,20 +17,24 @@ tensorflow_text ops: `import tensorflow_text` before loading one.
 
 import dataclasses
 import json
+import math
 import os
 from typing import Dict, List, Optional, Tuple
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 from tfx import v1 as tfx
 
+from modules import augmentation as augmentation_lib
 from modules import backbones
 from modules import embedding_cache
 from modules import features
 from modules import model as model_lib
 from modules import preprocessing
+from modules import schedules
 
 TRAINING_SUMMARY_FILE = 'training_summary.json'
 
@@ -45,16 +50,26 @@ class TrainerConfig(model_lib.TrainingConfig):
   text_encoder: str = backbones.DEFAULT_TEXT_ENCODER
   text_weights: str = backbones.DEFAULT_WEIGHTS
   max_length: int = preprocessing.DEFAULT_MAX_LENGTH  # Tokens, [CLS]/[SEP] in.
-  text_fine_tune_layers: int = 2  # Top transformer blocks unfrozen in phase 2.
 
   @classmethod
   def from_dict(cls, values: Dict) -> 'TrainerConfig':
+    """The settings; ValueError naming the key for a bad or unknown one."""
+    values = values or {}
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values or {}) - known)
+    unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(f'Unknown trainer settings {unknown}; known: '
                        f'{sorted(known)}')
-    return cls(**(values or {}))
+    unfreeze_keys = [k for k in model_lib.UNFREEZE_KEYS if k in values]
+    if len(unfreeze_keys) > 1:
+      raise ValueError(f'trainer: {unfreeze_keys} are alternatives; give one '
+                       'of them')
+    replaced = [k for k in ('phase2_epochs', 'phase2_learning_rate')
+                if k in values]
+    if values.get('phases') is not None and replaced:
+      raise ValueError(f'trainer: phases replaces {replaced}; give each '
+                       'phase its epochs and learning_rate there')
+    return cls(**values)
 
 
 def modality(tf_transform_output: tft.TFTransformOutput) -> str:
@@ -179,28 +194,34 @@ def make_serving_signatures(model: keras.Model,
 
 
 def build_model(kind: str, config: TrainerConfig, num_classes: int
-                ) -> Tuple[keras.Model, List[model_lib.AnyBackbone], List[int]]:
-  """The classifier for `kind`, its towers and their fine_tune_layers."""
-  towers, counts = [], []
+                ) -> Tuple[keras.Model, List[model_lib.AnyBackbone]]:
+  """The classifier for `kind` and its towers (image first).
+
+  Call under the precision policy and in the strategy scope.
+  """
+  towers = []
   if kind in (features.IMAGE, features.IMAGE_TEXT):
     towers.append(backbones.build_backbone(
         config.backbone, config.image_size, config.weights))
-    counts.append(config.fine_tune_layers)
   if kind in (features.TEXT, features.IMAGE_TEXT):
     towers.append(backbones.build_text_backbone(
         config.text_encoder, config.max_length, config.text_weights))
-    counts.append(config.text_fine_tune_layers)
+  if config.augmentation and kind == features.TEXT:
+    raise ValueError('trainer.augmentation is for images; a text model has '
+                     'none to augment')
+  augmentation = augmentation_lib.build(config.augmentation, config.seed)
   if kind == features.IMAGE:
     classifier = model_lib.build_classifier(
-        towers[0], config.image_size, num_classes, config.dropout)
+        towers[0], config.image_size, num_classes, config.dropout,
+        augmentation)
   elif kind == features.TEXT:
     classifier = model_lib.build_text_classifier(
         towers[0], config.max_length, num_classes, config.dropout)
   else:
     classifier = model_lib.build_fusion_classifier(
         *towers, config.image_size, config.max_length, num_classes,
-        config.dropout)
-  return classifier, towers, counts
+        config.dropout, augmentation)
+  return classifier, towers
 
 
 def train_two_phases(
@@ -211,26 +232,84 @@ def train_two_phases(
     eval_dataset: tf.data.Dataset,
     config: TrainerConfig,
     callbacks: Optional[list] = None,
-    fine_tune_layers: Optional[List[int]] = None) -> Dict[str, dict]:
-  """Feature extraction then fine-tuning; the per-phase results.
+    options: Optional[model_lib.FitOptions] = None) -> Dict[str, dict]:
+  """Feature extraction, then the fine-tuning phase(s); results in order.
 
-  `fine_tune_layers` gives each tower's count for phase 2 (default:
-  `config.fine_tune_layers`).
+  The keys are 'phase1', 'phase2', ... (config.fine_tuning_phases()). Each
+  tower unfreezes what its phase says for its kind (image or text).
+  `options` default to the config's schedule and early stopping, with no
+  class weights.
   """
-  data = (classifier, backbone, strategy, train_dataset, eval_dataset)
-  if config.phase1_cache:
+  options = options or model_lib.FitOptions.from_config(config)
+  towers = model_lib.as_list(backbone)
+  data = (classifier, towers, strategy, train_dataset, eval_dataset)
+  cache = phase1_cache_use(config)
+  if cache == 'used':
     phase1 = embedding_cache.run_cached_phase1(
         *data, config.phase1_epochs, config.phase1_learning_rate,
         config.batch_size * strategy.num_replicas_in_sync, config.seed,
-        callbacks)
+        callbacks, options)
   else:
+    logging.info('phase1 without the embedding cache: %s', cache)
     phase1 = model_lib.run_phase('phase1', *data, config.phase1_epochs,
-                                 config.phase1_learning_rate, 0, callbacks)
-  phase2 = model_lib.run_phase('phase2', *data, config.phase2_epochs,
-                               config.phase2_learning_rate,
-                               fine_tune_layers or config.fine_tune_layers,
-                               callbacks)
-  return {'phase1': phase1, 'phase2': phase2}
+                                 config.phase1_learning_rate, 0, callbacks,
+                                 options)
+  results = {'phase1': {**phase1, 'embedding_cache': cache}}
+  for phase in config.fine_tuning_phases():
+    results[phase.name] = model_lib.run_phase(
+        phase.name, *data, phase.epochs, phase.learning_rate,
+        phase.tower_settings(towers), callbacks, options)
+  return results
+
+
+def phase1_cache_use(config: TrainerConfig) -> str:
+  """'used', or why phase 1 runs without the embedding cache."""
+  if not config.phase1_cache:
+    return 'off: phase1_cache is false'
+  if config.augmentation:
+    return ('off: augmentation is on, and cached embeddings would not see '
+            'the augmented views')
+  return 'used'
+
+
+def label_counts(file_pattern: List[str],
+                 tf_transform_output: tft.TFTransformOutput,
+                 num_classes: int) -> np.ndarray:
+  """Examples per label index: one pass that parses the labels only."""
+  label_spec = {features.LABEL_KEY:
+                tf_transform_output.raw_feature_spec()[features.LABEL_KEY]}
+  transform_layer = tf_transform_output.transform_features_layer()
+  labels = tf.data.TFRecordDataset(
+      tf.data.Dataset.list_files(file_pattern, shuffle=False),
+      compression_type='GZIP', num_parallel_reads=tf.data.AUTOTUNE
+  ).batch(1024).map(lambda serialized: transform_layer(
+      tf.io.parse_example(serialized, label_spec))[features.LABEL_XF])
+  counts = np.zeros(num_classes, np.int64)
+  for batch in labels:
+    indices = batch.numpy().reshape(-1)
+    counts += np.bincount(indices[indices >= 0], minlength=num_classes)
+  return counts
+
+
+def class_weights(setting, names: List[str],
+                  counts: Optional[np.ndarray]) -> Optional[Dict[int, float]]:
+  """{label index: weight} for `setting`, or None for 'none'.
+
+  'balanced': n / (classes x n_class), so every class weighs the same in
+  total (a class with no train examples gets 1). A mapping: {class name:
+  weight}; classes it leaves out get 1.
+  """
+  if setting == 'none':
+    return None
+  if setting == 'balanced':
+    total, present = int(counts.sum()), counts > 0
+    return {i: (total / (len(names) * int(count)) if present[i] else 1.0)
+            for i, count in enumerate(counts)}
+  unknown = sorted(set(setting) - set(names))
+  if unknown:
+    raise ValueError(f'trainer.class_weights: unknown class(es) {unknown}; '
+                     f'the classes are {names}')
+  return {i: float(setting.get(name, 1.0)) for i, name in enumerate(names)}
 
 
 def run_fn(fn_args: tfx.components.FnArgs):
@@ -250,24 +329,35 @@ def run_fn(fn_args: tfx.components.FnArgs):
                                global_batch, shuffle=True, seed=config.seed)
   eval_dataset = make_dataset(fn_args.eval_files, tf_transform_output,
                               global_batch, shuffle=False)
-  with strategy.scope():
-    classifier, towers, fine_tune_layers = build_model(kind, config,
-                                                       len(names))
-  tensorboard = keras.callbacks.TensorBoard(
-      log_dir=fn_args.model_run_dir, update_freq='epoch')
-  results = train_two_phases(classifier, towers, strategy, train_dataset,
-                             eval_dataset, config, callbacks=[tensorboard],
-                             fine_tune_layers=fine_tune_layers)
-
-  signatures = make_serving_signatures(classifier, tf_transform_output, names)
-  tf.saved_model.save(classifier, fn_args.serving_model_dir,
-                      signatures=signatures)
+  counts = None
+  if (config.class_weights == 'balanced' or
+      config.lr_schedule != schedules.CONSTANT):
+    counts = label_counts(fn_args.train_files, tf_transform_output,
+                          len(names))
+  options = model_lib.FitOptions.from_config(
+      config, class_weight=class_weights(config.class_weights, names, counts),
+      steps_per_epoch=(None if counts is None else
+                       math.ceil(int(counts.sum()) / global_batch)))
+  with model_lib.precision_policy(config.precision):
+    with strategy.scope():
+      classifier, towers = build_model(kind, config, len(names))
+    tensorboard = keras.callbacks.TensorBoard(
+        log_dir=fn_args.model_run_dir, update_freq='epoch')
+    results = train_two_phases(classifier, towers, strategy, train_dataset,
+                               eval_dataset, config, callbacks=[tensorboard],
+                               options=options)
+    signatures = make_serving_signatures(classifier, tf_transform_output,
+                                         names)
+    tf.saved_model.save(classifier, fn_args.serving_model_dir,
+                        signatures=signatures)
   summary = {
       'config': dataclasses.asdict(config),
       'modality': kind,
       'class_names': names,
       'replicas': strategy.num_replicas_in_sync,
       'global_batch_size': global_batch,
+      'class_weight': options.class_weight,
+      'phases': list(results),
       **results,
   }
   tf.io.gfile.makedirs(fn_args.model_run_dir)
