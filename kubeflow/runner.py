@@ -12,7 +12,7 @@ The IR holds the pipeline definition that the local runner runs
 * The Trainer can request CPUs, memory and GPUs.
 
 The output is a bare PipelineSpec (schema 2.1.0) as JSON: what the KFP API
-server accepts as a pipeline version. Three fixes are applied to what TFX 1.16
+server accepts as a pipeline version. Four fixes are applied to what TFX 1.16
 emits (`_fix_for_kfp`).
 """
 
@@ -27,6 +27,7 @@ from tfx import components as tfx_components
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
+from components import serving_baseline_evaluator
 from pipeline import config as config_lib
 from pipeline import pipeline as pipeline_lib
 
@@ -145,6 +146,10 @@ def _fix_for_kfp(spec: pipeline_spec_pb2.PipelineSpec,
      that only Vertex AI runs; KFP's cache key sees just the data_root
      string, so a scheduled run would reuse the first run's examples. Its
      cache is turned off: each run reads the data root again.
+  4. The Evaluator's baseline is whatever is served when it runs
+     (components/serving_baseline_evaluator.py), which KFP's cache key
+     cannot see: its cache is turned off too, so a blessing always compares
+     with the model served at that time.
 
   Args:
     spec: The PipelineSpec from KubeflowV2DagRunner, fixed in place.
@@ -157,7 +162,9 @@ def _fix_for_kfp(spec: pipeline_spec_pb2.PipelineSpec,
     root_parameters[name].is_optional = True
     root_parameters[name].description = parameter.description
   spec.default_pipeline_root = pipeline.pipeline_info.pipeline_root
-  example_gen, = [c for c in pipeline.components
-                  if isinstance(c, tfx_components.FileBasedExampleGen)]
-  spec.root.dag.tasks[example_gen.id].caching_options.enable_cache = False
+  for uncached_type in (tfx_components.FileBasedExampleGen,
+                        serving_baseline_evaluator.ServingBaselineEvaluator):
+    component, = [c for c in pipeline.components
+                  if isinstance(c, uncached_type)]
+    spec.root.dag.tasks[component.id].caching_options.enable_cache = False
 

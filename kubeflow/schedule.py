@@ -31,11 +31,6 @@ EVAL_CONFIG_PARAMETER = 'eval_config'
 TRAINER_CONFIG_PARAMETER = 'trainer_config'
 # KFP rejects recurring runs outside this range.
 MAX_CONCURRENCY_RANGE = range(1, 11)
-# What open-source KFP says when it turns the IR into an Argo workflow.
-_RESOLVER_UNSUPPORTED = 'resolver executors not implemented'
-_RESOLVER_HINT = (
-    ' (open-source KFP cannot run the latest-blessed-model Resolver of TFX\'s '
-    'V2 IR; Vertex AI Pipelines can: see README, Kubeflow Pipelines)')
 
 
 class KfpError(Exception):
@@ -378,10 +373,7 @@ def _server_message(body: Any) -> str:
     data = body or ''
   if isinstance(data, dict):
     data = data.get('message') or data.get('error') or data
-  message = str(data)[:500]
-  if _RESOLVER_UNSUPPORTED in message:
-    message += _RESOLVER_HINT
-  return message
+  return str(data)[:500]
 
 
 def _experiment_id(client: kfp.Client, name: str,

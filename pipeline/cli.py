@@ -67,8 +67,8 @@ def _parse_args(argv):
   run.add_argument('--accuracy-threshold', type=float,
                    help='The gate: eval accuracy must reach this.')
   run.add_argument('--max-accuracy-drop', type=float,
-                   help='The gate: allowed drop below the latest blessed '
-                   'model (default 0: no regression).')
+                   help='The gate: allowed drop below the served model '
+                   '(default 0: no regression).')
   run.add_argument('--report-dir', help='Also copy the run report here '
                    '(e.g. a CI artifact folder).')
 
@@ -167,7 +167,7 @@ def _print_summary(report) -> None:
             f'accuracy: {accuracy[phase]:.4f}')
   if accuracy['eval'] is not None:
     baseline = accuracy['baseline']
-    print(f'Evaluator accuracy: {accuracy["eval"]:.4f}; latest blessed '
+    print(f'Evaluator accuracy: {accuracy["eval"]:.4f}; served '
           f'model: {"none" if baseline is None else f"{baseline:.4f}"}')
   for failure in report['gate']['failures']:
     print(f'  gate failed: {failure}')

@@ -34,7 +34,7 @@ class PipelineConfig:
     trainer: the Trainer's settings (modules/trainer.py TrainerConfig).
     accuracy_threshold: the Evaluator blesses only above this eval accuracy.
     max_accuracy_drop: and only if accuracy is at most this much below the
-      latest blessed model's (0 = no regression allowed).
+      served model's (0 = no regression allowed).
     max_rejected_fraction: ExampleGen fails above this fraction of bad files.
     beam_pipeline_args: e.g. ['--direct_num_workers=0'].
   """

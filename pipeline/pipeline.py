@@ -3,8 +3,9 @@
 ExampleGen (images, text or image+text rows) -> StatisticsGen -> SchemaGen ->
 Transform (label vocabulary; the decode/resize and tokenization graph, not
 materialized) -> Trainer (two-phase transfer learning) -> Evaluator (accuracy
-bound + no regression against the latest blessed model) -> Pusher (only when
-blessed; atomic, see components/atomic_pusher.py).
+bound + no regression against the model being served, see
+components/serving_baseline_evaluator.py) -> Pusher (only when blessed;
+atomic, see components/atomic_pusher.py).
 """
 
 import json
@@ -17,6 +18,7 @@ from tfx.utils import proto_utils
 
 from components import atomic_pusher
 from components import image_example_gen
+from components import serving_baseline_evaluator
 from components import text_example_gen
 from modules import features
 from pipeline import config as config_lib
@@ -184,18 +186,12 @@ def create_pipeline(config: config_lib.PipelineConfig,
       eval_args=tfx.proto.EvalArgs(splits=['eval']),
       custom_config=trainer_config,
       **trainer_code)
-  model_resolver = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing)).with_id(
-              'latest_blessed_model_resolver')
-  evaluator = tfx.components.Evaluator(
+  evaluator = serving_baseline_evaluator.ServingBaselineEvaluator(
       examples=example_gen.outputs['examples'],
       example_splits=['eval'],
       model=trainer.outputs['model'],
-      baseline_model=model_resolver.outputs['model'],
-      eval_config=gate)
+      baseline_dir=config.serving_dir,
+      eval_config=gate).with_id('Evaluator')
   with tfx.dsl.Cond(evaluator.outputs['blessing'].future()[0]
                     .custom_property('blessed') == 1):
     pusher = atomic_pusher.AtomicPusher(
@@ -210,7 +206,7 @@ def create_pipeline(config: config_lib.PipelineConfig,
       pipeline_root=config.pipeline_root,
       components=[
           example_gen, statistics_gen, schema_gen, transform, trainer,
-          model_resolver, evaluator, pusher
+          evaluator, pusher
       ],
       enable_cache=True,
       metadata_connection_config=metadata_connection_config,

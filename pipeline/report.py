@@ -45,7 +45,7 @@ def build(config: config_lib.PipelineConfig,
     A JSON-ready dict: `run_id`, `created` (UTC), `outcome` ('pushed' or
     'not_blessed'), `blessed`, `pushed_to`, `model`, `data_root`;
     `accuracy` with `phase1`, `phase2` (the Trainer's eval after each phase),
-    `eval` (the Evaluator's) and `baseline` (the latest blessed model's on the
+    `eval` (the Evaluator's) and `baseline` (the served model's on the
     same examples; None without one); `per_class` (class -> examples,
     accuracy, baseline_accuracy); `gate` (thresholds, `validation_ok`,
     `failures` as sentences); `confusion_matrix` (`labels`, `matrix` rows =

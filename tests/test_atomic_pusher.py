@@ -1,4 +1,7 @@
-"""Pushes appear whole or not at all, and identical models are not re-pushed."""
+"""Pushes appear whole or not at all, and identical models are not re-pushed.
+
+The Evaluator's no-regression baseline is the newest complete version.
+"""
 
 import os
 
@@ -6,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from components import atomic_pusher
+from components import serving_baseline_evaluator
 
 
 def _saved_model(path, value):
@@ -41,6 +45,8 @@ def test_push_is_atomic_and_not_duplicated(tmp_path, monkeypatch):
   assert atomic_pusher.pushed_versions(base) == [os.path.basename(pushed)]
   assert any(name.startswith(atomic_pusher.STAGING_PREFIX)
              for name in os.listdir(base))
+  # The gate compares with the served model, never with the half copy.
+  assert serving_baseline_evaluator.served_version(base) == pushed
 
   monkeypatch.setattr(atomic_pusher.io_utils, 'copy_dir', real_copy)
   newer = atomic_pusher.push_atomically(second, base)
@@ -48,3 +54,11 @@ def test_push_is_atomic_and_not_duplicated(tmp_path, monkeypatch):
   assert versions == [os.path.basename(pushed), os.path.basename(newer)]
   assert int(versions[1]) > int(versions[0])
   assert tf.saved_model.load(newer).f().numpy() == 2.0
+  assert serving_baseline_evaluator.served_version(base) == newer
+
+
+def test_nothing_served_means_no_baseline(tmp_path):
+  assert serving_baseline_evaluator.served_version(str(tmp_path / 'x')) is None
+  os.makedirs(tmp_path / 'serving' / f'{atomic_pusher.STAGING_PREFIX}1-2')
+  assert serving_baseline_evaluator.served_version(
+      str(tmp_path / 'serving')) is None

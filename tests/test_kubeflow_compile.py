@@ -54,8 +54,6 @@ COMPILE_ARGS = [
 ] + [f'--beam-arg={arg}' for arg in BEAM_ARGS]
 
 EXAMPLE_GEN = 'FileBasedExampleGen'
-BLESSING_RESOLVER = 'latest_blessed_model_resolver-model-blessing-resolver'
-MODEL_RESOLVER = 'latest_blessed_model_resolver-model-resolver'
 CONTAINER_TASKS = {EXAMPLE_GEN, 'StatisticsGen', 'SchemaGen', 'Transform',
                    'Trainer', 'Evaluator', 'Pusher'}
 BEAM_TASKS = {EXAMPLE_GEN, 'StatisticsGen', 'Transform', 'Evaluator'}
@@ -90,16 +88,16 @@ def test_every_component_runs_in_the_image(compiled):
   # The spec parses as what the KFP API server unmarshals an upload into.
   json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
   assert spec['pipelineInfo']['name'] == 'transfer-learning'
-  assert set(_tasks(spec)) == CONTAINER_TASKS | {BLESSING_RESOLVER,
-                                                 MODEL_RESOLVER}
+  # Only containers: open-source KFP cannot run TFX's Resolver nodes, so the
+  # Evaluator takes the served model as its baseline.
+  assert set(_tasks(spec)) == CONTAINER_TASKS
   for task in CONTAINER_TASKS:
     container = _executor(spec, task)['container']
     assert container['image'] == IMAGE, task
     assert container['command'] == [
         'python', '-m',
         'tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor']
-  for task in (BLESSING_RESOLVER, MODEL_RESOLVER):
-    assert 'resolver' in _executor(spec, task), task
+  assert 'resolver' not in json.dumps(spec['deploymentSpec']).lower()
 
 
 def test_dag_edges(compiled):
@@ -116,15 +114,13 @@ def test_dag_edges(compiled):
       (EXAMPLE_GEN, 'Trainer'), ('Transform', 'Trainer'),
       ('SchemaGen', 'Trainer'),
       (EXAMPLE_GEN, 'Evaluator'), ('Trainer', 'Evaluator'),
-      (BLESSING_RESOLVER, MODEL_RESOLVER), (MODEL_RESOLVER, 'Evaluator'),
       ('Trainer', 'Pusher'), ('Evaluator', 'Pusher'),
   }
-  evaluator_inputs = _tasks(spec)['Evaluator']['inputs']['artifacts']
-  assert evaluator_inputs['baseline_model']['taskOutputArtifact'][
-      'producerTask'] == MODEL_RESOLVER
-  blessing_query = _executor(spec, BLESSING_RESOLVER)['resolver'][
-      'outputArtifactQueries']['model_blessing']['filter']
-  assert 'metadata.blessed.number_value=1' in blessing_query
+  # The no-regression baseline is the newest version the Pusher wrote.
+  evaluator = _tasks(spec)['Evaluator']['inputs']
+  assert 'baseline_model' not in evaluator['artifacts']
+  assert evaluator['parameters']['baseline_dir']['runtimeValue'][
+      'constant'] == OUTPUT_DIR + '/serving'
   # Pushes only a blessed model.
   assert _tasks(spec)['Pusher']['triggerPolicy']['condition'] == (
       "(inputs.artifacts['_Evaluator.blessing'].artifacts[0]"
@@ -230,10 +226,11 @@ def test_cluster_settings(compiled):
       'cpuLimit': 4.0, 'cpuRequest': 4.0,
       'memoryLimit': 16.0, 'memoryRequest': 16.0,
   }
-  # Each run reads the data root again; the rest is cached as usual.
+  # Each run reads the data root and the served model again; the rest is
+  # cached as usual.
   for task in CONTAINER_TASKS:
     cached = _tasks(spec)[task]['cachingOptions'].get('enableCache', False)
-    assert cached == (task != EXAMPLE_GEN), task
+    assert cached == (task not in (EXAMPLE_GEN, 'Evaluator')), task
   pusher = _tasks(spec)['Pusher']['inputs']['parameters']['push_destination']
   assert OUTPUT_DIR + '/serving' in pusher['runtimeValue']['constant']
 
@@ -361,6 +358,15 @@ def test_dockerfile_installs_from_the_lock():
   syncs = [c for c in commands if 'uv sync' in c]
   assert syncs and all(c.startswith('uv sync --frozen') for c in syncs)
   assert any('--no-install-project' not in c for c in syncs)
+  # Optional extras, none by default; `gpu` adds the locked CUDA libraries.
+  assert ('ARG', 'EXTRAS=') in instructions
+  assert all(c.endswith('${EXTRAS:+--extra "$EXTRAS"}') for c in syncs)
+  with open(os.path.join(PROJECT_ROOT, 'pyproject.toml'), 'rb') as f:
+    extras = tomli.load(f)['project']['optional-dependencies']
+  assert extras['gpu'] == ['tensorflow[and-cuda]==2.16.2']
+  with open(os.path.join(PROJECT_ROOT, 'uv.lock'), 'rb') as f:
+    locked = {p['name'] for p in tomli.load(f)['package']}
+  assert {'nvidia-cudnn-cu12', 'nvidia-cublas-cu12'} <= locked
   # The lock is in the build context before the first sync.
   build = [(op, args) for op, args in stages[0]]
   first_sync = next(i for i, (op, args) in enumerate(build)
@@ -413,5 +419,7 @@ def test_code_in_the_ir_is_in_the_image(compiled):
   assert in_project == {
       'components.image_example_gen.ImageExampleGenExecutor',
       'components.atomic_pusher.AtomicPusherExecutor',
+      'components.serving_baseline_evaluator.'
+      'ServingBaselineEvaluatorExecutor',
       pipeline_lib.PREPROCESSING_FN, pipeline_lib.RUN_FN,
   }

@@ -275,13 +275,13 @@ def test_failed_upload_creates_no_recurring_run(kfp_server, capsys):
 def test_rejected_recurring_run_leaves_no_version_behind(kfp_server, capsys):
   kfp_server.pipelines['pipeline-7'] = 'transfer-learning'
   kfp_server.fail[f'POST {API}/recurringruns'] = (
-      400, 'resolver executors not implemented')
+      400, 'invalid pipeline spec: unknown executor')
   assert _run(kfp_server, 'schedule', '--cron', CRON) == cli.EXIT_BAD_INPUT
   assert _created(kfp_server)[-2:] == [
       f'POST {API}/recurringruns',
       f'DELETE {API}/pipelines/pipeline-7/versions/version-1']
   err = capsys.readouterr().err
-  assert 'resolver executors not implemented' in err and 'Vertex' in err
+  assert 'HTTP 400' in err and 'invalid pipeline spec' in err
 
 
 def test_run_once(kfp_server):
