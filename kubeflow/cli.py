@@ -1,6 +1,6 @@
 """`python -m kubeflow`: compile the pipeline for Kubeflow, upload, schedule.
 
-  compile   Pipeline IR JSON for KFP (KubeflowV2DagRunner), for an image.
+  compile   Pipeline IR for KFP (KubeflowV2DagRunner), for an image.
   upload    Upload a compiled pipeline as a new pipeline version.
   schedule  Upload, then create a recurring run of that version.
   run-once  Upload, then start one run of that version.
@@ -53,6 +53,11 @@ def add_subcommands(subparsers) -> None:
                         'root, fixed at compile time.')
   _add_trainer_flags(compile_, image_size=True)
   _add_gate_flags(compile_)
+  compile_.add_argument(
+      '--volume', action='append', default=[], metavar='CLAIM:/MOUNT/PATH',
+      help='Mount this PersistentVolumeClaim at this path in every step '
+      '(repeatable); --output-dir and --data-root may then be paths under it. '
+      'The output is then YAML: give --output build/kubeflow/pipeline.yaml.')
   compile_.add_argument(
       '--beam-arg', action='append', dest='beam_args', metavar='FLAG',
       help='A Beam pipeline option for ExampleGen, StatisticsGen, Transform '
@@ -178,18 +183,28 @@ def _endpoint(args) -> schedule.Endpoint:
       namespace=args.namespace)
 
 
-def _check_pod_path(flag: str, path: str) -> None:
-  if '://' not in path and not path.startswith('/'):
+def _check_pod_path(flag: str, path: str, volumes, image_path: bool) -> None:
+  """A bucket URI, a path under a mounted volume, or one in the image."""
+  if '://' in path:
+    return
+  if not path.startswith('/'):
     raise ValueError(f'{flag} must be a URI (gs://...) or an absolute path '
                      f'as the pods see it, got {path!r}')
+  if not image_path and not any(v.holds(path) for v in volumes):
+    raise ValueError(
+        f'{flag} {path} is on no volume the pods mount, so each step would '
+        'write to its own container: use a bucket (gs://...) or mount a '
+        'claim with --volume CLAIM:/MOUNT/PATH')
 
 
 def _compile(args) -> int:
-  _check_pod_path('--output-dir', args.output_dir)
-  if args.data_root:
-    _check_pod_path('--data-root', args.data_root)
   # Imported here: these load TensorFlow.
   from kubeflow import runner  # pylint: disable=g-import-not-at-top
+  volumes = [runner.VolumeMount.parse(v) for v in args.volume]
+  _check_pod_path('--output-dir', args.output_dir, volumes, image_path=False)
+  if args.data_root:
+    # Read only: a folder baked into the image is fine.
+    _check_pod_path('--data-root', args.data_root, volumes, image_path=True)
   from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
   settings = {
       key: value for key, value in {
@@ -208,7 +223,7 @@ def _compile(args) -> int:
       cpu=args.trainer_cpu, memory_gb=args.trainer_memory_gb,
       gpus=args.trainer_gpus, gpu_type=args.trainer_gpu_type)
   spec = runner.compile_pipeline(config, args.image, args.output,
-                                 args.beam_args, resources)
+                                 args.beam_args, resources, volumes)
   parameters = spec['root']['inputDefinitions']['parameters']
   print(f'Wrote {args.output}: pipeline {config.pipeline_name!r}, image '
         f'{args.image}, pipeline root {spec["defaultPipelineRoot"]}.')

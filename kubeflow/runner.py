@@ -10,16 +10,22 @@ The IR holds the pipeline definition that the local runner runs
 * data_root, the Evaluator's gate and the Trainer's settings are runtime
   parameters (`pipeline.pipeline.runtime_parameters`).
 * The Trainer can request CPUs, memory and GPUs.
+* Persistent volume claims can be mounted into every step, for clusters
+  without a bucket: the pipeline root and data then live on the volume.
 
-The output is a bare PipelineSpec (schema 2.1.0) as JSON: what the KFP API
-server accepts as a pipeline version. Four fixes are applied to what TFX 1.16
+The output is a bare PipelineSpec (schema 2.1.0) as JSON, what the KFP API
+server accepts as a pipeline version; with volumes, a YAML file holding it
+and a PlatformSpec (the kfp-kubernetes `pvcMount` of each executor). Four fixes are applied to what TFX 1.16
 emits (`_fix_for_kfp`).
 """
 
 import dataclasses
 import json
 import os
+import posixpath
 from typing import Any, Dict, Optional, Sequence
+
+import yaml
 
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
@@ -76,6 +82,36 @@ class TrainerResources:
     return spec
 
 
+@dataclasses.dataclass(frozen=True)
+class VolumeMount:
+  """A PersistentVolumeClaim mounted at the same path in every step."""
+  claim: str
+  mount_path: str
+
+  def __post_init__(self):
+    if not self.claim or not posixpath.isabs(self.mount_path):
+      raise ValueError(f'A volume is CLAIM:/absolute/mount/path, got '
+                       f'{self.claim}:{self.mount_path}')
+
+  @classmethod
+  def parse(cls, text: str) -> 'VolumeMount':
+    claim, _, mount_path = text.partition(':')
+    return cls(claim, posixpath.normpath(mount_path) if mount_path else '')
+
+  def holds(self, path: str) -> bool:
+    return posixpath.normpath(path).startswith(self.mount_path.rstrip('/') +
+                                               '/')
+
+
+def platform_spec(spec: Dict[str, Any],
+                  volumes: Sequence[VolumeMount]) -> Dict[str, Any]:
+  """The kfp-kubernetes PlatformSpec mounting `volumes` in every executor."""
+  mounts = [{'constant': v.claim, 'mountPath': v.mount_path} for v in volumes]
+  executors = spec['deploymentSpec']['executors']
+  return {'platforms': {'kubernetes': {'deploymentSpec': {'executors': {
+      label: {'pvcMount': mounts} for label in sorted(executors)}}}}}
+
+
 def build_pipeline(
     config: config_lib.PipelineConfig,
     beam_pipeline_args: Optional[Sequence[str]] = None,
@@ -107,9 +143,18 @@ def compile_pipeline(
     image: str,
     output_path: str,
     beam_pipeline_args: Optional[Sequence[str]] = None,
-    trainer_resources: TrainerResources = TrainerResources()
+    trainer_resources: TrainerResources = TrainerResources(),
+    volumes: Sequence[VolumeMount] = ()
 ) -> Dict[str, Any]:
-  """Writes the pipeline's IR to `output_path` (JSON) and returns it."""
+  """Writes the pipeline's IR to `output_path` and returns it.
+
+  Without `volumes`: the PipelineSpec as JSON. With them: YAML holding the
+  PipelineSpec, then the PlatformSpec that mounts them (`output_path` must
+  end in .yaml or .yml).
+  """
+  if volumes and not output_path.endswith(('.yaml', '.yml')):
+    raise ValueError('With volumes the pipeline is written as YAML (spec + '
+                     f'platform spec): give a .yaml output, not {output_path}')
   pipeline = build_pipeline(config, beam_pipeline_args, trainer_resources)
   # Schema 2.1, not TFX's default 2.0: KFP's v2 backend gives tasks only
   # `parameterValues`, which TFX's entrypoint reads only with 2.1 (with 2.0 a
@@ -125,8 +170,12 @@ def compile_pipeline(
   result = json_format.MessageToDict(spec)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   with open(output_path, 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-    f.write('\n')
+    if volumes:
+      yaml.safe_dump_all([result, platform_spec(result, volumes)], f,
+                         sort_keys=True)
+    else:
+      json.dump(result, f, indent=2, sort_keys=True)
+      f.write('\n')
   return result
 
 

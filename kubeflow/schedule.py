@@ -22,6 +22,7 @@ import warnings
 import kfp
 import kfp_server_api
 import urllib3
+import yaml
 
 HEALTHZ_PATH = '/apis/v2beta1/healthz'
 # Names of the compiled pipeline's runtime parameters (pipeline/pipeline.py;
@@ -75,22 +76,40 @@ class Endpoint:
 
 @dataclasses.dataclass(frozen=True)
 class Package:
-  """A compiled pipeline (`python -m kubeflow compile`)."""
+  """A compiled pipeline (`python -m kubeflow compile`).
+
+  Attributes:
+    path: The file it was read from: a JSON PipelineSpec, or YAML holding a
+      PipelineSpec and then a PlatformSpec (mounted volumes).
+    spec: The PipelineSpec.
+    platform_spec: The PlatformSpec, if any.
+  """
   path: str
   spec: Dict[str, Any]
+  platform_spec: Optional[Dict[str, Any]] = None
 
   @classmethod
   def load(cls, path: str) -> 'Package':
     try:
       with open(path) as f:
-        spec = json.load(f)
-    except (OSError, ValueError) as e:
+        documents = list(yaml.safe_load_all(f))  # JSON is YAML too.
+    except (OSError, yaml.YAMLError) as e:
       raise ValueError(f'Cannot read the compiled pipeline {path}: {e}') from e
+    spec, *rest = documents or [None]
     if not (isinstance(spec, dict) and 'pipelineInfo' in spec and
-            'root' in spec):
+            'root' in spec) or len(rest) > 1 or (
+                rest and 'platforms' not in (rest[0] or {})):
       raise ValueError(f'{path} is not a compiled pipeline spec; make one '
                        'with `python -m kubeflow compile`.')
-    return cls(path, spec)
+    return cls(path, spec, rest[0] if rest else None)
+
+  def write(self, path: str) -> None:
+    """Writes what KFP takes as an upload (YAML; JSON is valid YAML)."""
+    with open(path, 'w') as f:
+      if self.platform_spec:
+        yaml.safe_dump_all([self.spec, self.platform_spec], f, sort_keys=True)
+      else:
+        json.dump(self.spec, f)
 
   @property
   def name(self) -> str:
@@ -98,8 +117,10 @@ class Package:
 
   @property
   def digest(self) -> str:
+    content = ([self.spec, self.platform_spec] if self.platform_spec else
+               self.spec)
     return hashlib.sha256(
-        json.dumps(self.spec, sort_keys=True).encode()).hexdigest()
+        json.dumps(content, sort_keys=True).encode()).hexdigest()
 
   def defaults(self) -> Dict[str, Any]:
     """Runtime parameter name -> compiled default."""
@@ -399,11 +420,9 @@ def _upload(client: kfp.Client, package: Package, pipeline_name: Optional[str],
     undo.callback(_roll_back, f'pipeline {pipeline_name!r} ({pipeline_id})',
                   lambda: client.delete_pipeline(pipeline_id))
   with tempfile.TemporaryDirectory() as tmp:
-    # KFP servers before 2.1 take only .yaml, .zip and .tar.gz uploads; the
-    # JSON spec is valid YAML.
+    # KFP servers before 2.1 take only .yaml, .zip and .tar.gz uploads.
     path = os.path.join(tmp, 'pipeline.yaml')
-    with open(path, 'w') as f:
-      json.dump(package.spec, f)
+    package.write(path)
     with _kfp_call(f'Uploading version {version_name!r} of pipeline '
                    f'{pipeline_name!r}'):
       version = client.upload_pipeline_version(

@@ -24,6 +24,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 import pytest
 import tensorflow_model_analysis as tfma
 import tomli
+import yaml
 from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils
 from tfx.utils import json_utils
 from tfx.utils import proto_utils
@@ -31,6 +32,7 @@ from tfx.utils import proto_utils
 from google.protobuf import json_format
 from kubeflow import cli
 from kubeflow import runner
+from kubeflow import schedule
 from modules import trainer as trainer_module
 from pipeline import pipeline as pipeline_lib
 
@@ -233,6 +235,48 @@ def test_cluster_settings(compiled):
     assert cached == (task not in (EXAMPLE_GEN, 'Evaluator')), task
   pusher = _tasks(spec)['Pusher']['inputs']['parameters']['push_destination']
   assert OUTPUT_DIR + '/serving' in pusher['runtimeValue']['constant']
+
+
+def test_volumes_are_mounted_in_every_step(tmp_path, capsys):
+  """Clusters without a bucket: the pipeline root on a mounted claim."""
+  path = tmp_path / 'pipeline.yaml'
+  assert cli.main([
+      'compile', '--image', IMAGE, '--output-dir', '/mnt/tfx/transfer',
+      '--volume', 'tfx-pvc:/mnt/tfx', '--volume', 'images:/data',
+      '--data-root', '/data/fashion', '--output', str(path)]) == 0
+  spec, platform = yaml.safe_load_all(path.read_text())
+  assert spec['defaultPipelineRoot'] == '/mnt/tfx/transfer/pipeline_root'
+  executors = platform['platforms']['kubernetes']['deploymentSpec'][
+      'executors']
+  assert set(executors) == set(spec['deploymentSpec']['executors'])
+  for mounts in executors.values():
+    assert mounts == {'pvcMount': [
+        {'constant': 'tfx-pvc', 'mountPath': '/mnt/tfx'},
+        {'constant': 'images', 'mountPath': '/data'}]}
+  # What the upload sends: both documents.
+  package = schedule.Package.load(str(path))
+  assert package.platform_spec == platform
+  package.write(str(tmp_path / 'upload.yaml'))
+  assert list(yaml.safe_load_all((tmp_path / 'upload.yaml').read_text())) == [
+      spec, platform]
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--output-dir', '/mnt/tfx/transfer'], 'on no volume the pods mount'),
+    (['--output-dir', '/mnt/tfxother', '--volume', 'tfx-pvc:/mnt/tfx'],
+     'on no volume the pods mount'),
+    (['--output-dir', 'relative/dir'], 'absolute path'),
+    (['--output-dir', '/mnt/tfx/a', '--volume', 'tfx-pvc:/mnt/tfx',
+      '--output', 'pipeline.json'], 'give a .yaml output'),
+    (['--output-dir', '/mnt/tfx/a', '--volume', 'tfx-pvc'], 'CLAIM:/'),
+])
+def test_paths_the_pods_cannot_share_are_refused(args, message, tmp_path,
+                                                 capsys):
+  assert cli.main(['compile', '--image', IMAGE, *args]
+                  + ([] if '--output' in args else
+                     ['--output', str(tmp_path / 'p.yaml')])) == 2
+  assert message in capsys.readouterr().err
+  assert not os.listdir(tmp_path)
 
 
 def _normalized(text: str) -> str:
