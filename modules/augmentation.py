@@ -34,27 +34,27 @@ def validate(settings: Optional[Dict[str, Any]]) -> None:
   if settings is None:
     return
   if not isinstance(settings, dict):
-    raise ValueError(f'trainer.augmentation must be a mapping of {list(KEYS)}, got '
-                     f'{settings!r}')
+    raise ValueError(f'trainer.augmentation must be a mapping of '
+                     f'{list(KEYS)}, got {settings!r}')
   unknown = sorted(set(settings) - set(KEYS))
   if unknown:
-    raise ValueError(f'trainer.augmentation: unknown key(s) {unknown}; known keys: '
-                     f'{list(KEYS)}')
+    raise ValueError(f'trainer.augmentation: unknown key(s) {unknown}; known '
+                     f'keys: {list(KEYS)}')
   if 'flip' in settings and settings['flip'] not in _FLIPS:
-    raise ValueError(f'trainer.augmentation.flip must be one of {list(_FLIPS)}, got '
-                     f'{settings["flip"]!r}')
+    raise ValueError(f'trainer.augmentation.flip must be one of '
+                     f'{list(_FLIPS)}, got {settings["flip"]!r}')
   for key, (check, requirement) in _RANGES.items():
     value = settings.get(key)
     if value is None:
       continue
     if (not isinstance(value, (int, float)) or isinstance(value, bool) or
         not check(value)):
-      raise ValueError(f'trainer.augmentation.{key} must be a number {requirement}, '
-                       f'got {value!r}')
+      raise ValueError(f'trainer.augmentation.{key} must be a number '
+                       f'{requirement}, got {value!r}')
 
 
 def build(settings: Optional[Dict[str, Any]],
-          seed: int) -> Optional[keras.Sequential]:
+          seed: int) -> Optional['Augmentation']:
   """The augmentation block for `settings`, or None when it is off."""
   validate(settings)
   if not settings:
@@ -71,9 +71,30 @@ def build(settings: Optional[Dict[str, Any]],
       'contrast': lambda v: keras.layers.RandomContrast(
           v, seed=next(seeds), dtype='float32'),
   }
-  return keras.Sequential(
+  return Augmentation(
       [factories[key](settings[key]) for key in KEYS if key in settings],
       name=AUGMENTATION)
+
+
+class Augmentation(keras.layers.Layer):
+  """Applies its random layers only when called with `training=True`.
+
+  Keras' random layers default to training mode when a model is called
+  without `training`; this block defaults to the identity instead, so only
+  fit (which passes `training=True`) ever sees augmented images.
+  """
+
+  def __init__(self, layers, **kwargs):
+    kwargs.setdefault('dtype', 'float32')
+    super().__init__(**kwargs)
+    self.augmentations = list(layers)
+
+  def call(self, images, training=None):
+    if not training:
+      return tf.identity(images)
+    for layer in self.augmentations:
+      images = layer(images, training=True)
+    return images
 
 
 class RandomCropResize(keras.layers.Layer):
