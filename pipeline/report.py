@@ -66,8 +66,8 @@ def build(config: config_lib.PipelineConfig,
       'model': result.model,
       'data_root': config.data_root,
       'accuracy': {
-          'phase1': training.get('phase1', {}).get('eval_accuracy'),
-          'phase2': training.get('phase2', {}).get('eval_accuracy'),
+          **{phase: training.get(phase, {}).get('eval_accuracy')
+             for phase in _phase_names(training)},
           'eval': evaluation.get('accuracy'),
           'baseline': evaluation.get('baseline_accuracy'),
       },
@@ -87,7 +87,7 @@ def build(config: config_lib.PipelineConfig,
           phase: {key: training[phase][key] for key in (
               'epochs', 'learning_rate', 'eval_accuracy', 'eval_loss',
               'history')}
-          for phase in ('phase1', 'phase2') if phase in training
+          for phase in _phase_names(training) if phase in training
       },
       'components': {
           node: {'state': state,
@@ -97,6 +97,11 @@ def build(config: config_lib.PipelineConfig,
       'seconds': round(result.seconds, 1),
       'config': dataclasses.asdict(config),
   }
+
+
+def _phase_names(training: Dict[str, Any]) -> List[str]:
+  """The Trainer's phases in order (progressive unfreezing adds phase3...)."""
+  return training.get('phases', ['phase1', 'phase2'])
 
 
 def write(report: Dict[str, Any], output_dir: str,
@@ -163,12 +168,11 @@ def render_markdown(report: Dict[str, Any]) -> str:
       f'`{report["data_root"]}`; {report["seconds"]:.0f} s.', '',
       '| accuracy on the eval split | value |', '|---|---|',
   ]
-  for phase, name in (('phase1', 'phase 1 (frozen backbone)'),
-                      ('phase2', 'phase 2 (fine-tuning)')):
-    if phase in report['training']:
-      epochs = report['training'][phase]['epochs']
-      lines.append(f'| Trainer, after {name}, {epochs} epochs | '
-                   f'{_number(accuracy[phase])} |')
+  for phase, result in report['training'].items():
+    name = ('phase 1 (frozen backbone)' if phase == 'phase1' else
+            f'phase {phase[len("phase"):]} (fine-tuning)')
+    lines.append(f'| Trainer, after {name}, {result["epochs"]} epochs | '
+                 f'{_number(accuracy.get(phase))} |')
   lines += [
       f'| Evaluator (TFMA), this model | {_number(accuracy["eval"])} |',
       f'| Evaluator (TFMA), latest blessed model | '
@@ -214,8 +218,9 @@ def plot_training(training: Dict[str, Any], path: str) -> None:
   fig = figure.Figure(figsize=(10, 4), layout='constrained')
   axes = fig.subplots(1, 2)
   epoch = 0
-  for phase, style in (('phase1', '-'), ('phase2', '--')):
-    history = training.get(phase, {}).get('history', {})
+  for i, phase in enumerate(training):
+    style = ('-', '--', ':', '-.')[min(i, 3)]
+    history = training[phase].get('history', {})
     epochs = list(range(epoch + 1, epoch + 1 + len(history.get('loss', []))))
     for ax, metric in zip(axes, ('accuracy', 'loss')):
       for key, color in ((metric, 'tab:blue'), (f'val_{metric}', 'tab:orange')):
@@ -231,7 +236,7 @@ def plot_training(training: Dict[str, Any], path: str) -> None:
     ax.set_xlabel('epoch')
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_ylabel(metric)
-    ax.set_title(f'{metric} (phase 1 solid, phase 2 dashed)')
+    ax.set_title(f'{metric} (phase 1 solid, then dashed, dotted)')
     if epoch:
       ax.legend(fontsize='small')
     else:
