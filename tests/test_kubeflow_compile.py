@@ -204,6 +204,7 @@ def test_runtime_parameter_values_reach_the_executors(compiled):
   evaluator = _parse_as_entrypoint(spec, 'Evaluator', values)
   gate = proto_utils.json_to_proto(evaluator['eval_config'], tfma.EvalConfig())
   assert gate == pipeline_lib.eval_config(0.9, 0.0)
+  assert evaluator['baseline_dir'] == OUTPUT_DIR + '/serving'
 
   trainer = _parse_as_entrypoint(spec, 'Trainer', values)
   settings = trainer_module.TrainerConfig.from_dict(
