@@ -8,7 +8,16 @@ A custom executor for TFX's FileBasedExampleGen. Each input split's `pattern`
   `train/*` is input_base/train) whose sub-folders are the classes; every file
   below a class folder is an image of that class.
 * CSV manifest: a pattern ending in `.csv` names a file with a header row and
-  `path,label` columns; paths are relative to input_base.
+  `path,label` columns (RFC 4180 quoting); paths are relative to input_base.
+  `../` and absolute paths are rejected unless
+  `allow_paths_outside_data_root` is set.
+
+Labels are `ingestion.normalize_label`'d: 'cat', 'cat ' and 'cat\u00a0' are
+one class, and the report lists the spellings it merged. On a local disk the
+files are listed with os.scandir: a symlinked folder is followed once, and
+only inside its class folder (or outside the data root when allowed); symlink
+loops, FIFOs, devices, names that are not UTF-8 and files whose real path is
+outside the data root are rejected with the reason.
 
 Every file is read and validated in Beam. Accepted files become Examples with
 the features `image` (the original encoded bytes), `label` (the class name) and
@@ -17,7 +26,8 @@ dropped silently: each is listed with its reason in `ingestion_report.json` in
 the output Examples artifact and in the log, and the executor fails with a
 ValueError when the data is unusable (see components/ingestion.py).
 
-Options (`max_rejected_fraction`, `max_pixels`) are passed as the component's
+Options (`max_rejected_fraction`, `max_pixels`,
+`allow_paths_outside_data_root`, `require_every_split`) are passed as the component's
 `custom_config`: an example_gen_pb2.CustomConfig packing a
 google.protobuf.Struct, built by `make_custom_config`.
 """
@@ -62,15 +72,21 @@ class Options(NamedTuple):
   """Validation options, parsed from the component's custom_config."""
   max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
   max_pixels: int = DEFAULT_MAX_PIXELS
+  allow_paths_outside_data_root: bool = False
+  require_every_split: bool = False
 
 
 def make_custom_config(
     max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION,
-    max_pixels: int = DEFAULT_MAX_PIXELS) -> example_gen_pb2.CustomConfig:
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_paths_outside_data_root: bool = False,
+    require_every_split: bool = False) -> example_gen_pb2.CustomConfig:
   """Returns the FileBasedExampleGen custom_config carrying the options."""
   return ingestion.pack_options(_validate_options(
       {'max_rejected_fraction': max_rejected_fraction,
-       'max_pixels': max_pixels}))
+       'max_pixels': max_pixels,
+       ingestion.ALLOW_OUTSIDE_KEY: allow_paths_outside_data_root,
+       ingestion.REQUIRE_EVERY_SPLIT_KEY: require_every_split}))
 
 
 def parse_custom_config(
@@ -84,7 +100,7 @@ def parse_custom_config(
 def _validate_options(values: Dict[str, Any]) -> Options:
   """Checks option names and ranges."""
   ingestion.check_option_names(values, Options, 'image ExampleGen')
-  options = Options(**values)
+  options = ingestion.check_opt_ins(Options(**values))
   return options._replace(
       max_rejected_fraction=ingestion.check_max_rejected_fraction(
           options.max_rejected_fraction),
@@ -144,18 +160,23 @@ def _bmp_problem(data: bytes, mode: str) -> Optional[str]:
 class _ValidateImage(beam.DoFn):
   """Reads and validates one file; emits (class key, Example) or a rejection."""
 
-  def __init__(self, input_base: str, max_pixels: int):
+  def __init__(self, input_base: str, options: Options):
     super().__init__()
     self._input_base = input_base
-    self._max_pixels = max_pixels
+    self._options = options
 
   def process(self, entry: _Entry) -> Iterable[Any]:
     path, label, class_key, reason = entry
     data = b''
     if reason is None:
-      data, reason = ingestion.read_file(os.path.join(self._input_base, path))
+      full_path = ingestion.full_path(self._input_base, path)
+      reason = ingestion.local_file_problem(
+          self._input_base, full_path,
+          self._options.allow_paths_outside_data_root)
     if reason is None:
-      reason = image_problem(data, self._max_pixels)
+      data, reason = ingestion.read_file(full_path)
+    if reason is None:
+      reason = image_problem(data, self._options.max_pixels)
     if reason is not None:
       yield beam.pvalue.TaggedOutput(ingestion.REJECTED_TAG, {
           'path': path,
@@ -188,6 +209,34 @@ def _join(folder: str, name: str) -> str:
   return name if folder == '.' else posixpath.join(folder, name)
 
 
+def _list_folder(directory: str) -> List[Tuple[str, bool]]:
+  """(name, whether it is a folder) of each entry, sorted; symlinks followed.
+
+  Local names that are not valid UTF-8 come back surrogate-escaped
+  (os.scandir) instead of failing the listing (tf.io.gfile).
+  """
+  if ingestion.is_local(directory):
+    with os.scandir(directory) as entries:
+      return sorted((e.name, _is_folder(e)) for e in entries)
+  return sorted((n.rstrip('/'), fileio.isdir(os.path.join(directory, n)))
+                for n in fileio.listdir(directory))
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+  try:
+    return entry.is_dir()
+  except OSError:  # A symlink loop: a file to reject when read.
+    return False
+
+
+def _utf8_problem(path: str) -> Optional[str]:
+  try:
+    path.encode('utf-8')
+  except UnicodeEncodeError:
+    return 'name is not valid UTF-8 (shown with \\x escapes): not read'
+  return None
+
+
 def _class_folders(input_base: str,
                    pattern: str) -> Tuple[List[str], List[_Entry]]:
   """Returns the class folders of a split, and its stray files as rejections."""
@@ -197,13 +246,17 @@ def _class_folders(input_base: str,
     raise ValueError(f'Folder {directory} (split pattern {pattern!r}) does not '
                      f'exist under data root {input_base}.')
   class_folders, strays = [], []
-  for name in sorted(n.rstrip('/') for n in fileio.listdir(directory)):
-    if fileio.isdir(os.path.join(directory, name)):
-      class_folders.append(_join(folder, name))
+  for name, is_folder in _list_folder(directory):
+    path = _join(folder, name)
+    reason = _utf8_problem(path)
+    if not reason and not is_folder:
+      reason = 'not inside a class folder (expected <folder>/<class>/<image>)'
+    if not reason and not ingestion.normalize_label(name):
+      reason = 'class folder name is blank: its files are not read'
+    if reason:
+      strays.append((ingestion.printable_path(path), '', '', reason))
     else:
-      strays.append((_join(folder, name), '', '',
-                     'not inside a class folder (expected '
-                     '<folder>/<class>/<image>)'))
+      class_folders.append(path)
   if not class_folders:
     raise ValueError(
         f'No class folders in {directory} (data root {input_base}): expected '
@@ -212,48 +265,127 @@ def _class_folders(input_base: str,
   return class_folders, strays
 
 
-def _list_class_files(class_folder: str, input_base: str) -> Iterable[_Entry]:
+def _list_class_files(class_folder: str, input_base: str,
+                      allow_outside: bool) -> Iterable[_Entry]:
   """Yields every file below a class folder."""
   top = os.path.join(input_base, class_folder)
-  label = posixpath.basename(class_folder)
-  for directory, _, filenames in fileio.walk(top):
-    subfolder = directory[len(top):].strip('/')
-    for name in filenames:
-      path = posixpath.join(class_folder, subfolder, name)
-      yield path, label, class_folder, None
+  label = ingestion.normalize_label(posixpath.basename(class_folder))
+  if not ingestion.is_local(top):
+    for directory, _, filenames in fileio.walk(top):
+      subfolder = directory[len(top):].strip('/')
+      for name in filenames:
+        path = posixpath.join(class_folder, subfolder, name)
+        yield path, label, class_folder, None
+    return
+  for path, reason in _walk_local(input_base, class_folder, allow_outside):
+    yield ingestion.printable_path(path), label, class_folder, reason
 
 
-def _read_manifest(input_base: str, pattern: str) -> List[_Entry]:
-  """Reads a `path,label` manifest into entries (bad rows pre-rejected)."""
+def _inside(path: str, folder: str) -> bool:
+  return os.path.commonpath([path, folder]) == folder
+
+
+def _walk_local(input_base: str, class_folder: str,
+                allow_outside: bool) -> Iterable[Tuple[str, Optional[str]]]:
+  """(path, reason or None) of each entry below a local class folder.
+
+  A symlinked folder is followed once, and only when it resolves inside the
+  class folder (or, if allow_outside, outside the data root): a loop, a
+  second link to a folder or a link into another class is one rejected
+  entry, so no file is read twice or under two labels.
+  """
+  root = os.path.realpath(input_base)
+  top = os.path.realpath(os.path.join(input_base, class_folder))
+  visited, pending = {top}, [class_folder]
+  while pending:
+    folder = pending.pop()
+    for name, is_folder in _list_folder(os.path.join(input_base, folder)):
+      path = posixpath.join(folder, name)
+      reason = _utf8_problem(path)
+      if reason or not is_folder:
+        yield path, reason
+        continue
+      real = os.path.realpath(os.path.join(input_base, path))
+      if real in visited:
+        reason = (f'symlinked folder already read (a symlink loop or a second '
+                  f'link to {real}): not read again')
+      elif not _inside(real, top) and _inside(real, root):
+        reason = (f'symlinked folder points to {real}, elsewhere in the data '
+                  'root: not read, its files would count twice')
+      elif not _inside(real, top) and not allow_outside:
+        reason = (f'symlinked folder resolves outside the data root (to '
+                  f'{real}); set {ingestion.ALLOW_OUTSIDE_KEY} to read it')
+      if reason:
+        yield path, reason
+      else:
+        visited.add(real)
+        pending.append(path)
+
+
+def _read_manifest(input_base: str, pattern: str,
+                   allow_outside: bool) -> Tuple[List[_Entry], List[str]]:
+  """Reads a `path,label` manifest.
+
+  Returns:
+    The entries (bad rows pre-rejected) and the labels as written.
+  """
   manifest = os.path.join(input_base, pattern)
   if not fileio.exists(manifest):
     raise ValueError(
         f'Manifest {pattern!r} not found under data root {input_base} '
         f'(looked for {manifest}).')
   with fileio.open(manifest, 'rb') as f:
-    reader = csv.DictReader(io.StringIO(f.read().decode('utf-8-sig')))
-    fieldnames = [name.strip() for name in reader.fieldnames or []]
-    reader.fieldnames = fieldnames
-    rows = list(reader)
-  if not {PATH_FEATURE, LABEL_FEATURE} <= set(fieldnames):
-    raise ValueError(
-        f'Manifest {manifest} (data root {input_base}) needs a header row '
-        f'with "path" and "label" columns; found columns {fieldnames}.')
-  entries, first_line = [], {}
-  for line, row in enumerate(rows, start=2):
-    raw_path = (row[PATH_FEATURE] or '').strip()
-    label = (row[LABEL_FEATURE] or '').strip()
-    if not raw_path or not label:
-      reason = f'empty path or label in manifest line {line}'
-    else:
-      reason = ingestion.relative_path_problem(raw_path)
-    path = raw_path if reason else posixpath.normpath(raw_path)
-    if not reason and path in first_line:
-      reason = f'duplicate of manifest line {first_line[path]}'
-    if not reason:
-      first_line[path] = line
-    entries.append((path, label, f'{pattern}:{label}', reason))
-  return entries
+    # surrogateescape keeps each row's invalid UTF-8 for its own rejection.
+    text = f.read().removeprefix(b'\xef\xbb\xbf').decode(
+        'utf-8', 'surrogateescape')
+  reader = csv.reader(io.StringIO(text, newline=''))
+  try:
+    header = [name.strip() for name in next(reader, [])]
+    if not {PATH_FEATURE, LABEL_FEATURE} <= set(header):
+      raise ValueError(
+          f'Manifest {manifest} (data root {input_base}) needs a header row '
+          f'with "path" and "label" columns; found columns {header}.')
+    entries, raw_labels, first_line = [], [], {}
+    line = reader.line_num + 1
+    for values in reader:
+      where, line = line, reader.line_num + 1  # Quoted newlines span lines.
+      if not values:
+        continue
+      row = dict(zip(header, values))
+      entries.append(_manifest_entry(row, len(values), len(header), where,
+                                     pattern, first_line, allow_outside))
+      if entries[-1][1]:
+        raw_labels.append(row[LABEL_FEATURE])
+  except csv.Error as e:
+    raise ValueError(f'Manifest {manifest} (data root {input_base}) is not '
+                     f'valid CSV near line {reader.line_num}: {e}.') from e
+  return entries, raw_labels
+
+
+def _manifest_entry(row: Dict[str, str], fields: int, header_fields: int,
+                    line: int, pattern: str, first_line: Dict[str, int],
+                    allow_outside: bool) -> _Entry:
+  """One manifest row as an entry; records its path in first_line."""
+  raw_path = row.get(PATH_FEATURE, '').strip()
+  raw_label = row.get(LABEL_FEATURE, '')
+  label = ingestion.normalize_label(raw_label)
+  reason = None
+  if fields != header_fields:
+    reason = (f'manifest line {line} has {fields} fields, the header has '
+              f'{header_fields}')
+  elif _utf8_problem(raw_path + raw_label):
+    reason, label = f'invalid UTF-8 in manifest line {line}', ''
+  elif not raw_path or not label:
+    reason = f'empty path or label in manifest line {line}'
+  elif not allow_outside:
+    reason = ingestion.relative_path_problem(raw_path)
+  path = ingestion.printable_path(raw_path) if reason else posixpath.normpath(
+      raw_path)
+  if not reason and path in first_line:
+    reason = f'duplicate of manifest line {first_line[path]}'
+  if not reason:
+    first_line[path] = line
+  return path, label, f'{pattern}:{label}', reason
 
 
 class _ImagesToExample(beam.PTransform):
@@ -263,16 +395,17 @@ class _ImagesToExample(beam.PTransform):
     super().__init__()
     self._input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     self._pattern = split_pattern
-    self._max_pixels = parse_custom_config(
-        exec_properties.get(
-            standard_component_specs.CUSTOM_CONFIG_KEY)).max_pixels
+    self._options = parse_custom_config(
+        exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY))
     self._records_prefix = ingestion.records_prefix(exec_properties)
 
   def expand(self, pipeline: beam.Pipeline) -> beam.PCollection:
     logging.info('Reading images under %s with pattern %r.', self._input_base,
                  self._pattern)
+    allow_outside = self._options.allow_paths_outside_data_root
     if self._pattern.endswith('.csv'):
-      rows = _read_manifest(self._input_base, self._pattern)
+      rows, raw_labels = _read_manifest(self._input_base, self._pattern,
+                                        allow_outside)
       expected = {
           key: f'label {label!r} in manifest {self._pattern!r}'
           for _, label, key, _ in rows if label
@@ -281,18 +414,20 @@ class _ImagesToExample(beam.PTransform):
     else:
       class_folders, strays = _class_folders(self._input_base, self._pattern)
       expected = {f: f'class folder {f!r}' for f in class_folders}
+      raw_labels = [posixpath.basename(f) for f in class_folders]
       entries = ((
           pipeline
           | 'ClassFolders' >> beam.Create(class_folders)
-          | 'ListFiles' >> beam.FlatMap(_list_class_files, self._input_base),
+          | 'ListFiles' >> beam.FlatMap(_list_class_files, self._input_base,
+                                        allow_outside),
           pipeline | 'StrayFiles' >> beam.Create(strays))
                  | 'Candidates' >> beam.Flatten())
     results = entries | 'Validate' >> beam.ParDo(
-        _ValidateImage(self._input_base, self._max_pixels)).with_outputs(
+        _ValidateImage(self._input_base, self._options)).with_outputs(
             ingestion.REJECTED_TAG, main='accepted')
     ingestion.write_split_records(pipeline, self._records_prefix, expected,
                                   entries, results.accepted,
-                                  results[ingestion.REJECTED_TAG])
+                                  results[ingestion.REJECTED_TAG], raw_labels)
     return results.accepted | 'Examples' >> beam.Values()
 
 
@@ -323,6 +458,8 @@ def image_example_gen(
     train_eval_buckets: Tuple[int, int] = (4, 1),
     max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_paths_outside_data_root: bool = False,
+    require_every_split: bool = False,
 ) -> component.FileBasedExampleGen:
   """Builds a FileBasedExampleGen that ingests labelled images.
 
@@ -338,6 +475,11 @@ def image_example_gen(
     train_eval_buckets: Hash buckets of train and eval (4:1 = 80/20).
     max_rejected_fraction: Fail if a larger fraction of files is rejected.
     max_pixels: Reject images with more pixels (decompression bombs).
+    allow_paths_outside_data_root: Read manifest paths with `../` or
+      absolute paths, and files or symlinked folders whose real path is
+      outside data_root (rejected by default).
+    require_every_split: Fail when an output split gets no image (the
+      pipeline sets it: an empty eval split can never bless a model).
 
   Returns:
     The FileBasedExampleGen component (output: `examples`).
@@ -379,6 +521,8 @@ def image_example_gen(
       input_base=data_root,
       input_config=input_config,
       output_config=output_config,
-      custom_config=make_custom_config(max_rejected_fraction, max_pixels),
+      custom_config=make_custom_config(max_rejected_fraction, max_pixels,
+                                       allow_paths_outside_data_root,
+                                       require_every_split),
       custom_executor_spec=executor_spec.BeamExecutorSpec(
           ImageExampleGenExecutor))

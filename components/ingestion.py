@@ -10,9 +10,12 @@ ValueError naming the data root when the data is unusable for training.
 import abc
 import collections
 import dataclasses
+import errno
 import json
 import os
 import posixpath
+import stat
+import unicodedata
 import uuid
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Type
 
@@ -35,6 +38,12 @@ LABEL_FEATURE = 'label'
 # their records (read back and deleted after the pipeline).
 RECORDS_DIR_KEY = '_ingestion_records_dir'
 REJECTED_TAG = 'rejected'
+# Opt-in options, off by default; packed into custom_config (and listed in
+# the report's options) only when on, so pipelines without them compile as
+# before.
+ALLOW_OUTSIDE_KEY = 'allow_paths_outside_data_root'
+REQUIRE_EVERY_SPLIT_KEY = 'require_every_split'
+_OPT_IN_KEYS = (ALLOW_OUTSIDE_KEY, REQUIRE_EVERY_SPLIT_KEY)
 _ERROR_LISTING_LIMIT = 5
 
 
@@ -61,11 +70,17 @@ class Items:
   class_hint: str
 
 
+def packed_options(options: NamedTuple) -> Dict[str, Any]:
+  """`options` as custom_config carries them (opt-ins only when on)."""
+  return {k: list(v) if isinstance(v, tuple) else v
+          for k, v in options._asdict().items()
+          if k not in _OPT_IN_KEYS or v}
+
+
 def pack_options(options: NamedTuple) -> example_gen_pb2.CustomConfig:
   """An ExampleGen custom_config packing `options` as a Struct."""
   struct = struct_pb2.Struct()
-  struct.update({k: list(v) if isinstance(v, tuple) else v
-                 for k, v in options._asdict().items()})
+  struct.update(packed_options(options))
   config = example_gen_pb2.CustomConfig()
   config.custom_config.Pack(struct)
   return config
@@ -110,8 +125,83 @@ def check_max_rejected_fraction(value: float) -> float:
   return float(value)
 
 
+def check_opt_ins(options: NamedTuple) -> NamedTuple:
+  """Checks that the opt-in options are booleans."""
+  for key in _OPT_IN_KEYS:
+    if not isinstance(getattr(options, key), bool):
+      raise ValueError(f'{key} must be true or false, got '
+                       f'{getattr(options, key)!r}.')
+  return options
+
+
 def describe(error: Exception) -> str:
   return str(error) or type(error).__name__
+
+
+def normalize_label(raw: str) -> str:
+  """The class name a raw label stands for.
+
+  Unicode NFC (a precomposed and a decomposed 'é' are one letter), every run
+  of whitespace (spaces, tabs, no-break spaces, newlines) made one space, and
+  stripped: 'cat', ' cat', 'cat\t' and 'cat\u00a0' are one class. Case is
+  kept ('Cat' is another class). '' means no label.
+  """
+  return ' '.join(unicodedata.normalize('NFC', raw).split())
+
+
+def printable_path(path: str) -> str:
+  """`path` as valid UTF-8 text; undecodable bytes of a file name as \\xNN."""
+  return path.encode('utf-8', 'surrogateescape').decode(
+      'utf-8', 'backslashreplace')
+
+
+def full_path(input_base: str, path: str) -> str:
+  """Where to read a listed path: relative to the data root unless absolute."""
+  if path.startswith('/') or '://' in path:
+    return path
+  return os.path.join(input_base, path)
+
+
+def is_local(path: str) -> bool:
+  return '://' not in path
+
+
+def local_file_problem(input_base: str, path: str,
+                       allow_outside: bool) -> Optional[str]:
+  """Returns why a local file may not be read, or None.
+
+  Catches what reading would hang on or misreport: symlink loops, broken
+  symlinks, folders, FIFOs, sockets and devices; and, unless allow_outside,
+  a file whose real path (symlinks resolved) is outside the data root.
+  Remote URIs (gs://...) have no symlinks and are left to `read_file`.
+
+  Args:
+    input_base: the data root.
+    path: the full path, from `full_path`.
+    allow_outside: whether files outside the data root may be read.
+  """
+  if not (is_local(path) and is_local(input_base)):
+    return None
+  try:
+    mode = os.stat(path).st_mode
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      return 'symlink loop (too many levels of symbolic links)'
+    if e.errno == errno.ENOENT and os.path.islink(path):
+      return f'broken symlink (its target {os.readlink(path)} does not exist)'
+    if e.errno == errno.ENOENT:
+      return 'file not found'
+    return f'unreadable file: {e.strerror}'
+  if stat.S_ISDIR(mode):
+    return 'a folder, not a file'
+  if not stat.S_ISREG(mode):
+    return 'not a regular file (a FIFO, socket or device)'
+  if not allow_outside:
+    real, root = os.path.realpath(path), os.path.realpath(input_base)
+    if os.path.commonpath([real, root]) != root:
+      return (f'resolves outside the data root (to {real}); set '
+              f'{ALLOW_OUTSIDE_KEY} to read it')
+  return None
 
 
 def read_file(path: str) -> Tuple[bytes, Optional[str]]:
@@ -149,7 +239,8 @@ def write_split_records(pipeline: beam.Pipeline, prefix: str,
                         expected: Dict[str, str],
                         candidates: beam.PCollection,
                         accepted: beam.PCollection,
-                        rejected: beam.PCollection) -> None:
+                        rejected: beam.PCollection,
+                        raw_labels: Iterable[str] = ()) -> None:
   """Writes one input split's records for the report.
 
   Args:
@@ -159,12 +250,17 @@ def write_split_records(pipeline: beam.Pipeline, prefix: str,
     candidates: everything read (counted).
     accepted: (class key, Example) pairs.
     rejected: {key: item, 'reason': why} dicts.
+    raw_labels: the labels as written in the data, before `normalize_label`.
   """
   records = (
       pipeline
       | 'ExpectedClasses' >> beam.Create([{
           'kind': 'expected', 'class': key, 'description': description
       } for key, description in sorted(expected.items())]),
+      pipeline
+      | 'RawLabels' >> beam.Create([{
+          'kind': 'raw_label', 'raw': raw, 'label': normalize_label(raw)
+      } for raw in sorted(set(raw_labels))]),
       candidates
       | 'CountRead' >> beam.combiners.Count.Globally()
       | 'ReadRecord' >> beam.Map(lambda n: {'kind': 'read', 'count': n}),
@@ -294,6 +390,9 @@ def build_report(records: Iterable[Dict[str, Any]], input_base: str,
                        f'read {read}, ingested {ingested}, rejected '
                        f'{len(rejected)}.')
   ingested_classes = {record['class'] for record in by_kind['ingested_class']}
+  spellings = collections.defaultdict(set)
+  for record in by_kind['raw_label']:
+    spellings[record['label']].add(record['raw'])
   return {
       'data_root': input_base,
       'counts': {'read': read, 'ingested': ingested, 'rejected': len(rejected)},
@@ -311,7 +410,19 @@ def build_report(records: Iterable[Dict[str, Any]], input_base: str,
           record['description'] for record in by_kind['expected']
           if record['class'] not in ingested_classes),
       f'rejected_{items.plural}': rejected,
-      'options': options._asdict(),
+      # Labels written differently in the data, merged into one class.
+      'label_spellings': {
+          label: sorted(raws) for label, raws in sorted(spellings.items())
+          if label and raws != {label}
+      },
+      # Classes a split has no example of (e.g. a class with one example).
+      'classes_missing_from_split': {
+          split: sorted(set(per_class) - set(counts))
+          for split, counts in per_split_and_class.items()
+          if set(per_class) - set(counts)
+      },
+      ALLOW_OUTSIDE_KEY: getattr(options, ALLOW_OUTSIDE_KEY),
+      'options': packed_options(options),
   }
 
 
@@ -326,6 +437,12 @@ def _log_report(report: Dict[str, Any], report_path: str,
       report['ingested_per_split'], report['ingested_per_class'], report_path)
   for rejected in report[f'rejected_{items.plural}']:
     logging.warning('Rejected %s: %s', rejected[items.key], rejected['reason'])
+  for label, raws in report['label_spellings'].items():
+    logging.warning('Labels %s are one class, %r (labels are NFC-normalized, '
+                    'whitespace collapsed and stripped).', raws, label)
+  for split, classes in report['classes_missing_from_split'].items():
+    logging.warning('Split %s has no example of class(es) %s.', split,
+                    classes)
 
 
 def _first_rejected(rejected: List[Dict[str, str]], key: str) -> str:
@@ -369,3 +486,12 @@ def check_report(report: Dict[str, Any], report_path: str,
         f'rejected, more than max_rejected_fraction={max_fraction:g}. First '
         f'rejected: {rejected}. Fix or remove these {items.plural} or raise '
         f'max_rejected_fraction (full list in {report_path}).')
+  empty_splits = [split for split, count in report['ingested_per_split'].items()
+                  if not count]
+  if empty_splits and report['options'].get(REQUIRE_EVERY_SPLIT_KEY):
+    raise ValueError(
+        f'The {" and ".join(empty_splits)} split(s) got no {items.valid_plural}'
+        f' under data root {root}: the model could not be evaluated, so it '
+        f'could not be blessed. {counts["ingested"]} {items.valid_plural} '
+        f'went to {report["ingested_per_split"]}; add more data (see '
+        f'{report_path}).')

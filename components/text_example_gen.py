@@ -18,7 +18,10 @@ ExampleGen does) and `path`. Rows are never dropped silently: a row with
 invalid UTF-8, missing or empty text or label, a duplicate id, malformed CSV
 or JSON, or a bad image is listed as `<file>:<line>` with its reason in
 `ingestion_report.json` and the log, with the same checks and failures as the
-image ExampleGen (components/ingestion.py). Hash splits use the text (so
+image ExampleGen (components/ingestion.py). Labels are
+`ingestion.normalize_label`'d (the report lists the spellings merged). Image
+paths with `../` or absolute ones are rejected unless
+`allow_paths_outside_data_root` is set. Hash splits use the text (so
 duplicate texts share a split) or, with images, the image path.
 """
 
@@ -67,6 +70,8 @@ class Options(NamedTuple):
   image_column: Optional[str] = None
   max_rejected_fraction: float = 0.1
   max_pixels: int = image_example_gen.DEFAULT_MAX_PIXELS
+  allow_paths_outside_data_root: bool = False
+  require_every_split: bool = False
 
   @property
   def columns(self) -> List[str]:
@@ -89,7 +94,7 @@ def parse_custom_config(custom_config: Any) -> Options:
 def _validate_options(values: Dict[str, Any]) -> Options:
   """Checks option names, column names and ranges."""
   ingestion.check_option_names(values, Options, 'text ExampleGen')
-  options = Options(**values)
+  options = ingestion.check_opt_ins(Options(**values))
   text_columns = options.text_columns
   if isinstance(text_columns, str) or not text_columns or not all(
       isinstance(c, str) and c for c in text_columns):
@@ -152,7 +157,7 @@ class _ValidateRow(beam.DoFn):
           'reason': reason
       })
       return
-    label = fields[self._options.label_column].strip()
+    label = ingestion.normalize_label(fields[self._options.label_column])
     yield f'{self._pattern}:{label}', example
 
   def _decode(self, raw: Dict[str, Optional[bytes]]
@@ -175,7 +180,7 @@ class _ValidateRow(beam.DoFn):
     if not any(texts):
       columns = ', '.join(repr(c) for c in options.text_columns)
       return None, f'empty text in column {columns}'
-    label = fields[options.label_column].strip()
+    label = ingestion.normalize_label(fields[options.label_column])
     if not label:
       return None, f'empty label in column {options.label_column!r}'
     row_id = fields[options.id_column].strip() if options.id_column else where
@@ -203,11 +208,17 @@ class _ValidateRow(beam.DoFn):
     column = self._options.image_column
     if not raw_path.strip():
       return raw_path, b'', f'empty image path in column {column!r}'
-    reason = ingestion.relative_path_problem(raw_path.strip())
+    allow_outside = self._options.allow_paths_outside_data_root
+    reason = None if allow_outside else ingestion.relative_path_problem(
+        raw_path.strip())
     if reason:
       return raw_path, b'', f'{raw_path}: {reason}'
     path = posixpath.normpath(raw_path.strip())
-    data, reason = ingestion.read_file(os.path.join(self._input_base, path))
+    full_path = ingestion.full_path(self._input_base, path)
+    data, reason = b'', ingestion.local_file_problem(
+        self._input_base, full_path, allow_outside)
+    if reason is None:
+      data, reason = ingestion.read_file(full_path)
     if reason is None:
       reason = image_example_gen.image_problem(data, self._options.max_pixels)
     return path, data, reason and f'{path}: {reason}'
@@ -345,8 +356,11 @@ class _RowsToExample(beam.PTransform):
                  self._input_base)
     rows = _read_data_file(self._input_base, self._pattern, self._options)
     # Labels of well-formed rows must end up with a valid row each.
-    labels = {_stripped(fields, self._options.label_column)
-              for _, fields, reason in rows if reason is None}
+    raw_labels = [
+        _decode(fields.get(self._options.label_column) or b'', '')[0]
+        for _, fields, reason in rows if reason is None
+    ]
+    labels = {ingestion.normalize_label(raw) for raw in raw_labels}
     expected = {
         f'{self._pattern}:{label}': f'label {label!r} in {self._pattern!r}'
         for label in labels if label
@@ -358,7 +372,8 @@ class _RowsToExample(beam.PTransform):
                          ingestion.REJECTED_TAG, main='accepted')
     ingestion.write_split_records(pipeline, self._records_prefix, expected,
                                   candidates, results.accepted,
-                                  results[ingestion.REJECTED_TAG])
+                                  results[ingestion.REJECTED_TAG],
+                                  [raw for raw in raw_labels if raw.strip()])
     return results.accepted | 'Examples' >> beam.Values()
 
 
@@ -391,6 +406,8 @@ def text_example_gen(
     train_eval_buckets: Tuple[int, int] = (4, 1),
     max_rejected_fraction: float = 0.1,
     max_pixels: int = image_example_gen.DEFAULT_MAX_PIXELS,
+    allow_paths_outside_data_root: bool = False,
+    require_every_split: bool = False,
 ) -> component.FileBasedExampleGen:
   """Builds a FileBasedExampleGen that ingests labelled text (+ image) rows.
 
@@ -407,6 +424,10 @@ def text_example_gen(
       on the text, or on the image path with image_column.
     max_rejected_fraction: Fail if a larger fraction of rows is rejected.
     max_pixels: Reject images with more pixels (decompression bombs).
+    allow_paths_outside_data_root: Read image paths with `../` or absolute
+      paths, and images whose real path is outside data_root.
+    require_every_split: Fail when an output split gets no row (the pipeline
+      sets it: an empty eval split can never bless a model).
 
   Returns:
     The FileBasedExampleGen component (output: `examples`).
@@ -415,7 +436,9 @@ def text_example_gen(
   custom_config = make_custom_config(
       text_columns=list(text_columns), label_column=label_column,
       id_column=id_column, image_column=image_column,
-      max_rejected_fraction=max_rejected_fraction, max_pixels=max_pixels)
+      max_rejected_fraction=max_rejected_fraction, max_pixels=max_pixels,
+      allow_paths_outside_data_root=allow_paths_outside_data_root,
+      require_every_split=require_every_split)
   if (len(train_eval_buckets) != 2 or
       any(not isinstance(b, int) or b < 1 for b in train_eval_buckets)):
     raise ValueError('train_eval_buckets must be two positive integers, got '
