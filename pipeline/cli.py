@@ -13,7 +13,8 @@ Exit codes of `run` (for CI):
   0  a new model was blessed and pushed
   3  a model was trained but not blessed: the gate held, nothing was pushed
      and the previous model keeps serving
-  2  bad input or configuration (settings, data, model or image paths)
+  2  bad input or configuration (settings, data, model or image paths), or
+     another run is using the output directory (nothing was run)
   1  internal failure
 """
 
@@ -139,7 +140,8 @@ def _run(args) -> int:
   try:
     result = local_runner.run(config, progress=lambda line: print(
         line, flush=True))
-  except ValueError as e:  # Raised by components on bad input data.
+  except (ValueError, local_runner.OutputDirBusyError) as e:
+    # Bad input data (raised by components), or another run in output_dir.
     return _error(str(e))
   report = report_lib.build(config, result)
   report_dir = report_lib.write(report, config.output_dir,

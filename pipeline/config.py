@@ -36,6 +36,9 @@ class PipelineConfig:
     max_accuracy_drop: and only if accuracy is at most this much below the
       served model's (0 = no regression allowed).
     max_rejected_fraction: ExampleGen fails above this fraction of bad files.
+    allow_paths_outside_data_root: read manifest paths with `../` or absolute
+      paths, and files whose real path (symlinks resolved) is outside
+      data_root; off: they are rejected with the reason.
     beam_pipeline_args: e.g. ['--direct_num_workers=0'].
   """
   data_root: str = DEMO_DATA
@@ -52,6 +55,7 @@ class PipelineConfig:
   accuracy_threshold: float = 0.6
   max_accuracy_drop: float = 0.0
   max_rejected_fraction: float = 0.1
+  allow_paths_outside_data_root: bool = False
   beam_pipeline_args: List[str] = dataclasses.field(
       default_factory=lambda: ['--direct_running_mode=in_memory',
                                '--direct_num_workers=1'])

@@ -1,12 +1,22 @@
 """Runs the pipeline with LocalDagRunner (Beam DirectRunner, MLMD on sqlite)
-and reads back from MLMD what this run did."""
+and reads back from MLMD what this run did.
 
+One run at a time per output directory: a run holds an exclusive flock on
+`<output_dir>/.run.lock` from start to end, and a second run on the same
+directory fails at once with OutputDirBusyError naming the holder. The kernel
+drops the lock when its process dies (even by SIGKILL), so a killed run never
+blocks the next one.
+"""
+
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
+import socket
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 from absl import logging as absl_logging
 from ml_metadata.metadata_store import metadata_store
@@ -23,11 +33,38 @@ _STATES = {
     metadata_store_pb2.Execution.FAILED: 'failed',
     metadata_store_pb2.Execution.CANCELED: 'skipped',
 }
+LOCK_FILE = '.run.lock'
 # What LocalDagRunner logs (absl, INFO) around each component it launches.
 _NODE_EVENTS = {
     'Component %s is running.': 'running',
     'Component %s is finished.': 'finished',
 }
+
+
+class OutputDirBusyError(RuntimeError):
+  """Another run holds the output directory (its MLMD store and serving/)."""
+
+
+@contextlib.contextmanager
+def exclusive_output_dir(output_dir: str) -> Iterator[None]:
+  """Holds `output_dir`'s run lock; raises OutputDirBusyError if taken."""
+  fd = os.open(os.path.join(output_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT,
+               0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 512, 0).decode('utf-8', 'replace').strip()
+      raise OutputDirBusyError(
+          f'Output directory {output_dir} is in use by another run '
+          f'({holder or "holder unknown"}); nothing was run. Wait for it to '
+          'finish or use another output directory.') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (f'pid {os.getpid()} on {socket.gethostname()}, started '
+                   f'{time.strftime("%Y-%m-%d %H:%M:%S %Z")}').encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.
 
 
 @dataclasses.dataclass
@@ -96,8 +133,17 @@ def run(config: config_lib.PipelineConfig,
   Args:
     config: the pipeline settings.
     progress: called with a line when each component starts and finishes.
+
+  Raises:
+    OutputDirBusyError: another run is using config.output_dir.
   """
   os.makedirs(config.output_dir, exist_ok=True)
+  with exclusive_output_dir(config.output_dir):
+    return _run_locked(config, progress)
+
+
+def _run_locked(config: config_lib.PipelineConfig,
+                progress: Optional[Callable[[str], None]]) -> RunResult:
   connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
       config.metadata_path)
   absl_logger = absl_logging.get_absl_logger()

@@ -106,7 +106,9 @@ def example_gen_component(config: config_lib.PipelineConfig, data_root):
         data_root,
         manifest=config.manifest,
         split_folders=config.split_folders,
-        max_rejected_fraction=config.max_rejected_fraction)
+        max_rejected_fraction=config.max_rejected_fraction,
+        allow_paths_outside_data_root=config.allow_paths_outside_data_root,
+        require_every_split=True)
   return text_example_gen.text_example_gen(
       data_root,
       config.manifest,
@@ -115,7 +117,9 @@ def example_gen_component(config: config_lib.PipelineConfig, data_root):
       id_column=config.id_column,
       image_column=(config.image_column
                     if config.modality == features.IMAGE_TEXT else None),
-      max_rejected_fraction=config.max_rejected_fraction)
+      max_rejected_fraction=config.max_rejected_fraction,
+      allow_paths_outside_data_root=config.allow_paths_outside_data_root,
+      require_every_split=True)
 
 
 def transform_config(config: config_lib.PipelineConfig) -> Dict[str, object]:
