@@ -70,7 +70,8 @@ class Unfreeze:
       raise ValueError(f'fine_tune_from: no backbone layer is named or starts '
                        f'with {self.from_layer!r}; its layers: {names}')
     if self.fraction is not None:
-      return len(layers) - math.ceil(self.fraction * len(layers))
+      # The tolerance keeps e.g. 0.3 x 10 (3.0000000000000004) at 3 layers.
+      return len(layers) - math.ceil(self.fraction * len(layers) - 1e-9)
     return max(0, len(layers) - self.top)
 
 
