@@ -17,7 +17,11 @@ minimizes
 
 so the domain head gets `weight` times the domain gradient, the label head
 the source label gradient only, and the trainable feature layers the label
-gradient minus `weight * lambda(p)` times the domain gradient. With
+gradient minus `weight * lambda(p)` times the domain gradient. The domain
+head has its own Adam optimizer at `domain_learning_rate` (default 1e-3, the
+phase-1 rate): at the fine-tuning rate (1e-4) the new head was outrun by the
+features, which then flipped its predictions (domain accuracy 0, loss
+growing without bound) instead of confusing it. With
 `schedule: ganin` lambda ramps from 0 to 1 over the adapted training,
 lambda(p) = 2 / (1 + exp(-10 p)) - 1, p = step / total steps (the paper's
 schedule: the domain head's early, noisy signal barely reaches the
@@ -96,11 +100,15 @@ class DomainAdaptationConfig:
     weight: the domain loss's weight in the total loss.
     schedule: 'ganin' (lambda ramps 0 -> 1) or 'constant' (lambda = 1).
     hidden_units: width of the domain head's hidden layer.
+    domain_learning_rate: Adam's for the domain head, its own optimizer: a
+      new head needs the faster rate of phase 1, not the fine-tuning one,
+      or the features outrun it and the adversarial game breaks down.
   """
   target_data_root: str
   weight: float = 0.1
   schedule: str = 'ganin'
   hidden_units: int = 64
+  domain_learning_rate: float = 1e-3
 
   @classmethod
   def from_dict(cls, values: Optional[Dict[str, Any]]
@@ -128,6 +136,9 @@ class DomainAdaptationConfig:
     if not self.hidden_units >= 1:
       raise ValueError(f'domain_adaptation.hidden_units must be >= 1, got '
                        f'{self.hidden_units!r}')
+    if not self.domain_learning_rate > 0:
+      raise ValueError(f'domain_adaptation.domain_learning_rate must be > 0, '
+                       f'got {self.domain_learning_rate!r}')
     if not tf.io.gfile.isdir(self.target_data_root):
       raise ValueError(f'domain_adaptation.target_data_root '
                        f'{self.target_data_root!r} is not a folder.')
@@ -201,7 +212,8 @@ class DannModel(keras.Model):
   """
 
   def __init__(self, classifier: keras.Model, weight: float,
-               hidden_units: int, scale: float = 1.0,
+               hidden_units: int, domain_learning_rate: float = 1e-3,
+               scale: float = 1.0,
                class_weight: Optional[Dict[int, float]] = None, **kwargs):
     """The wrapper; build it in the classifier's strategy scope.
 
@@ -209,6 +221,8 @@ class DannModel(keras.Model):
       classifier: the classifier to train (its head input is the features).
       weight: the domain loss's weight.
       hidden_units: the domain head's hidden width.
+      domain_learning_rate: the domain head optimizer's (Adam); `compile`
+        gives the optimizer of the classifier's weights.
       scale: the GRL's initial lambda.
       class_weight: {label index: weight} for the source label loss, as
         Keras' `fit(class_weight=...)` (which cannot see the source labels
@@ -228,6 +242,10 @@ class DannModel(keras.Model):
         keras.layers.Dense(hidden_units, activation='relu'),
         keras.layers.Dense(1, dtype='float32'),  # float32 under mixed precision.
     ], name=DOMAIN_HEAD)
+    self.domain_optimizer = keras.optimizers.Adam(domain_learning_rate)
+    if self.dtype_policy.name == 'mixed_float16':
+      self.domain_optimizer = keras.mixed_precision.LossScaleOptimizer(
+          self.domain_optimizer)
     features = classifier.get_layer(model_lib.HEAD_DROPOUT).input
     # One pass of the shared layers gives both heads' inputs.
     self.heads = keras.Model(
@@ -277,9 +295,14 @@ class DannModel(keras.Model):
 
   def train_step(self, data):
     (source_inputs, source_labels), target_inputs = data
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(persistent=True) as tape:
       out = self.losses_on(source_inputs, source_labels, target_inputs)
-    self.optimizer.minimize(out['loss'], self.trainable_variables, tape=tape)
+    domain = self.domain_head.trainable_variables
+    domain_refs = {v.ref() for v in domain}
+    self.optimizer.minimize(
+        out['loss'], [v for v in self.trainable_variables
+                      if v.ref() not in domain_refs], tape=tape)
+    self.domain_optimizer.minimize(out['loss'], domain, tape=tape)
     self.compiled_metrics.update_state(source_labels, out['source_logits'])
     self.domain_loss_tracker.update_state(out['domain_loss'])
     self.domain_accuracy.update_state(out['domain_labels'],
@@ -368,6 +391,7 @@ def run_adapted_phase(
   options = options or model_lib.FitOptions()
   with strategy.scope():
     dann = DannModel(model, settings.weight, settings.hidden_units,
+                     settings.domain_learning_rate,
                      class_weight=options.class_weight)
   schedule = ([ReversalSchedule(dann.reversal)]
               if settings.schedule == 'ganin' else [])

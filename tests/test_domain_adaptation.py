@@ -270,6 +270,8 @@ def test_settings_off_by_default_and_checked(tmp_path):
        'schedule must be one of'),
       ({'target_data_root': str(images_root), 'hidden_units': 0},
        'hidden_units must be'),
+      ({'target_data_root': str(images_root), 'domain_learning_rate': 0.0},
+       'domain_learning_rate must be'),
   ]
   for values, message in cases:
     with pytest.raises(ValueError, match=message):
