@@ -49,13 +49,18 @@ def build(config: config_lib.PipelineConfig,
     same examples; None without one); `per_class` (class -> examples,
     accuracy, baseline_accuracy); `gate` (thresholds, `validation_ok`,
     `failures` as sentences); `confusion_matrix` (`labels`, `matrix` rows =
-    true class, columns = predicted); `training` (per phase: epochs, learning
-    rate, eval accuracy and loss, per-epoch `history`); `components` (node ->
-    state and seconds) and the run's total `seconds`; `config`.
+    true class, columns = predicted); `classification_report` (per-class
+    precision, recall, F1 and support from that matrix, see
+    `classification_report`; None without a model); `training` (per phase:
+    epochs, learning rate, eval accuracy and loss, per-epoch `history`);
+    `components` (node -> state and seconds) and the run's total `seconds`;
+    `config`.
   """
   training = result.training
   evaluation = _evaluation(result.evaluation) if result.evaluation else {}
   labels = sorted(training.get('class_names', []))
+  matrix = (_confusion_matrix(result.model, result.examples, labels)
+            if result.model and result.examples and labels else [])
   return {
       'run_id': result.run_id,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -78,11 +83,9 @@ def build(config: config_lib.PipelineConfig,
           'validation_ok': evaluation.get('validation_ok'),
           'failures': evaluation.get('failures', []),
       },
-      'confusion_matrix': {
-          'labels': labels,
-          'matrix': _confusion_matrix(result.model, result.examples, labels)
-                    if result.model and result.examples and labels else [],
-      },
+      'confusion_matrix': {'labels': labels, 'matrix': matrix},
+      'classification_report': (classification_report(labels, matrix)
+                                if np.sum(matrix) else None),
       'training': {
           phase: {key: training[phase][key] for key in (
               'epochs', 'learning_rate', 'eval_accuracy', 'eval_loss',
@@ -96,6 +99,53 @@ def build(config: config_lib.PipelineConfig,
       },
       'seconds': round(result.seconds, 1),
       'config': dataclasses.asdict(config),
+  }
+
+
+def classification_report(labels: List[str],
+                          matrix: List[List[int]]) -> Dict[str, Any]:
+  """Precision, recall, F1 and support per class from a confusion matrix.
+
+  Args:
+    labels: the class names, in the matrix's order.
+    matrix: counts, rows = true class, columns = predicted class.
+
+  Returns:
+    `per_class` (class -> `precision`, `recall`, `f1`, `support`: the
+    class's eval examples), `macro_avg` (unweighted mean over the classes)
+    and `weighted_avg` (weighted by support) of the three, and `accuracy`.
+    A class never predicted has no precision (0 / 0): it is None, as is the
+    recall of a class with no eval examples, and F1 (2 TP / (2 TP + FP +
+    FN)) of a class with neither. The averages count None as 0, as
+    scikit-learn's `classification_report(zero_division=0)` does.
+  """
+  counts = np.array(matrix, dtype=np.int64)
+  true_positives = np.diag(counts)
+  support, predicted = counts.sum(axis=1), counts.sum(axis=0)
+
+  def _ratio(numerator, denominator):
+    return [float(n / d) if d else None
+            for n, d in zip(numerator, denominator)]
+
+  columns = {
+      'precision': _ratio(true_positives, predicted),
+      'recall': _ratio(true_positives, support),
+      'f1': _ratio(2 * true_positives, support + predicted),
+  }
+  weights = support / support.sum()
+  zeroed = {name: np.array([0.0 if v is None else v for v in values])
+            for name, values in columns.items()}
+  return {
+      'per_class': {
+          label: {**{name: values[i] for name, values in columns.items()},
+                  'support': int(support[i])}
+          for i, label in enumerate(labels)
+      },
+      'macro_avg': {name: float(values.mean())
+                    for name, values in zeroed.items()},
+      'weighted_avg': {name: float(values @ weights)
+                       for name, values in zeroed.items()},
+      'accuracy': float(true_positives.sum() / counts.sum()),
   }
 
 
@@ -200,6 +250,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f'| **{label}** | ' + ' | '.join(str(n) for n in row) + ' |'
         for label, row in zip(matrix['labels'], matrix['matrix'])
     ]
+  if report.get('classification_report'):
+    lines += ['', *_classification_markdown(report['classification_report'])]
   lines += ['', '## Components', '', '| component | state | seconds |',
             '|---|---|---:|']
   lines += [f'| {node} | {c["state"]} | {c["seconds"]:.1f} |'
@@ -207,6 +259,28 @@ def render_markdown(report: Dict[str, Any]) -> str:
   lines += ['', f'![training curves]({CURVES_FILE})',
             f'![confusion matrix]({CONFUSION_FILE})', '']
   return '\n'.join(lines)
+
+
+def _classification_markdown(classification: Dict[str, Any]) -> List[str]:
+  """The classification report as a markdown section."""
+  per_class = classification['per_class']
+  lines = ['## Precision, recall, F1', '',
+           '| class | precision | recall | F1 | support |',
+           '|---|---:|---:|---:|---:|']
+  lines += [f'| {label} | {_number(m["precision"])} | {_number(m["recall"])} '
+            f'| {_number(m["f1"])} | {m["support"]} |'
+            for label, m in per_class.items()]
+  total = sum(m['support'] for m in per_class.values())
+  for key, name in (('macro_avg', 'macro average'),
+                    ('weighted_avg', 'weighted average')):
+    m = classification[key]
+    lines.append(f'| *{name}* | {_number(m["precision"])} | '
+                 f'{_number(m["recall"])} | {_number(m["f1"])} | {total} |')
+  if any(None in m.values() for m in per_class.values()):
+    lines += ['', '-: undefined (precision of a class never predicted, '
+              'recall of a class without eval examples); the averages count '
+              'it as 0.']
+  return lines
 
 
 def _number(value: Optional[float], missing: str = '-') -> str:

@@ -7,13 +7,16 @@ import json
 import os
 import time
 
+import numpy as np
 from PIL import Image
 import pytest
+from sklearn import metrics
 from tensorflow_model_analysis.proto import validation_result_pb2
 
 from pipeline import report as report_lib
 
 LABELS = ['bag', 'sneaker', 'trouser']
+MATRIX = [[8, 1, 1], [0, 10, 0], [1, 0, 9]]
 
 
 def _report(pushed_to=None, baseline=None):
@@ -38,8 +41,9 @@ def _report(pushed_to=None, baseline=None):
       'gate': {'accuracy_threshold': 0.6, 'max_accuracy_drop': 0.0,
                'validation_ok': bool(pushed_to),
                'failures': [] if pushed_to else ['overall: x']},
-      'confusion_matrix': {'labels': LABELS,
-                           'matrix': [[8, 1, 1], [0, 10, 0], [1, 0, 9]]},
+      'confusion_matrix': {'labels': LABELS, 'matrix': MATRIX},
+      'classification_report': report_lib.classification_report(LABELS,
+                                                                 MATRIX),
       'training': {
           'phase1': {'epochs': 2, 'learning_rate': 1e-3, 'eval_accuracy': 0.85,
                      'eval_loss': 0.5, 'history': history},
@@ -148,3 +152,62 @@ def test_gate_failures_read_as_sentences():
       'label=bag: sparse_categorical_accuracy -0.2500 vs the latest blessed '
       'model (allowed drop: 0.01)',
   ]
+
+
+def test_classification_report_from_a_hand_made_confusion_matrix():
+  # Rows true, columns predicted. `coat` is never predicted (no precision);
+  # `dress` has no eval examples and is never predicted (nothing defined).
+  labels = ['bag', 'sneaker', 'coat', 'dress']
+  matrix = [[3, 1, 0, 0],
+            [2, 2, 0, 0],
+            [1, 0, 0, 0],
+            [0, 0, 0, 0]]
+  report = report_lib.classification_report(labels, matrix)
+
+  bag, sneaker, coat, dress = (report['per_class'][n] for n in labels)
+  # bag: TP 3, FP 2 + 1, FN 1.
+  assert bag == {'precision': 0.5, 'recall': 0.75, 'f1': 0.6, 'support': 4}
+  # sneaker: TP 2, FP 1, FN 2.
+  assert sneaker == {'precision': pytest.approx(2 / 3), 'recall': 0.5,
+                     'f1': pytest.approx(4 / 7), 'support': 4}
+  assert coat == {'precision': None, 'recall': 0.0, 'f1': 0.0, 'support': 1}
+  assert dress == {'precision': None, 'recall': None, 'f1': None,
+                   'support': 0}
+  assert report['accuracy'] == pytest.approx(5 / 9)
+  # Averages count None as 0, over all four classes.
+  assert report['macro_avg']['precision'] == pytest.approx((0.5 + 2 / 3) / 4)
+  assert report['weighted_avg']['recall'] == pytest.approx(
+      (4 * 0.75 + 4 * 0.5) / 9)
+  json.dumps(report)  # JSON-ready: None, not NaN.
+
+  # The same as scikit-learn with zero_division=0 on the matrix's examples.
+  y_true = [i for i, row in enumerate(matrix) for j, n in enumerate(row)
+            for _ in range(n)]
+  y_pred = [j for row in matrix for j, n in enumerate(row) for _ in range(n)]
+  for average, key in ((None, None), ('macro', 'macro_avg'),
+                       ('weighted', 'weighted_avg')):
+    expected = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=range(len(labels)), average=average,
+        zero_division=0)[:3]
+    if key:
+      ours = [report[key][name] for name in ('precision', 'recall', 'f1')]
+    else:
+      ours = [[report['per_class'][label][name] or 0.0 for label in labels]
+              for name in ('precision', 'recall', 'f1')]
+    np.testing.assert_allclose(ours, expected, atol=1e-12)
+
+
+def test_markdown_has_the_classification_report():
+  markdown = report_lib.render_markdown(_report())
+  assert '## Precision, recall, F1' in markdown
+  # bag: TP 8, FP 1, FN 2 -> precision 8/9, recall 0.8, F1 16/19.
+  assert '| bag | 0.8889 | 0.8000 | 0.8421 | 10 |' in markdown
+  assert '| *macro average* | 0.8993 | 0.9000 | 0.8982 | 30 |' in markdown
+  assert 'undefined' not in markdown
+
+  report = _report()
+  report['classification_report'] = report_lib.classification_report(
+      LABELS, [[9, 1, 0], [0, 10, 0], [1, 0, 0]])
+  markdown = report_lib.render_markdown(report)
+  assert '| trouser | - | 0.0000 | 0.0000 | 1 |' in markdown
+  assert '-: undefined (precision of a class never predicted' in markdown
