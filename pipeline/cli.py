@@ -4,6 +4,7 @@
   tfx-transfer predict --model DIR [FILE...] [--text T...]
                                              classify images and/or texts
   tfx-transfer report [--output-dir DIR]     print the last run's report
+  tfx-transfer backbones [--json]            list the backbones and encoders
 
 Settings come from PipelineConfig's defaults, then the --config file (YAML or
 TOML, see pipeline/config_file.py), then the flags. `run` writes its report to
@@ -89,6 +90,12 @@ def _parse_args(argv):
   report.add_argument('--run', help='A run id (default: the newest report).')
   report.add_argument('--json', action='store_true',
                       help='Print report.json instead of the markdown.')
+
+  listing = commands.add_parser(
+      'backbones', help='List the image backbones, TF Hub handles and text '
+      'encoders with their parameters and input sizes.')
+  listing.add_argument('--json', action='store_true',
+                       help='Print the listing as JSON.')
   return parser.parse_args(argv)
 
 
@@ -125,6 +132,11 @@ def _load_config(args):
     raise ValueError(f'manifest {manifest} is not a file under {data_root}')
   config = config_lib.PipelineConfig(**values)  # Loads TF last.
   config_file.check_trainer(config.trainer)
+  if config.modality != 'text':  # The image backbone must take image_size.
+    from modules import backbones  # pylint: disable=g-import-not-at-top
+    backbones.check_image_size(
+        config.trainer.get('backbone', backbones.DEFAULT_BACKBONE),
+        config.image_size)
   return config
 
 
@@ -237,6 +249,34 @@ def _report(args) -> int:
   return 0
 
 
+def _backbones(args) -> int:
+  from modules import backbones  # pylint: disable=g-import-not-at-top
+  listing = backbones.listing()
+  if args.json:
+    print(json.dumps(listing, indent=2))
+    return 0
+  print('Image backbones (--backbone NAME; parameters without the top, '
+        'input sizes in pixels):')
+  print(f'  {"name":20s} {"parameters":>12s} {"native":>6s} {"min":>4s}  '
+        'offline weights')
+  for row in listing['image']:
+    print(f'  {row["name"]:20s} {row["parameters"]:12,d} '
+          f'{row["native_size"]:6d} {row["min_size"]:4d}  '
+          f'{"yes" if row["offline_weights"] else "no"}')
+  print('TF Hub image feature vectors (--backbone hub:NAME; need internet, '
+        'local directories excepted):')
+  for row in listing['hub']:
+    native = f'{row["native_size"]:4d} px  {row["url"]}' if row['url'] else ''
+    print(f'  {row["name"]:36s} {native}'.rstrip())
+  print('Text encoders (trainer.text_encoder):')
+  for row in listing['text']:
+    parameters = (f'{row["parameters"]:,d} parameters, '
+                  f'{row["dimension"]}-d, ' if row['parameters'] else '')
+    offline = 'offline' if row['offline_weights'] else 'needs internet'
+    print(f'  {row["name"]:14s} {parameters}{offline}: {row["description"]}')
+  return 0
+
+
 def main(argv=None) -> int:
   os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -248,8 +288,8 @@ def main(argv=None) -> int:
     return kubeflow_cli.main(argv[1:], prog='tfx-transfer kubeflow')
   args = _parse_args(argv)
   try:
-    return {'run': _run, 'predict': _predict, 'report': _report}[
-        args.command](args)
+    return {'run': _run, 'predict': _predict, 'report': _report,
+            'backbones': _backbones}[args.command](args)
   except Exception:  # pylint: disable=broad-except
     import traceback  # pylint: disable=g-import-not-at-top
     traceback.print_exc()

@@ -115,6 +115,31 @@ def test_bad_trainer_values_are_named(trainer, message):
   assert message in str(error.value)
 
 
+def test_image_size_below_the_backbones_minimum_is_refused(tmp_path):
+  args = cli._parse_args([  # pylint: disable=protected-access
+      'run', '--backbone', 'InceptionV3', '--image-size', '64',
+      '--output-dir', str(tmp_path / 'out')])
+  with pytest.raises(ValueError, match=r'image_size 64 is below the minimum '
+                     r'input size of InceptionV3 \(75; native 299\)'):
+    cli._load_config(args)  # pylint: disable=protected-access
+
+
+def test_backbones_lists_the_zoo_hub_names_and_text_encoders():
+  process = _cli('backbones', '--json')
+  assert process.returncode == 0, _explain(process)
+  listing = json.loads(process.stdout)
+  from modules import backbones  # pylint: disable=g-import-not-at-top
+  assert listing == json.loads(json.dumps(backbones.listing()))
+  assert len(listing['image']) == 17
+  text = _cli('backbones')
+  assert text.returncode == 0, _explain(text)
+  assert '  InceptionV3            21,802,784    299   75  no' in text.stdout
+  assert '  MobileNet               3,228,864    224   32  yes' in text.stdout
+  assert ('hub:inception_v3                      299 px  https://tfhub.dev/'
+          'google/imagenet/inception_v3/feature_vector/5') in text.stdout
+  assert 'MiniLM         22,565,376 parameters, 384-d, offline' in text.stdout
+
+
 def test_flags_override_the_settings_file(tmp_path):
   path = tmp_path / 'settings.toml'
   path.write_text('data_root = "data/fashion_demo"\naccuracy_threshold = 0.7\n'
@@ -226,6 +251,13 @@ def test_reports_have_the_metrics_and_valid_images(runs):
       assert report['per_class'][name]['examples'] == sum(row)
       assert report['per_class'][name]['accuracy'] == pytest.approx(
           row[i] / sum(row))
+      # A class's recall is its accuracy; its support, its eval examples.
+      classification = report['classification_report']['per_class'][name]
+      assert classification['recall'] == pytest.approx(row[i] / sum(row))
+      assert classification['support'] == sum(row)
+      predicted = sum(other[i] for other in matrix['matrix'])
+      assert classification['precision'] == (
+          pytest.approx(row[i] / predicted) if predicted else None)
     assert {c['state'] for c in report['components'].values()} <= {
         'ran', 'cached'}
     assert all(c['seconds'] >= 0 for c in report['components'].values())
