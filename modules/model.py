@@ -384,11 +384,24 @@ class DivergenceGuard(keras.callbacks.Callback):
   def on_train_batch_end(self, batch, logs=None):
     loss_value = (logs or {}).get('loss')
     if loss_value is not None and not math.isfinite(float(loss_value)):
-      learning_rate = float(self.model.optimizer.learning_rate)
+      learning_rate = _current_learning_rate(self.model)
       raise TrainingDivergedError(
           f'{self.phase}: training diverged, the loss became {loss_value} at '
           f'epoch {self.epoch + 1}, batch {batch + 1}, learning rate '
           f'{learning_rate:.3g}. Lower the learning rate.')
+
+
+class LearningRateLog(keras.callbacks.Callback):
+  """Logs `learning_rate`, the rate of each epoch's last step (schedules)."""
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is not None:
+      logs['learning_rate'] = _current_learning_rate(self.model)
+
+
+def _current_learning_rate(model: keras.Model) -> float:
+  """The rate of the last step (a mirrored variable under a strategy)."""
+  return float(keras.backend.get_value(model.optimizer.learning_rate))
 
 
 def fit_phase(name: str, model: keras.Model, strategy: tf.distribute.Strategy,
@@ -398,9 +411,9 @@ def fit_phase(name: str, model: keras.Model, strategy: tf.distribute.Strategy,
   """Compiles `model` for the phase (in the strategy scope) and fits it.
 
   Returns:
-    `history` (per-epoch metrics) and `early_stopping` (None when off, else
-    `patience`, `stopped_early`, `epochs_run` and `best_epoch`, 1-based,
-    whose weights the model keeps).
+    `history` (per-epoch metrics; with a schedule, also `learning_rate`) and
+    `early_stopping` (None when off, else `patience`, `stopped_early`,
+    `epochs_run` and `best_epoch`, 1-based, whose weights the model keeps).
   """
   rate = learning_rate
   if epochs > 0 and options.lr_schedule != schedules.CONSTANT:
@@ -412,7 +425,10 @@ def fit_phase(name: str, model: keras.Model, strategy: tf.distribute.Strategy,
     compile_for_phase(model, rate)
   if epochs == 0:
     return {'history': {}, 'early_stopping': None}
-  all_callbacks = [DivergenceGuard(name), *(callbacks or [])]
+  all_callbacks = [DivergenceGuard(name)]
+  if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+    all_callbacks.append(LearningRateLog())  # Before TensorBoard, History.
+  all_callbacks += callbacks or []
   stopper = None
   if options.early_stopping_patience:
     stopper = keras.callbacks.EarlyStopping(

@@ -205,13 +205,15 @@ def test_class_weights_weight_the_training_loss():
 
 
 def test_nan_guard_stops_a_diverging_phase():
-  model = _dense_model()
+  # As in the Trainer: under MirroredStrategy (mirrored optimizer variables).
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0'])
+  with strategy.scope():
+    model = _dense_model()
   with pytest.raises(model_lib.TrainingDivergedError,
                      match=r'phase3: .* epoch 1, batch \d+, learning rate '
                      r'1e\+38'):
-    model_lib.fit_phase('phase3', model, tf.distribute.get_strategy(),
-                        _points(256, 0), _points(32, 1), 5, 1e38, None,
-                        model_lib.FitOptions())
+    model_lib.fit_phase('phase3', model, strategy, _points(256, 0),
+                        _points(32, 1), 5, 1e38, None, model_lib.FitOptions())
 
 
 def test_augmentation_trains_on_augmented_views_and_serves_unchanged(
@@ -290,6 +292,9 @@ def test_mixed_precision_trains_with_float32_outputs(tmp_path):
     losses = results[phase]['history']['loss']
     assert losses and np.all(np.isfinite(losses)), phase
   assert results['phase2']['unfrozen_layers'] == ['block3_conv']
+  # Cosine: each epoch's last step has a lower rate than the one before.
+  rates = results['phase1']['history']['learning_rate']
+  assert len(rates) == 2 and 1e-2 > rates[0] > rates[1] >= 0
   loaded = tf.saved_model.load(str(tmp_path)).signatures['serving_default']
   assert loaded.structured_outputs['probabilities'].dtype == tf.float32
   probabilities = loaded(next(iter(_images(8)))[0])['probabilities']
