@@ -13,7 +13,8 @@ does without a resolved baseline.
 
 The served version is copied into a temporary `<dir>/Format-Serving` (the
 layout TFX's Evaluator reads a Model artifact from) for the evaluation; the
-blessing records the served version's path as `baseline_model_uri`.
+blessing records the served version's path under `baseline_model` (TFX's
+key for the baseline's URI).
 """
 
 import json
@@ -81,6 +82,10 @@ class ServingBaselineEvaluatorExecutor(evaluator_executor.Executor):
         output_dict[standard_component_specs.BLESSING_KEY])
     blessing.set_string_custom_property(
         constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, served)
+    # The served copy is no MLMD artifact: its id (0) would name nothing, and
+    # TFX's V2 entrypoint fails looking it up.
+    blessing.mlmd_artifact.custom_properties.pop(
+        constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, None)
 
 
 class ServingBaselineEvaluator(base_beam_component.BaseBeamComponent):

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import posixpath
+import re
 from typing import Any, Dict, Optional, Sequence
 
 import yaml
@@ -199,6 +200,11 @@ def _fix_for_kfp(spec: pipeline_spec_pb2.PipelineSpec,
      (components/serving_baseline_evaluator.py), which KFP's cache key
      cannot see: its cache is turned off too, so a blessing always compares
      with the model served at that time.
+  5. A `tfx.dsl.Cond` predicate names its artifact by TFX's implicit key
+     (`inputs.artifacts['_Evaluator.blessing']`) even when the task takes that
+     artifact under its own input name (`model_blessing`), so the condition
+     refers to an input the task does not have, which KFP's driver cannot
+     evaluate. It is rewritten to the task's own input name.
 
   Args:
     spec: The PipelineSpec from KubeflowV2DagRunner, fixed in place.
@@ -216,4 +222,28 @@ def _fix_for_kfp(spec: pipeline_spec_pb2.PipelineSpec,
     component, = [c for c in pipeline.components
                   if isinstance(c, uncached_type)]
     spec.root.dag.tasks[component.id].caching_options.enable_cache = False
+  for task in spec.root.dag.tasks.values():
+    _name_condition_inputs(task)
+
+
+def _name_condition_inputs(task: pipeline_spec_pb2.PipelineTaskSpec) -> None:
+  """Points `task`'s condition at its inputs (fix 5 of `_fix_for_kfp`)."""
+  condition = task.trigger_policy.condition
+  if not condition:
+    return
+  for key in set(re.findall(r"inputs\.artifacts\['(_[^'.]+\.[^']+)'\]",
+                            condition)):
+    producer, output = key[1:].split('.', 1)
+    names = [
+        name for name, source in task.inputs.artifacts.items()
+        if source.task_output_artifact.producer_task == producer and
+        source.task_output_artifact.output_artifact_key == output
+    ]
+    if len(names) != 1:
+      raise ValueError(f'Task {task.task_info.name}: the condition '
+                       f'{condition!r} reads {key}, which is not one of its '
+                       'inputs.')
+    condition = condition.replace(f"inputs.artifacts['{key}']",
+                                  f"inputs.artifacts['{names[0]}']")
+  task.trigger_policy.condition = condition
 

@@ -124,8 +124,10 @@ def test_dag_edges(compiled):
   assert evaluator['parameters']['baseline_dir']['runtimeValue'][
       'constant'] == OUTPUT_DIR + '/serving'
   # Pushes only a blessed model.
+  # On the artifact the Pusher takes as `model_blessing`: a condition can read
+  # only the task's own inputs.
   assert _tasks(spec)['Pusher']['triggerPolicy']['condition'] == (
-      "(inputs.artifacts['_Evaluator.blessing'].artifacts[0]"
+      "(inputs.artifacts['model_blessing'].artifacts[0]"
       ".metadata['blessed'] == 1.0)")
 
 
