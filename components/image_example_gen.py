@@ -27,8 +27,8 @@ the output Examples artifact and in the log, and the executor fails with a
 ValueError when the data is unusable (see components/ingestion.py).
 
 Options (`max_rejected_fraction`, `max_pixels`,
-`allow_paths_outside_data_root`, `require_every_split`) are passed as the component's
-`custom_config`: an example_gen_pb2.CustomConfig packing a
+`allow_paths_outside_data_root`, `require_every_split`) are passed as the
+component's `custom_config`: an example_gen_pb2.CustomConfig packing a
 google.protobuf.Struct, built by `make_custom_config`.
 """
 
