@@ -15,6 +15,7 @@ from sklearn import model_selection
 from sklearn import pipeline
 from sklearn import preprocessing
 
+from modules import backbones
 from modules import pretrained_weights
 
 _DATA_DIR = (
@@ -84,6 +85,24 @@ def test_matches_frozen_graph(top_weights, sample_images):
       alpha=1.0, include_top=True, weights=top_weights)
   np.testing.assert_allclose(
       model.predict(sample_images, verbose=0), expected, atol=1e-4)
+
+
+def test_offline_weights_below_the_native_size_are_the_same_weights(
+    cache_dir):
+  """The zoo's MobileNet at 96 px runs the 224 px weights on a coarser grid."""
+  entry = backbones.ZOO['MobileNet']
+  assert entry.offline_weights and entry.native_size == 224
+  no_top = pretrained_weights.offline_mobilenet_weights(
+      include_top=False, cache_dir=cache_dir)
+  native = keras.applications.MobileNet(
+      input_shape=(224, 224, 3), include_top=False, weights=no_top)
+  small = backbones.build_backbone('MobileNet', 96, 'offline').network
+  assert small.count_params() == native.count_params() == entry.parameters
+  for ours, theirs in zip(small.weights, native.weights):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+  # The last feature map: 7x7 at 224 px, 3x3 at 96 px (stride 32).
+  assert native.output_shape[1:3] == (7, 7)
+  assert small.get_layer('conv_pw_13_relu').output_shape[1:3] == (3, 3)
 
 
 def test_imagenet_predictions(top_weights, sample_images):
