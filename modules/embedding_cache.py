@@ -87,49 +87,46 @@ def run_cached_phase1(
   """Phase 1 with the embedding cache; returns what model_lib.run_phase does.
 
   `options` (schedule, early stopping, class weights) apply to the head's fit
-  as they would to the plain path's.
+  as they would to the plain path's. The phase's eval accuracy is the head's
+  on the cached eval embeddings: what the assembled classifier scores on the
+  eval inputs (the same layers; tests/test_embedding_cache.py checks it),
+  without a second backbone pass.
   """
   with strategy.scope():
     model_lib.freeze_backbone(backbone)
     head = head_model(model)
-  fitted = {'history': {}, 'early_stopping': None}
-  if epochs > 0:
-    fitted = _fit_head_on_cache(model, head, strategy, train_dataset,
-                                eval_dataset, epochs, learning_rate,
-                                batch_size, seed, callbacks,
-                                options or model_lib.FitOptions())
-  # The full classifier, evaluated on its inputs: proves the assembly.
-  with strategy.scope():
-    model_lib.compile_for_phase(model, learning_rate)
-  return model_lib.evaluate_phase('phase1', model, eval_dataset, epochs,
-                                  learning_rate, fitted['history'], [],
-                                  fitted['early_stopping'])
+  with tempfile.TemporaryDirectory(prefix='phase1_embeddings_') as cache_dir:
+    train_cache, eval_cache, train_count = _cache_embeddings(
+        model, train_dataset, eval_dataset, batch_size, seed, cache_dir)
+    options = dataclasses.replace(
+        options or model_lib.FitOptions(),
+        steps_per_epoch=math.ceil(train_count / batch_size))
+    fitted = model_lib.fit_phase('phase1', head, strategy, train_cache,
+                                 eval_cache, epochs, learning_rate, callbacks,
+                                 options)
+    return model_lib.evaluate_phase('phase1', head, eval_cache, epochs,
+                                    learning_rate, fitted['history'], [],
+                                    fitted['early_stopping'])
 
 
-def _fit_head_on_cache(model, head, strategy, train_dataset, eval_dataset,
-                       epochs, learning_rate, batch_size, seed, callbacks,
-                       options) -> dict:
-  """Caches both splits' embeddings in a temp dir, fits the head on them."""
+def _cache_embeddings(model, train_dataset, eval_dataset, batch_size, seed,
+                      cache_dir):
+  """Both splits' embeddings, written once to `cache_dir`, as datasets."""
   embedder = embedding_model(model)
   embed = tf.function(
       lambda x: tf.cast(embedder(x, training=False), tf.float32))
-  with tempfile.TemporaryDirectory(prefix='phase1_embeddings_') as cache_dir:
-    started = time.time()
-    paths = {split: os.path.join(cache_dir, f'{split}.tfrecord')
-             for split in ('train', 'eval')}
-    counts = {split: write_embeddings(embed, dataset, paths[split])
-              for split, dataset in (('train', train_dataset),
-                                     ('eval', eval_dataset))}
-    print(f'[trainer] phase1: cached embeddings of {counts["train"]} train and '
-          f'{counts["eval"]} eval examples in {time.time() - started:.1f} s',
-          flush=True)
-    options = dataclasses.replace(
-        options, steps_per_epoch=math.ceil(counts['train'] / batch_size))
-    return model_lib.fit_phase(
-        'phase1', head, strategy,
-        read_embeddings(paths['train'], batch_size, True, seed),
-        read_embeddings(paths['eval'], batch_size, False, seed),
-        epochs, learning_rate, callbacks, options)
+  started = time.time()
+  paths = {split: os.path.join(cache_dir, f'{split}.tfrecord')
+           for split in ('train', 'eval')}
+  counts = {split: write_embeddings(embed, dataset, paths[split])
+            for split, dataset in (('train', train_dataset),
+                                   ('eval', eval_dataset))}
+  print(f'[trainer] phase1: cached embeddings of {counts["train"]} train and '
+        f'{counts["eval"]} eval examples in {time.time() - started:.1f} s',
+        flush=True)
+  return (read_embeddings(paths['train'], batch_size, True, seed),
+          read_embeddings(paths['eval'], batch_size, False, seed),
+          counts['train'])
 
 
 def _bytes(tensor: tf.Tensor) -> tf.train.Feature:

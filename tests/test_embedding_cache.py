@@ -54,7 +54,11 @@ def test_cached_phase1_trains_the_classifiers_own_head(classifier):
     np.testing.assert_array_equal(before, after.numpy())
   history = result['history']
   assert history['loss'][-1] < history['loss'][0]
-  # The full classifier on images scores exactly what the head scored on the
-  # cached embeddings: the assembled model is the one that was trained.
   assert result['eval_accuracy'] == pytest.approx(
       history['val_accuracy'][-1], abs=1e-6)
+  # The full classifier on images scores exactly what the head scored on the
+  # cached embeddings: the assembled model is the one that was trained.
+  model_lib.compile_for_phase(model, 1e-2)
+  eval_loss, eval_accuracy = model.evaluate(_dataset(), verbose=0)
+  assert eval_accuracy == pytest.approx(result['eval_accuracy'], abs=1e-6)
+  assert eval_loss == pytest.approx(result['eval_loss'], rel=1e-4)
