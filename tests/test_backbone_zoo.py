@@ -8,10 +8,11 @@ trains one fine-tuning step (the top `fine_tune_layers` and the head) and
 classifies real PNG and JPEG bytes from data/fashion_demo through the
 `serving_default` function of `trainer.make_serving_signatures`.
 
-Cost, measured on the shared 2-core machine: building the 17 backbones alone
-takes about 2.5 minutes, and tracing a big backbone's train step or saving it
-(tf_keras traces every layer's call for the SavedModel) takes from 10 s
-(VGG16) to several minutes (DenseNet, NASNet). So:
+Cost, measured on the shared 2-core machine: building the 17 backbones
+alone takes about 100 s; in graph mode, tracing a train step takes tens of
+seconds per big backbone (InceptionV3's test took 113 s), and saving one
+(tf_keras traces every layer's call for the SavedModel) took from 10 s
+(VGG16) to 150 s (DenseNet121). So:
   * the train step and the serving call run eagerly
     (`tf.config.run_functions_eagerly`): the same Keras `train_step` and
     signature code, without compiling the graph;
@@ -20,6 +21,10 @@ takes about 2.5 minutes, and tracing a big backbone's train step or saving it
     the eager call's probabilities; set TFX_TRANSFER_ZOO_SAVE_ALL=1 to do
     that for every backbone. The default MobileNet is saved and served by
     the pipeline's end-to-end tests.
+
+Also here: the minimum image_size check, TF Hub short names, the listing
+(`tfx-transfer backbones`), and a local SavedModel feature extractor
+(`file:<dir>` and `hub:<dir>`) trained, saved and served end to end offline.
 """
 
 import functools
@@ -85,18 +90,15 @@ def examples(tmp_path_factory):
   return rows, pattern
 
 
-@functools.lru_cache(maxsize=None)
-def _transform_graph(image_size, rows_key, root):
+def _make_transform_graph(rows, image_size, output_dir):
   """The Transform component's graph for `image_size`, made with tft_beam."""
-  rows = [dict(zip(_RAW_SPEC, values)) for values in rows_key]
-  output_dir = os.path.join(root, f'transform_{image_size}')
   metadata = dataset_metadata.DatasetMetadata(
       schema_utils.schema_from_feature_spec(_RAW_SPEC))
   preprocessing_fn = functools.partial(
       preprocessing.preprocessing_fn,
       custom_config={'image_size': image_size})
   with beam.Pipeline() as pipeline:
-    with tft_beam.Context(temp_dir=os.path.join(root, 'tmp')):
+    with tft_beam.Context(temp_dir=os.path.join(output_dir, 'tmp')):
       data = pipeline | beam.Create(rows)
       transform_fn = (data, metadata) | tft_beam.AnalyzeDataset(
           preprocessing_fn)
@@ -108,10 +110,18 @@ def _transform_graph(image_size, rows_key, root):
 
 @pytest.fixture(scope='module')
 def transform_graph(examples, tmp_path_factory):
+  """image_size -> the transform graph; each size is made once."""
   rows, _ = examples
-  rows_key = tuple(tuple(row[k] for k in _RAW_SPEC) for row in rows)
-  root = str(tmp_path_factory.mktemp('transform'))
-  return lambda image_size: _transform_graph(image_size, rows_key, root)
+  root = tmp_path_factory.mktemp('transform')
+  graphs = {}
+
+  def _graph(image_size):
+    if image_size not in graphs:
+      graphs[image_size] = _make_transform_graph(
+          rows, image_size, str(root / str(image_size)))
+    return graphs[image_size]
+
+  return _graph
 
 
 def _snapshot(layers):
