@@ -23,7 +23,12 @@ def latest_artifact(pipeline_root: str, component: str, output: str) -> str:
 
 def split_examples(pipeline_root: str, split: str) -> List[Tuple[str, str]]:
   """(relative path, label) of every example ExampleGen put in `split`."""
-  examples = latest_artifact(pipeline_root, 'FileBasedExampleGen', 'examples')
+  return artifact_examples(
+      latest_artifact(pipeline_root, 'FileBasedExampleGen', 'examples'), split)
+
+
+def artifact_examples(examples: str, split: str) -> List[Tuple[str, str]]:
+  """(relative path, label) of each example in an Examples artifact's split."""
   records = tf.data.TFRecordDataset(
       glob.glob(os.path.join(examples, f'Split-{split}', '*')),
       compression_type='GZIP')
