@@ -42,7 +42,7 @@ def test_text_and_image_text():
       example_gen.exec_properties['custom_config'])
   assert options == text_example_gen.Options(
       text_columns=('title', 'body'), label_column='stars',
-      id_column='review_id')
+      id_column='review_id', require_every_split=True)
   assert _partition_feature(example_gen) == 'text'
 
   both = _config(modality='image_text', manifest='manifest.csv',
