@@ -12,8 +12,9 @@ TOML, see pipeline/config_file.py), then the flags. `run` writes its report to
 
 Exit codes of `run` (for CI):
   0  a new model was blessed and pushed
-  3  a model was trained but not blessed: the gate held, nothing was pushed
-     and the previous model keeps serving
+  3  a model was trained but not blessed (the gate held) or its training
+     diverged (NaN loss): nothing was pushed and the previous model keeps
+     serving
   2  bad input or configuration (settings, data, model or image paths), or
      another run is using the output directory (nothing was run)
   1  internal failure
@@ -145,6 +146,7 @@ def _run(args) -> int:
     config = _load_config(args)
   except (TypeError, ValueError) as e:
     return _error(str(e))
+  from modules import model as model_lib  # pylint: disable=g-import-not-at-top
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   from pipeline import report as report_lib  # pylint: disable=g-import-not-at-top
   print(f'Running pipeline on {config.data_root} -> {config.output_dir}',
@@ -155,6 +157,10 @@ def _run(args) -> int:
   except (ValueError, local_runner.OutputDirBusyError) as e:
     # Bad input data (raised by components), or another run in output_dir.
     return _error(str(e))
+  except model_lib.TrainingDivergedError as e:
+    print(f'{e}\nNot blessed: training diverged, nothing was pushed; the '
+          'previous model stays.', file=sys.stderr)
+    return EXIT_NOT_BLESSED
   report = report_lib.build(config, result)
   report_dir = report_lib.write(report, config.output_dir,
                                 copy_to=args.report_dir)
