@@ -4,11 +4,14 @@ Both sides train the head of the same classifier (MobileNet, offline ImageNet
 weights, 96 px unless --image-size, the demo's batch and learning rate) for
 the same epochs on the pipeline's train split of the demo data (--scale K: K
 re-encoded versions of each image), validate on its eval split every epoch,
-then evaluate the full classifier on the eval images:
+then evaluate once more:
   * exact: modules.model.run_phase('phase1', fine_tune_layers=0), i.e. the
-    frozen backbone inside the model, `fit` on images every epoch;
+    frozen backbone inside the model, `fit` on images every epoch, then the
+    classifier evaluated on the eval images;
   * cached: modules.embedding_cache.run_cached_phase1 (one backbone pass per
-    image, the head trained on the cached embeddings).
+    image, the head trained on the cached embeddings, then evaluated on the
+    cached eval embeddings, which scores what the classifier scores on the
+    images: tests/test_embedding_cache.py).
 Both run in one process under MirroredStrategy as in run_fn. An untimed
 warm-up (one epoch of each) first pays the process's one-time costs; then
 each seed in --seeds runs both sides from the same initial weights, the
@@ -16,8 +19,7 @@ order alternating. Accuracy on 64 eval images moves in steps of 1.56 points
 and with the example order, so it is averaged over the seeds. Each side's
 time is also broken down (Keras callback timestamps): before the first epoch
 (exact: fit setup; cached: also the embedding pass), the first epoch (traces
-the train step), the later epochs, and after fit (the final evaluation on
-images).
+the train step), the later epochs, and after fit (the final evaluation).
 
   .venv/bin/python benchmarks/phase1_cache.py [--epochs 10] [--seeds 42,43,44]
       [--scale 1] [--image-size 96]
