@@ -35,7 +35,6 @@ from tfx import v1 as tfx
 
 import helpers
 from components import atomic_pusher
-from modules import model as model_lib
 from pipeline import cli
 from pipeline import config as config_lib
 from pipeline import local_runner
@@ -298,19 +297,21 @@ def _predictions(version_dir: str) -> List[str]:
 
 
 @pytest.mark.reliability('gate under faults')
-def test_nan_loss_pushes_nothing(interrupted):
+def test_nan_loss_pushes_nothing(interrupted, tmp_path, capsys):
   output_dir = interrupted.output_dir
   served, blessings = _served(output_dir), _blessings(output_dir)
   newest = os.path.join(output_dir, 'serving', served[-1])
   before = _predictions(newest)
-  config = config_lib.PipelineConfig(
-      output_dir=output_dir, accuracy_threshold=0.3,
-      # Adam at 1e38 overflows the head's weights: the loss is NaN at once.
-      trainer={**TRAINER, 'phase1_learning_rate': 1e38})
-  # The Trainer's divergence guard (modules/model.py) stops the run.
-  with pytest.raises(model_lib.TrainingDivergedError,
-                     match='training diverged, the loss became nan'):
-    local_runner.run(config)
+  settings = tmp_path / 'diverging.yaml'
+  # Adam at 1e38 overflows the head's weights: the loss is NaN at once.
+  settings.write_text(SETTINGS + '  phase1_learning_rate: 1.0e+38\n')
+  # The Trainer's divergence guard (modules/model.py) stops the run: exit 3,
+  # as when the gate holds.
+  assert cli.main(['run', '--config', str(settings), '--output-dir',
+                   output_dir]) == cli.EXIT_NOT_BLESSED
+  err = capsys.readouterr().err
+  assert 'training diverged, the loss became nan' in err, err
+  assert 'nothing was pushed' in err
   states = _last_run_states(output_dir)
   assert states['Trainer'] == metadata_store_pb2.Execution.FAILED, states
   assert 'Evaluator' not in states and 'Pusher' not in states, states
