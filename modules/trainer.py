@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -30,6 +30,7 @@ from tfx import v1 as tfx
 
 from modules import augmentation as augmentation_lib
 from modules import backbones
+from modules import domain_adaptation
 from modules import embedding_cache
 from modules import features
 from modules import model as model_lib
@@ -50,6 +51,9 @@ class TrainerConfig(model_lib.TrainingConfig):
   text_encoder: str = backbones.DEFAULT_TEXT_ENCODER
   text_weights: str = backbones.DEFAULT_WEIGHTS
   max_length: int = preprocessing.DEFAULT_MAX_LENGTH  # Tokens, [CLS]/[SEP] in.
+  # DANN in the fine-tuning phases, images only: target_data_root (unlabelled
+  # images), weight, ... (modules/domain_adaptation.py); empty: off.
+  domain_adaptation: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def from_dict(cls, values: Dict) -> 'TrainerConfig':
@@ -69,6 +73,8 @@ class TrainerConfig(model_lib.TrainingConfig):
     if values.get('phases') is not None and replaced:
       raise ValueError(f'trainer: phases replaces {replaced}; give each '
                        'phase its epochs and learning_rate there')
+    domain_adaptation.DomainAdaptationConfig.from_dict(
+        values.get('domain_adaptation'))  # Raises on a bad setting.
     return cls(**values)
 
 
@@ -255,8 +261,9 @@ def train_two_phases(
                                  config.phase1_learning_rate, 0, callbacks,
                                  options)
   results = {'phase1': {**phase1, 'embedding_cache': cache}}
+  fine_tune = domain_adaptation.fine_tuning_runner(config, strategy)
   for phase in config.fine_tuning_phases():
-    results[phase.name] = model_lib.run_phase(
+    results[phase.name] = fine_tune(
         phase.name, *data, phase.epochs, phase.learning_rate,
         phase.tower_settings(towers), callbacks, options)
   return results
@@ -331,7 +338,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
                               global_batch, shuffle=False)
   counts = None
   if (config.class_weights == 'balanced' or
-      config.lr_schedule != schedules.CONSTANT):
+      config.lr_schedule != schedules.CONSTANT or config.domain_adaptation):
     counts = label_counts(fn_args.train_files, tf_transform_output,
                           len(names))
   options = model_lib.FitOptions.from_config(

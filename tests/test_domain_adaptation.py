@@ -168,7 +168,8 @@ def test_class_weights_weigh_the_source_label_loss():
   assert totals[1] - totals[0] == pytest.approx(float(expected), rel=1e-5)
 
 
-def _labelled(count: int, seed: int, batch: int) -> tf.data.Dataset:
+def labelled(count: int, seed: int, batch: int) -> tf.data.Dataset:
+  """Batches of (random image, label index), the classes in turn."""
   labels = np.arange(count) % CLASSES
   return tf.data.Dataset.from_tensor_slices(
       (images(count, seed), labels)).batch(batch)
@@ -183,11 +184,11 @@ def test_adapted_phase_trains_features_and_domain_head_exports_classifier(
   watched = {name: classifier.get_layer(name) for name in ('tiny', 'logits')}
   before = {name: [w.numpy() for w in layer.weights]
             for name, layer in watched.items()}
-  train = _labelled(8, seed=8, batch=4)
+  train = labelled(8, seed=8, batch=4)
 
   result = da.run_adapted_phase(
       'phase2', classifier, backbone, tf.distribute.get_strategy(), train,
-      _labelled(4, seed=9, batch=4), epochs=2, learning_rate=1e-2,
+      labelled(4, seed=9, batch=4), epochs=2, learning_rate=1e-2,
       fine_tune_layers=2, settings=settings, image_size=SIZE, batch_size=4,
       seed=0)
 
@@ -225,8 +226,8 @@ def test_adapted_phase_needs_trainable_backbone_layers(tmp_path):
   settings = da.DomainAdaptationConfig(str(tmp_path))
   with pytest.raises(ValueError, match='unfreezes no backbone layer'):
     da.run_adapted_phase('phase2', classifier, backbone,
-                         tf.distribute.get_strategy(), _labelled(4, 0, 4),
-                         _labelled(4, 0, 4), 1, 1e-3, 0, settings=settings,
+                         tf.distribute.get_strategy(), labelled(4, 0, 4),
+                         labelled(4, 0, 4), 1, 1e-3, 0, settings=settings,
                          image_size=SIZE, batch_size=4, seed=0)
 
 
@@ -278,6 +279,32 @@ def test_settings_off_by_default_and_checked(tmp_path):
       da.DomainAdaptationConfig.from_dict(values)
 
 
+def test_trainer_settings_turn_dann_on_for_fine_tuning(tmp_path):
+  from modules import trainer  # pylint: disable=g-import-not-at-top
+  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
+  assert not trainer.TrainerConfig.from_dict({}).domain_adaptation  # Off.
+  missing = {'domain_adaptation': {'target_data_root': str(tmp_path / 'no')}}
+  with pytest.raises(ValueError, match='is not a folder'):
+    trainer.TrainerConfig.from_dict(missing)
+  with pytest.raises(ValueError, match='is not a folder'):
+    config_lib.PipelineConfig(trainer=missing)  # Fails before any run.
+  target_root = str(tmp_path / 'target')
+  write_images(target_root, 3, seed=12)
+  config = trainer.TrainerConfig.from_dict({
+      'phase1_epochs': 0, 'phase2_epochs': 1, 'fine_tune_layers': 2,
+      'image_size': SIZE, 'batch_size': 4,
+      'domain_adaptation': {'target_data_root': target_root}})
+  classifier, backbone = tiny_classifier()
+
+  results = trainer.train_two_phases(
+      classifier, backbone, tf.distribute.get_strategy(),
+      labelled(8, seed=8, batch=4), labelled(4, seed=9, batch=4), config)
+
+  assert 'domain_adaptation' not in results['phase1']
+  assert results['phase2']['domain_adaptation']['target_images'] == 3
+  assert len(results['phase2']['history']['domain_loss']) == 1
+
+
 # Run in a subprocess: logical devices must be set before TensorFlow starts.
 _MIRRORED_SCRIPT = """
 import json, os, sys
@@ -303,7 +330,7 @@ kernels = {'domain': dann.domain_head.layers[0].kernel,
            'logits': classifier.get_layer('logits').kernel}
 before = {k: [c.numpy().copy() for c in v.values] for k, v in kernels.items()}
 dataset = da.adaptation_dataset(
-    t._labelled(8, seed=2, batch=4),
+    t.labelled(8, seed=2, batch=4),
     da.target_dataset(sys.argv[1], t.SIZE, batch_size=4, seed=0))
 history = dann.fit(dataset, epochs=1, verbose=0,
                    callbacks=[da.ReversalSchedule(dann.reversal)]).history
