@@ -11,15 +11,16 @@ LocalDagRunner, on Kubeflow Pipelines and on Vertex AI Pipelines. With nothing
 served yet there is no baseline and the change threshold is skipped, as TFX
 does without a resolved baseline.
 
-The served version is copied into a temporary `<dir>/Format-Serving` (the
-layout TFX's Evaluator reads a Model artifact from) for the evaluation; the
-blessing records the served version's path under `baseline_model` (TFX's
-key for the baseline's URI).
+For the evaluation the served version is copied into the evaluation
+artifact's `.baseline/Format-Serving` (the layout TFX's Evaluator reads a
+Model artifact from; on the pipeline root's filesystem, so distributed Beam
+workers can read it too) and removed afterwards; the blessing records the
+served version's path under `baseline_model` (TFX's key for the baseline's
+URI).
 """
 
 import json
 import os
-import tempfile
 from typing import Any, Dict, List, Optional
 
 from absl import logging
@@ -29,6 +30,7 @@ from tfx.components.evaluator import constants
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import base_beam_component
 from tfx.dsl.components.base import executor_spec
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.types import channel
 from tfx.types import component_spec
@@ -40,6 +42,7 @@ from tfx.utils import path_utils
 from components import atomic_pusher
 
 BASELINE_DIR_KEY = 'baseline_dir'
+_BASELINE_COPY = '.baseline'  # In the evaluation artifact, while it runs.
 
 
 def served_version(base_directory: str) -> Optional[str]:
@@ -71,13 +74,18 @@ class ServingBaselineEvaluatorExecutor(evaluator_executor.Executor):
       super().Do(input_dict, output_dict, exec_properties)
       return
     logging.info('Baseline: the served model %s.', served)
-    with tempfile.TemporaryDirectory(prefix='baseline-') as local_copy:
-      io_utils.copy_dir(served, path_utils.serving_model_dir(local_copy))
-      baseline = standard_artifacts.Model()
-      baseline.uri = local_copy
+    baseline = standard_artifacts.Model()
+    baseline.uri = os.path.join(
+        artifact_utils.get_single_uri(
+            output_dict[standard_component_specs.EVALUATION_KEY]),
+        _BASELINE_COPY)
+    io_utils.copy_dir(served, path_utils.serving_model_dir(baseline.uri))
+    try:
       super().Do(
           {**input_dict, standard_component_specs.BASELINE_MODEL_KEY: [
               baseline]}, output_dict, exec_properties)
+    finally:
+      fileio.rmtree(baseline.uri)
     blessing = artifact_utils.get_single_instance(
         output_dict[standard_component_specs.BLESSING_KEY])
     blessing.set_string_custom_property(

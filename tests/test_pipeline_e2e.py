@@ -85,6 +85,8 @@ def test_rerun_is_cached_and_worse_models_are_not_pushed(demo_run):
     assert not result.blessed and result.pushed_to is None
     failed = tfma.load_validation_result(result.evaluation)
     assert not failed.validation_ok
+    # The served model's copy for the comparison is gone again.
+    assert not os.path.exists(os.path.join(result.evaluation, '.baseline'))
     return str(failed.metric_validations_per_slice)
 
   # An untrained head above an absolute bound of 0: only "no regression
