@@ -47,7 +47,6 @@ from tfx.components.example_gen import component
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
-from tfx.types import standard_component_specs
 
 from components import ingestion
 
@@ -388,16 +387,10 @@ def _manifest_entry(row: Dict[str, str], fields: int, header_fields: int,
   return path, label, f'{pattern}:{label}', reason
 
 
-class _ImagesToExample(beam.PTransform):
+class _ImagesToExample(ingestion.SplitToExamples):
   """Reads, validates and converts the images of one input split."""
 
-  def __init__(self, exec_properties: Dict[str, Any], split_pattern: str):
-    super().__init__()
-    self._input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-    self._pattern = split_pattern
-    self._options = parse_custom_config(
-        exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY))
-    self._records_prefix = ingestion.records_prefix(exec_properties)
+  parse_options = staticmethod(parse_custom_config)
 
   def expand(self, pipeline: beam.Pipeline) -> beam.PCollection:
     logging.info('Reading images under %s with pattern %r.', self._input_base,
@@ -440,10 +433,6 @@ class ImageExampleGenExecutor(ingestion.ReportingExecutor):
       layout_hint=('put images in one sub-folder per class (e.g. '
                    '{root}/cat/1.jpg) or list them in the manifest'),
       class_hint='Add one sub-folder (or manifest label) per class.')
-
-  @classmethod
-  def parse_options(cls, custom_config: Any) -> Options:
-    return parse_custom_config(custom_config)
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
     """Returns the PTransform that turns one input split into Examples."""

@@ -7,7 +7,6 @@ and rejected, and why); `ReportingExecutor.Do` aggregates them into
 ValueError naming the data root when the data is unusable for training.
 """
 
-import abc
 import collections
 import dataclasses
 import errno
@@ -17,7 +16,8 @@ import posixpath
 import stat
 import unicodedata
 import uuid
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Type
+from typing import (Any, Callable, Dict, Iterable, List, NamedTuple,
+                    Optional, Tuple, Type)
 
 from absl import logging
 import apache_beam as beam
@@ -278,20 +278,35 @@ def write_split_records(pipeline: beam.Pipeline, prefix: str,
       | 'WriteRecords' >> beam.io.WriteToText(prefix))
 
 
-class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor,
-                        abc.ABC):
+class SplitToExamples(beam.PTransform):
+  """Base of the PTransforms that turn one input split into Examples.
+
+  Subclasses set `parse_options` (the custom_config exec property -> their
+  options, a NamedTuple with `max_rejected_fraction`) and write each split
+  with `write_split_records` in `expand`.
+  """
+  parse_options: Callable[[Any], NamedTuple]
+
+  def __init__(self, exec_properties: Dict[str, Any], split_pattern: str):
+    super().__init__()
+    self._input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    self._pattern = split_pattern
+    self._options = self.parse_options(
+        exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY))
+    self._records_prefix = records_prefix(exec_properties)
+
+
+class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
   """A FileBasedExampleGen executor that writes and checks the report.
 
-  Subclasses name their items (`ITEMS`), parse their options
-  (`parse_options`, a NamedTuple with `max_rejected_fraction`), and return a
-  PTransform whose splits call `write_split_records`.
+  Subclasses name their items (`ITEMS`) and return a `SplitToExamples`.
   """
   ITEMS: Items
 
-  @classmethod
-  @abc.abstractmethod
-  def parse_options(cls, custom_config: Any) -> NamedTuple:
-    """Parses the custom_config exec property."""
+  def parse_options(self, custom_config: Any) -> NamedTuple:
+    """Parses the custom_config exec property as the PTransform does."""
+    return self.GetInputSourceToExamplePTransform().parse_options(
+        custom_config)
 
   def GenerateExamplesByBeam(
       self, pipeline: beam.Pipeline,

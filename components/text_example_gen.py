@@ -40,7 +40,6 @@ from tfx.components.example_gen import component
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
-from tfx.types import standard_component_specs
 
 from components import image_example_gen
 from components import ingestion
@@ -340,16 +339,10 @@ def _stripped(fields: Dict[str, Optional[bytes]], column: str) -> str:
   return text.strip()
 
 
-class _RowsToExample(beam.PTransform):
+class _RowsToExample(ingestion.SplitToExamples):
   """Reads, validates and converts the rows of one data file."""
 
-  def __init__(self, exec_properties: Dict[str, Any], split_pattern: str):
-    super().__init__()
-    self._input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-    self._pattern = split_pattern
-    self._options = parse_custom_config(
-        exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY))
-    self._records_prefix = ingestion.records_prefix(exec_properties)
+  parse_options = staticmethod(parse_custom_config)
 
   def expand(self, pipeline: beam.Pipeline) -> beam.PCollection:
     logging.info('Reading rows of %s under %s.', self._pattern,
@@ -385,10 +378,6 @@ class TextExampleGenExecutor(ingestion.ReportingExecutor):
       layout_hint=('the data file has a header row but no data rows; add one '
                    'row per example'),
       class_hint='Add rows with at least one other label.')
-
-  @classmethod
-  def parse_options(cls, custom_config: Any) -> Options:
-    return parse_custom_config(custom_config)
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
     """Returns the PTransform that turns one data file into Examples."""
