@@ -43,9 +43,9 @@ from modules import backbones
 from modules import domain_adaptation
 from modules import embedding_cache
 from modules import model as model_lib
-from modules import trainer
+from pipeline import settings as settings_lib
 
-_CONFIG = trainer.TrainerConfig()  # The demo's defaults.
+_CONFIG = settings_lib.TrainerConfig()  # The demo's defaults.
 
 
 def split_domains(examples):
@@ -114,7 +114,7 @@ def run_seed(seed, args, data, target_root, strategy):
             data['source_eval'], args.phase2_epochs,
             _CONFIG.phase2_learning_rate, _CONFIG.fine_tune_layers)
       else:
-        settings = domain_adaptation.DomainAdaptationConfig(
+        settings = settings_lib.DomainAdaptationConfig(
             target_data_root=target_root, weight=weight)
         result = domain_adaptation.run_adapted_phase(
             'phase2', classifier, backbone, strategy, data['train'],

@@ -30,9 +30,9 @@ import tf_keras as keras
 
 from modules import backbones
 from modules import model as model_lib
-from modules import trainer
+from pipeline import settings as settings_lib
 
-_CONFIG = trainer.TrainerConfig()  # The demo's defaults.
+_CONFIG = settings_lib.TrainerConfig()  # The demo's defaults.
 
 
 def phase2_classifier(num_classes: int) -> keras.Model:

@@ -86,11 +86,11 @@ def ingest(data_root: str, output_dir: str) -> dict:
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   from tfx import v1 as tfx
-  from pipeline import config as config_lib
+  from pipeline import settings as settings_lib
   from pipeline import pipeline as pipeline_lib
   # pylint: enable=g-import-not-at-top
   rss_after_imports = rss_mib('VmRSS')
-  config = config_lib.PipelineConfig(data_root=data_root,
+  config = settings_lib.PipelineConfig(data_root=data_root,
                                      output_dir=output_dir)
   full = pipeline_lib.create_pipeline(config)
   nodes = [node for node in full.components if node.id in _INGEST]

@@ -38,9 +38,9 @@ import tf_keras as keras
 from modules import backbones
 from modules import embedding_cache
 from modules import model as model_lib
-from modules import trainer
+from pipeline import settings as settings_lib
 
-_CONFIG = trainer.TrainerConfig()  # The demo's defaults: batch, lr, dropout.
+_CONFIG = settings_lib.TrainerConfig()  # The demo's defaults: batch, lr, dropout.
 
 
 class _Clock(keras.callbacks.Callback):

@@ -37,10 +37,10 @@ import common  # pylint: disable=g-bad-import-order
 import numpy as np
 
 import plain_keras
-from modules import trainer
+from pipeline import settings as settings_lib
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_CONFIG = trainer.TrainerConfig()
+_CONFIG = settings_lib.TrainerConfig()
 _TRAINER_PARTS = ('until_embeddings_cached', 'phase1_head_fit_and_eval',
                   'phase2_fit_and_eval', 'export_and_publish')
 
@@ -68,12 +68,11 @@ def pipeline_child(data_root: str, work: str, epochs: str) -> dict:
   """One fresh local pipeline run (in the child process); times, accuracy."""
   # pylint: disable=g-import-not-at-top
   import helpers
-  from pipeline import config as config_lib
   from pipeline import local_runner
   # pylint: enable=g-import-not-at-top
   started = time.time()
   phase1, phase2 = map(int, epochs.split(','))
-  config = config_lib.PipelineConfig(
+  config = settings_lib.PipelineConfig(
       data_root=data_root, output_dir=os.path.join(work, 'pipeline'),
       trainer={'phase1_epochs': phase1, 'phase2_epochs': phase2})
   events = []  # (time, node, 'running' | 'finished')

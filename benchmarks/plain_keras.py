@@ -4,7 +4,7 @@ The two-phase recipe of the Keras transfer-learning guide: images loaded from
 the folders with image_dataset_from_directory, a frozen MobileNet base + new
 head fitted, the top layers unfrozen and fine-tuned at a 10x lower learning
 rate, then tf.saved_model.save. The constants are the pipeline demo's
-defaults (modules/trainer.py TrainerConfig; benchmarks/pipeline_vs_keras.py
+defaults (pipeline/settings.py TrainerConfig; benchmarks/pipeline_vs_keras.py
 checks they match). BatchNorm layers stay frozen in fine-tuning, as in the
 pipeline, so both train the same weights. The weights are the same offline
 ImageNet MobileNet the pipeline uses (`weights='imagenet'` needs internet).

@@ -49,13 +49,12 @@ from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 
 from components import ingestion
+from pipeline import settings as settings_lib
 
 IMAGE_FEATURE = 'image'
 LABEL_FEATURE = ingestion.LABEL_FEATURE
 PATH_FEATURE = 'path'
 REPORT_FILE_NAME = ingestion.REPORT_FILE_NAME
-DEFAULT_MAX_REJECTED_FRACTION = 0.1
-DEFAULT_MAX_PIXELS = 40_000_000
 
 # Pillow format names that tf.io.decode_image decodes. MPO is Pillow's name
 # for the multi-picture JPEGs many cameras write; TF decodes their first frame.
@@ -69,15 +68,15 @@ _Entry = Tuple[str, str, str, Optional[str]]
 
 class Options(NamedTuple):
   """Validation options, parsed from the component's custom_config."""
-  max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
-  max_pixels: int = DEFAULT_MAX_PIXELS
+  max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION
+  max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS
   allow_paths_outside_data_root: bool = False
   require_every_split: bool = False
 
 
 def make_custom_config(
-    max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION,
+    max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS,
     allow_paths_outside_data_root: bool = False,
     require_every_split: bool = False) -> example_gen_pb2.CustomConfig:
   """Returns the FileBasedExampleGen custom_config carrying the options."""
@@ -445,8 +444,8 @@ def image_example_gen(
     manifest: Optional[str] = None,
     split_folders: Optional[Sequence[str]] = None,
     train_eval_buckets: Tuple[int, int] = (4, 1),
-    max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION,
+    max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS,
     allow_paths_outside_data_root: bool = False,
     require_every_split: bool = False,
 ) -> component.FileBasedExampleGen:

@@ -32,6 +32,8 @@ from tfx.types import artifact_utils
 from tfx.types import standard_component_specs
 from tfx.utils import proto_utils
 
+from pipeline import settings as settings_lib
+
 REPORT_FILE_NAME = 'ingestion_report.json'
 LABEL_FEATURE = 'label'
 # exec_properties key through which Do tells the Beam transforms where to put
@@ -113,15 +115,12 @@ def unpack_options(custom_config: Any, factory: str) -> Dict[str, Any]:
 
 def check_option_names(values: Dict[str, Any], options: Type[NamedTuple],
                        what: str) -> None:
-  unknown = set(values) - set(options._fields)
-  if unknown:
-    raise ValueError(f'Unknown {what} options {sorted(unknown)}; expected '
-                     f'{list(options._fields)}.')
+  settings_lib.check_keys(values, options._fields, f'{what} options')
 
 
 def check_max_rejected_fraction(value: float) -> float:
-  if not 0.0 <= value <= 1.0:
-    raise ValueError(f'max_rejected_fraction must be in [0, 1], got {value}.')
+  settings_lib.check_value(settings_lib.PipelineConfig,
+                           'max_rejected_fraction', value)
   return float(value)
 
 

@@ -43,6 +43,7 @@ from tfx.proto import example_gen_pb2
 
 from components import image_example_gen
 from components import ingestion
+from pipeline import settings as settings_lib
 
 TEXT_FEATURE = 'text'
 ID_FEATURE = 'id'
@@ -67,8 +68,8 @@ class Options(NamedTuple):
   label_column: str = 'label'
   id_column: Optional[str] = None
   image_column: Optional[str] = None
-  max_rejected_fraction: float = 0.1
-  max_pixels: int = image_example_gen.DEFAULT_MAX_PIXELS
+  max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION
+  max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS
   allow_paths_outside_data_root: bool = False
   require_every_split: bool = False
 
@@ -393,8 +394,8 @@ def text_example_gen(
     id_column: Optional[str] = None,
     image_column: Optional[str] = None,
     train_eval_buckets: Tuple[int, int] = (4, 1),
-    max_rejected_fraction: float = 0.1,
-    max_pixels: int = image_example_gen.DEFAULT_MAX_PIXELS,
+    max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION,
+    max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS,
     allow_paths_outside_data_root: bool = False,
     require_every_split: bool = False,
 ) -> component.FileBasedExampleGen:

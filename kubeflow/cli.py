@@ -1,6 +1,7 @@
 """`python -m kubeflow`: compile the pipeline for Kubeflow, upload, schedule.
 
-  compile   Pipeline IR for KFP (KubeflowV2DagRunner), for an image.
+  compile   Pipeline IR for KFP (KubeflowV2DagRunner), for an image, from
+            the settings of `tfx-transfer run` (--config FILE, flags).
   upload    Upload a compiled pipeline as a new pipeline version.
   schedule  Upload, then create a recurring run of that version.
   run-once  Upload, then start one run of that version.
@@ -24,6 +25,7 @@ import sys
 import traceback
 
 from kubeflow import schedule
+from pipeline import settings as settings_lib
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_OUTPUT = os.path.join('build', 'kubeflow', 'pipeline.json')
@@ -35,24 +37,23 @@ def add_subcommands(subparsers) -> None:
       'compile',
       help='Compile the pipeline to KFP IR (JSON) for a container image.',
       description='Compiles the pipeline that `tfx-transfer run` runs into a '
-      'KFP PipelineSpec for the image built from kubeflow/Dockerfile. Paths '
-      'are as the pods see them: a bucket (gs://...) or a mounted volume.')
+      'KFP PipelineSpec for the image built from kubeflow/Dockerfile, from '
+      'the same settings (--config FILE, then the flags). Paths are as the '
+      'pods see them: a bucket (gs://...) or a mounted volume; --output-dir '
+      '(or output_dir in the file) is required, e.g. '
+      'gs://BUCKET/tfx-transfer. The data root defaults to the demo data '
+      'inside the image.')
   compile_.add_argument('--image', required=True,
                         help='The image, e.g. REGISTRY/tfx-transfer:TAG; use a '
                         'new tag for every code change.')
-  compile_.add_argument('--output-dir', required=True,
-                        help='Holds pipeline_root/ and serving/ (the pushed '
-                        'models), e.g. gs://BUCKET/tfx-transfer.')
   compile_.add_argument(
       '--output', default=DEFAULT_OUTPUT,
       help=f'Where to write the IR (default {DEFAULT_OUTPUT}).')
-  compile_.add_argument('--pipeline-name', help='Default transfer-learning.')
-  compile_.add_argument('--data-root', help='Default data_root parameter '
-                        '(default: the demo data inside the image).')
-  compile_.add_argument('--manifest', help='CSV path,label under the data '
-                        'root, fixed at compile time.')
-  _add_trainer_flags(compile_, image_size=True)
-  _add_gate_flags(compile_)
+  compile_.add_argument(
+      '--config', help='The settings file of `tfx-transfer run` (YAML or '
+      'TOML); the flags override it. Paths are as the pods see them.')
+  # output_dir: required, from --config or the flag (checked in _compile).
+  settings_lib.add_flags(compile_)
   compile_.add_argument(
       '--volume', action='append', default=[], metavar='CLAIM:/MOUNT/PATH',
       help='Mount this PersistentVolumeClaim at this path in every step '
@@ -127,22 +128,6 @@ def main(argv=None, prog: str = 'python -m kubeflow') -> int:
   return dispatch(parser.parse_args(argv))
 
 
-def _add_trainer_flags(parser, image_size: bool) -> None:
-  parser.add_argument('--backbone', help='e.g. MobileNet, MobileNetV2, '
-                      'hub:<handle>, file:<path>.')
-  parser.add_argument('--weights', help='offline | imagenet | none | <file>')
-  if image_size:
-    parser.add_argument('--image-size', type=int)
-  parser.add_argument('--phase1-epochs', type=int)
-  parser.add_argument('--phase2-epochs', type=int)
-  parser.add_argument('--fine-tune-layers', type=int)
-
-
-def _add_gate_flags(parser) -> None:
-  parser.add_argument('--accuracy-threshold', type=float)
-  parser.add_argument('--max-accuracy-drop', type=float)
-
-
 def _add_kfp_flags(parser) -> None:
   parser.add_argument('--host', default=os.environ.get('KF_PIPELINES_ENDPOINT'),
                       help='KFP API endpoint, e.g. http://localhost:8080 '
@@ -161,16 +146,32 @@ def _add_run_flags(parser) -> None:
   """Runtime parameters; what is not given keeps the compiled default."""
   parser.add_argument('--experiment', help='Default: the pipeline name.')
   parser.add_argument('--name', help='Name of the run or recurring run.')
-  parser.add_argument('--data-root', help='data_root parameter.')
-  _add_trainer_flags(parser, image_size=False)
-  _add_gate_flags(parser)
+  settings_lib.add_flags(
+      parser, exclude=_COMPILE_TIME_KEYS,
+      set_help=' Runs can set data_root, accuracy_threshold, '
+      'max_accuracy_drop and trainer.* but '
+      f'{list(settings_lib.COMPILE_TIME_TRAINER_KEYS)}.')
 
 
-def _trainer_settings(args) -> dict:
-  names = ('backbone', 'weights', 'image_size', 'phase1_epochs',
-           'phase2_epochs', 'fine_tune_layers')
-  return {name: getattr(args, name) for name in names
-          if getattr(args, name, None) is not None}
+# Settings a run cannot change: they are compiled into the pipeline.
+_COMPILE_TIME_KEYS = (
+    'modality', 'output_dir', 'pipeline_name', 'manifest',
+    *(f'trainer.{key}' for key in settings_lib.COMPILE_TIME_TRAINER_KEYS))
+
+
+def _run_overrides(args) -> dict:
+  """The settings a run's flags give; ConfigError for compile-time ones."""
+  values = settings_lib.overrides(args)
+  trainer = values.get('trainer') or {}
+  fixed = [key for key in values if key not in (
+      'data_root', 'accuracy_threshold', 'max_accuracy_drop', 'trainer')]
+  fixed += [f'trainer.{key}' for key in trainer
+            if key in settings_lib.COMPILE_TIME_TRAINER_KEYS]
+  if fixed:
+    raise settings_lib.ConfigError(
+        f'{fixed} are fixed at compile time (the Transform and ExampleGen '
+        'use them); compile the pipeline again to change them.')
+  return values
 
 
 def _endpoint(args) -> schedule.Endpoint:
@@ -198,35 +199,30 @@ def _check_pod_path(flag: str, path: str, volumes, image_path: bool) -> None:
 
 
 def _compile(args) -> int:
-  # Imported here: these load TensorFlow.
+  config = settings_lib.from_sources(
+      args.config, args, defaults={'data_root': settings_lib.IMAGE_DEMO_DATA,
+                                   'output_dir': ''})
+  if not config.output_dir:
+    raise settings_lib.ConfigError(
+        'compile needs --output-dir (or output_dir in --config): where the '
+        'pods write, e.g. gs://BUCKET/tfx-transfer')
+  config.output_dir = config.output_dir.rstrip('/')
+  settings_lib.check_models(config)  # Loads TF.
+  # Imported here: it loads TensorFlow.
   from kubeflow import runner  # pylint: disable=g-import-not-at-top
   volumes = [runner.VolumeMount.parse(v) for v in args.volume]
-  _check_pod_path('--output-dir', args.output_dir, volumes, image_path=False)
-  if args.data_root:
-    # Read only: a folder baked into the image is fine.
-    _check_pod_path('--data-root', args.data_root, volumes, image_path=True)
-  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
-  settings = {
-      key: value for key, value in {
-          'pipeline_name': args.pipeline_name,
-          'manifest': args.manifest,
-          'accuracy_threshold': args.accuracy_threshold,
-          'max_accuracy_drop': args.max_accuracy_drop,
-      }.items() if value is not None
-  }
-  config = config_lib.PipelineConfig(
-      data_root=args.data_root or runner.IMAGE_DEMO_DATA,
-      output_dir=args.output_dir.rstrip('/'),
-      trainer=_trainer_settings(args),
-      **settings)
+  _check_pod_path('--output-dir', config.output_dir, volumes, image_path=False)
+  # Read only: a folder baked into the image is fine.
+  _check_pod_path('--data-root', config.data_root, volumes, image_path=True)
   resources = runner.TrainerResources(
       cpu=args.trainer_cpu, memory_gb=args.trainer_memory_gb,
       gpus=args.trainer_gpus, gpu_type=args.trainer_gpu_type)
   spec = runner.compile_pipeline(config, args.image, args.output,
                                  args.beam_args, resources, volumes)
   parameters = spec['root']['inputDefinitions']['parameters']
-  print(f'Wrote {args.output}: pipeline {config.pipeline_name!r}, image '
-        f'{args.image}, pipeline root {spec["defaultPipelineRoot"]}.')
+  print(f'Wrote {args.output}: pipeline {config.pipeline_name!r} '
+        f'({config.modality}), image {args.image}, pipeline root '
+        f'{spec["defaultPipelineRoot"]}.')
   for name, parameter in sorted(parameters.items()):
     print(f'  parameter {name} = {parameter["defaultValue"]}')
   return EXIT_OK
@@ -241,11 +237,12 @@ def _upload(args) -> int:
 
 
 def _parameters(args, package: schedule.Package) -> dict:
+  values = _run_overrides(args)
   return schedule.run_parameters(
-      package, data_root=args.data_root,
-      accuracy_threshold=args.accuracy_threshold,
-      max_accuracy_drop=args.max_accuracy_drop,
-      trainer=_trainer_settings(args))
+      package, data_root=values.get('data_root'),
+      accuracy_threshold=values.get('accuracy_threshold'),
+      max_accuracy_drop=values.get('max_accuracy_drop'),
+      trainer=values.get('trainer'))
 
 
 def _schedule(args) -> int:

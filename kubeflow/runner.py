@@ -35,12 +35,12 @@ from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from components import serving_baseline_evaluator
-from pipeline import config as config_lib
 from pipeline import pipeline as pipeline_lib
+from pipeline import settings as settings_lib
 
 # Where kubeflow/Dockerfile puts the project, and the demo data inside it.
-IMAGE_PROJECT_ROOT = '/pipeline'
-IMAGE_DEMO_DATA = IMAGE_PROJECT_ROOT + '/data/fashion_demo'
+IMAGE_PROJECT_ROOT = settings_lib.IMAGE_PROJECT_ROOT
+IMAGE_DEMO_DATA = settings_lib.IMAGE_DEMO_DATA
 
 ResourceSpec = (
     pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec
@@ -114,7 +114,7 @@ def platform_spec(spec: Dict[str, Any],
 
 
 def build_pipeline(
-    config: config_lib.PipelineConfig,
+    config: settings_lib.PipelineConfig,
     beam_pipeline_args: Optional[Sequence[str]] = None,
     trainer_resources: TrainerResources = TrainerResources()
 ) -> tfx.dsl.Pipeline:
@@ -140,7 +140,7 @@ def build_pipeline(
 
 
 def compile_pipeline(
-    config: config_lib.PipelineConfig,
+    config: settings_lib.PipelineConfig,
     image: str,
     output_path: str,
     beam_pipeline_args: Optional[Sequence[str]] = None,

@@ -24,12 +24,13 @@ import kfp_server_api
 import urllib3
 import yaml
 
+from pipeline import settings as settings_lib
+
 HEALTHZ_PATH = '/apis/v2beta1/healthz'
-# Names of the compiled pipeline's runtime parameters (pipeline/pipeline.py;
-# not imported from there, which would load TensorFlow for every command).
-DATA_ROOT_PARAMETER = 'data_root'
-EVAL_CONFIG_PARAMETER = 'eval_config'
-TRAINER_CONFIG_PARAMETER = 'trainer_config'
+# Names of the compiled pipeline's runtime parameters.
+DATA_ROOT_PARAMETER = settings_lib.DATA_ROOT_PARAMETER
+EVAL_CONFIG_PARAMETER = settings_lib.EVAL_CONFIG_PARAMETER
+TRAINER_CONFIG_PARAMETER = settings_lib.TRAINER_CONFIG_PARAMETER
 # KFP rejects recurring runs outside this range.
 MAX_CONCURRENCY_RANGE = range(1, 11)
 
@@ -171,9 +172,11 @@ def run_parameters(package: Package,
     raise ValueError('Give both the accuracy threshold and the maximum '
                      'accuracy drop: together they are the eval_config '
                      'parameter.')
-  if 'image_size' in (trainer or {}):
-    raise ValueError('image_size is fixed at compile time (Transform resizes '
-                     'to it); compile the pipeline again to change it.')
+  fixed = [key for key in settings_lib.COMPILE_TIME_TRAINER_KEYS
+           if key in (trainer or {})]
+  if fixed:
+    raise ValueError(f'{fixed} are fixed at compile time (the Transform '
+                     'reads them); compile the pipeline again to change them.')
   parameters = package.defaults()
   if data_root is not None:
     package.default(DATA_ROOT_PARAMETER)  # Raises if there is none.
@@ -181,10 +184,8 @@ def run_parameters(package: Package,
   if accuracy_threshold is None and not trainer:
     return parameters
 
-  # The values are built (and checked) as the compiler builds the defaults.
-  # This imports TensorFlow.
-  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
-  from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  # The values are built and checked (pipeline/settings.py) as the compiler
+  # builds the defaults.
   settings = {}
   if accuracy_threshold is not None:
     package.default(EVAL_CONFIG_PARAMETER)  # Raises if there is none.
@@ -193,8 +194,12 @@ def run_parameters(package: Package,
   if trainer:
     settings['trainer'] = {
         **json.loads(package.default(TRAINER_CONFIG_PARAMETER)), **trainer}
-  values = pipeline_lib.runtime_parameters(
-      config_lib.PipelineConfig(**settings))
+  config = settings_lib.PipelineConfig.from_dict(settings)
+  if 'backbone' in (trainer or {}):
+    settings_lib.check_models(config)
+  # This imports TensorFlow.
+  from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  values = pipeline_lib.runtime_parameters(config)
   if accuracy_threshold is not None:
     parameters[EVAL_CONFIG_PARAMETER] = values[EVAL_CONFIG_PARAMETER].default
   if trainer:

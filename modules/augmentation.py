@@ -1,6 +1,7 @@
 """Training-time image augmentation, inside the model before the backbone.
 
-`augmentation` settings (all optional; none or an empty mapping: off):
+`augmentation` settings (pipeline/settings.py AugmentationConfig; all
+optional; none or an empty mapping: off):
   flip: 'horizontal', 'vertical' or 'horizontal_and_vertical'
   rotation: up to this fraction of a full turn either way, in (0, 0.5]
   zoom: zoom in or out by up to this fraction, in (0, 1)
@@ -12,52 +13,31 @@ serving and in the Evaluator (`training=False`) the block passes images
 through unchanged. They run in float32 under mixed precision.
 """
 
-from typing import Any, Dict, Optional
+import dataclasses
+from typing import Any, Mapping, Optional, Union
 
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline import settings as settings_lib
+
 AUGMENTATION = 'augmentation'
-_FLIPS = ('horizontal', 'vertical', 'horizontal_and_vertical')
-# Numeric settings: (check, what the check requires).
-_RANGES = {
-    'rotation': (lambda v: 0 < v <= 0.5, 'in (0, 0.5]'),
-    'zoom': (lambda v: 0 < v < 1, 'in (0, 1)'),
-    'contrast': (lambda v: 0 < v <= 1, 'in (0, 1]'),
-    'crop': (lambda v: 0 < v < 1, 'in (0, 1)'),
-}
-KEYS = ('crop', 'flip', 'rotation', 'zoom', 'contrast')  # Applied in order.
+KEYS = tuple(f.name for f in dataclasses.fields(
+    settings_lib.AugmentationConfig))  # Applied in order.
 
 
-def validate(settings: Optional[Dict[str, Any]]) -> None:
-  """Raises ValueError naming the `augmentation.<key>` that is wrong."""
-  if settings is None:
-    return
-  if not isinstance(settings, dict):
-    raise ValueError(f'trainer.augmentation must be a mapping of '
-                     f'{list(KEYS)}, got {settings!r}')
-  unknown = sorted(set(settings) - set(KEYS))
-  if unknown:
-    raise ValueError(f'trainer.augmentation: unknown key(s) {unknown}; known '
-                     f'keys: {list(KEYS)}')
-  if 'flip' in settings and settings['flip'] not in _FLIPS:
-    raise ValueError(f'trainer.augmentation.flip must be one of '
-                     f'{list(_FLIPS)}, got {settings["flip"]!r}')
-  for key, (check, requirement) in _RANGES.items():
-    value = settings.get(key)
-    if value is None:
-      continue
-    if (not isinstance(value, (int, float)) or isinstance(value, bool) or
-        not check(value)):
-      raise ValueError(f'trainer.augmentation.{key} must be a number '
-                       f'{requirement}, got {value!r}')
-
-
-def build(settings: Optional[Dict[str, Any]],
+def build(settings: Union[None, Mapping[str, Any],
+                          settings_lib.AugmentationConfig],
           seed: int) -> Optional['Augmentation']:
-  """The augmentation block for `settings`, or None when it is off."""
-  validate(settings)
-  if not settings:
+  """The augmentation block for `settings` (or its mapping); None when off.
+
+  Raises:
+    ConfigError: naming the `augmentation.<key>` that is wrong.
+  """
+  if isinstance(settings, Mapping) or settings is None:
+    settings = settings_lib.AugmentationConfig.from_dict(settings)
+  transforms = settings.items()
+  if not transforms:
     return None
   seeds = iter(range(seed, seed + len(KEYS)))
   factories = {
@@ -71,9 +51,8 @@ def build(settings: Optional[Dict[str, Any]],
       'contrast': lambda v: keras.layers.RandomContrast(
           v, seed=next(seeds), dtype='float32'),
   }
-  return Augmentation(
-      [factories[key](settings[key]) for key in KEYS if key in settings],
-      name=AUGMENTATION)
+  return Augmentation([factories[key](value) for key, value in transforms],
+                      name=AUGMENTATION)
 
 
 class Augmentation(keras.layers.Layer):

@@ -49,10 +49,11 @@ import tf_keras as keras
 from modules import bert
 from modules import features
 from modules import tokenization
+from pipeline import settings as settings_lib
 
-DEFAULT_BACKBONE = 'MobileNet'
-DEFAULT_WEIGHTS = 'offline'
-DEFAULT_TEXT_ENCODER = 'MiniLM'
+DEFAULT_BACKBONE = settings_lib.DEFAULT_BACKBONE
+DEFAULT_WEIGHTS = settings_lib.DEFAULT_WEIGHTS
+DEFAULT_TEXT_ENCODER = settings_lib.DEFAULT_TEXT_ENCODER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +249,31 @@ def check_image_size(spec: str, image_size: int) -> None:
         f'at least {entry.min_size}.')
 
 
+def check_spec(spec: str, image_size: int) -> None:
+  """Raises ValueError for an unknown image backbone or too small an input.
+
+  What is checkable without building it: a `ZOO` name and its minimum
+  size, or a `hub:` catalogue name; `hub:` URLs and `file:` paths are
+  checked when the Trainer loads them.
+  """
+  if spec.startswith('hub:'):
+    hub_handle(spec[len('hub:'):])
+    return
+  if spec.startswith('file:'):
+    return
+  if spec not in ZOO:
+    raise ValueError(
+        f'Unknown backbone {spec!r}. Use one of {available()}, '
+        "'hub:<handle>' or 'file:<path>'.")
+  check_image_size(spec, image_size)
+
+
+def check_text_spec(spec: str) -> None:
+  """Raises ValueError for a text encoder that is none of the known forms."""
+  if spec != 'MiniLM' and not spec.startswith(('bert:', 'hub:', 'file:')):
+    _bert_dir(spec)  # Raises with the forms it takes.
+
+
 def build_backbone(spec: str, image_size: int,
                    weights: Optional[str] = DEFAULT_WEIGHTS) -> Backbone:
   """Builds the backbone named by `spec` for square `image_size` inputs."""
@@ -259,11 +285,7 @@ def build_backbone(spec: str, image_size: int,
       return Backbone(_keras_name(spec), keras.models.load_model(path),
                       lambda x: x)
     return _hub_backbone(spec, path)
-  if spec not in ZOO:
-    raise ValueError(
-        f'Unknown backbone {spec!r}. Use one of {available()}, '
-        "'hub:<handle>' or 'file:<path>'.")
-  check_image_size(spec, image_size)
+  check_spec(spec, image_size)
   entry = ZOO[spec]
   network = entry.application(
       include_top=False,

@@ -44,16 +44,15 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 import tf_keras as keras
 
 from modules import model as model_lib
 from modules import preprocessing
+from pipeline import settings as settings_lib
 
-IMAGE_EXTENSIONS = ('.bmp', '.gif', '.jpeg', '.jpg', '.png')
-SCHEDULES = ('ganin', 'constant')
 DOMAIN_HEAD = 'domain_head'
 
 
@@ -96,71 +95,8 @@ class GradientReversal(keras.layers.Layer):
             'scale': float(keras.backend.get_value(self.scale))}
 
 
-@dataclasses.dataclass
-class DomainAdaptationConfig:
-  """The `domain_adaptation` trainer settings; empty means off.
-
-  Attributes:
-    target_data_root: folder of unlabelled target-domain images, any nesting
-      (.bmp, .gif, .jpeg, .jpg, .png); read like the Transform reads images.
-    weight: the domain loss's weight in the total loss.
-    schedule: 'ganin' (lambda ramps 0 -> 1) or 'constant' (lambda = 1).
-    hidden_units: width of the domain head's hidden layer.
-    domain_learning_rate: Adam's for the domain head, its own optimizer: a
-      new head needs the faster rate of phase 1, not the fine-tuning one,
-      or the features outrun it and the adversarial game breaks down.
-  """
-  target_data_root: str
-  weight: float = 0.1
-  schedule: str = 'ganin'
-  hidden_units: int = 64
-  domain_learning_rate: float = 1e-3
-
-  @classmethod
-  def from_dict(cls, values: Optional[Dict[str, Any]]
-                ) -> Optional['DomainAdaptationConfig']:
-    """The checked settings, or None when `values` is empty (DANN off)."""
-    if not values:
-      return None
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-      raise ValueError(f'Unknown domain_adaptation settings {unknown}; '
-                       f'known: {known}')
-    if 'target_data_root' not in values:
-      raise ValueError('domain_adaptation needs target_data_root: a folder of '
-                       'unlabelled target-domain images.')
-    return cls(**values)
-
-  def __post_init__(self):
-    if not self.weight > 0:
-      raise ValueError(
-          f'domain_adaptation.weight must be > 0, got {self.weight!r}')
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f'domain_adaptation.schedule must be one of '
-                       f'{list(SCHEDULES)}, got {self.schedule!r}')
-    if not self.hidden_units >= 1:
-      raise ValueError(f'domain_adaptation.hidden_units must be >= 1, got '
-                       f'{self.hidden_units!r}')
-    if not self.domain_learning_rate > 0:
-      raise ValueError(f'domain_adaptation.domain_learning_rate must be > 0, '
-                       f'got {self.domain_learning_rate!r}')
-    if not tf.io.gfile.isdir(self.target_data_root):
-      raise ValueError(f'domain_adaptation.target_data_root '
-                       f'{self.target_data_root!r} is not a folder.')
-    if not _has_image(self.target_data_root):
-      raise ValueError(
-          f'domain_adaptation.target_data_root {self.target_data_root!r} holds '
-          f'no images (any of {list(IMAGE_EXTENSIONS)}, at any depth).')
-
-
 def _is_image(name: str) -> bool:
-  return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _has_image(root: str) -> bool:
-  return any(_is_image(name)
-             for _, _, names in tf.io.gfile.walk(root) for name in names)
+  return name.lower().endswith(settings_lib.IMAGE_EXTENSIONS)
 
 
 def list_target_images(root: str) -> List[str]:
@@ -359,7 +295,7 @@ def run_adapted_phase(
     callbacks: Optional[list] = None,
     options: Optional[model_lib.FitOptions] = None,
     *,
-    settings: DomainAdaptationConfig,
+    settings: settings_lib.DomainAdaptationConfig,
     image_size: int,
     batch_size: int,
     seed: int) -> dict:
@@ -420,14 +356,14 @@ def fine_tuning_runner(config, strategy: tf.distribute.Strategy):
   """The function that runs the trainer's fine-tuning phases.
 
   Args:
-    config: modules/trainer.py's TrainerConfig.
+    config: the trainer settings (pipeline/settings.py TrainerConfig).
     strategy: the training strategy (for the global batch size).
 
   Returns:
     model_lib.run_phase when `config.domain_adaptation` is empty, else
     run_adapted_phase with the settings bound (same call signature).
   """
-  settings = DomainAdaptationConfig.from_dict(config.domain_adaptation)
+  settings = config.domain_adaptation
   if settings is None:
     return model_lib.run_phase
   return functools.partial(

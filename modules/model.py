@@ -17,16 +17,16 @@ loss raises TrainingDivergedError at once.
 import contextlib
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from modules import augmentation as augmentation_lib
 from modules import backbones
 from modules import features
 from modules import schedules
+from pipeline import settings as settings_lib
 
 HEAD_DROPOUT, LOGITS, FUSION = 'head_dropout', 'logits', 'fusion'
 AnyBackbone = Union[backbones.Backbone, backbones.TextBackbone]
@@ -34,191 +34,8 @@ AnyBackbone = Union[backbones.Backbone, backbones.TextBackbone]
 Towers = Union[AnyBackbone, Sequence[AnyBackbone]]
 
 
-UNFREEZE_KEYS = ('fine_tune_layers', 'fine_tune_from', 'fine_tune_fraction')
-_PHASE_KEYS = ('epochs', 'learning_rate', *UNFREEZE_KEYS,
-               'text_fine_tune_layers')
-PRECISIONS = ('float32', 'mixed_float16')
-
-
 class TrainingDivergedError(RuntimeError):
   """A phase's training loss became NaN or infinite; nothing may be pushed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Unfreeze:
-  """Which backbone layers a fine-tuning phase trains (never BatchNorm).
-
-  Exactly one of: the `top` N layers; every layer from `from_layer` up (a
-  layer's name, or a block's name prefix such as `block6` or `conv5_block1`);
-  the top `fraction` of the layers (rounded up). Layers are counted as Keras
-  lists them (`Backbone.layers`; a text encoder's are its inputs, embeddings
-  and transformer blocks).
-  """
-  top: Optional[int] = None
-  from_layer: Optional[str] = None
-  fraction: Optional[float] = None
-
-  def first_trainable(self, layers: Sequence[keras.layers.Layer]) -> int:
-    """The index of the lowest layer this setting trains."""
-    if self.from_layer is not None:
-      names = [layer.name for layer in layers]
-      if self.from_layer in names:
-        return names.index(self.from_layer)
-      for i, name in enumerate(names):
-        if name.startswith(self.from_layer):
-          return i
-      raise ValueError(f'fine_tune_from: no backbone layer is named or starts '
-                       f'with {self.from_layer!r}; its layers: {names}')
-    if self.fraction is not None:
-      # The tolerance keeps e.g. 0.3 x 10 (3.0000000000000004) at 3 layers.
-      return len(layers) - math.ceil(self.fraction * len(layers) - 1e-9)
-    return max(0, len(layers) - self.top)
-
-
-def parse_unfreeze(values: Dict[str, Any], where: str) -> Unfreeze:
-  """The one setting among `values`' UNFREEZE_KEYS (the others None/absent)."""
-  given = [key for key in UNFREEZE_KEYS if values.get(key) is not None]
-  if len(given) != 1:
-    raise ValueError(f'{where}: give exactly one of {list(UNFREEZE_KEYS)}, '
-                     f'got {given or "none"}')
-  key, value = given[0], values[given[0]]
-  if key == 'fine_tune_layers':
-    _check(_is_int(value) and value >= 0, f'{where}.{key}',
-           'an integer >= 0', value)
-    return Unfreeze(top=value)
-  if key == 'fine_tune_from':
-    _check(isinstance(value, str) and value, f'{where}.{key}',
-           'a layer or block name', value)
-    return Unfreeze(from_layer=value)
-  _check(_is_number(value) and 0 < value <= 1, f'{where}.{key}',
-         'a number in (0, 1]', value)
-  return Unfreeze(fraction=float(value))
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-  """One fine-tuning phase: its length, learning rate and unfreezing."""
-  name: str
-  epochs: int
-  learning_rate: float
-  unfreeze: Unfreeze  # Image towers.
-  text_unfreeze: Unfreeze  # Text towers: top transformer blocks.
-
-  def tower_settings(self, towers: Sequence['AnyBackbone']) -> List[Unfreeze]:
-    return [self.text_unfreeze if isinstance(tower, backbones.TextBackbone)
-            else self.unfreeze for tower in towers]
-
-
-@dataclasses.dataclass
-class TrainingConfig:
-  """Hyperparameters of the phases; see README for the defaults' reasons.
-
-  Fine-tuning is one phase 2 (`phase2_*` and the unfreeze setting: at most
-  one of `fine_tune_from`, `fine_tune_fraction`, else `fine_tune_layers`) or,
-  when `phases` is set, those phases in order (progressive unfreezing): each
-  a mapping with `epochs`, `learning_rate`, optionally one of UNFREEZE_KEYS
-  and `text_fine_tune_layers` (default: the top-level ones).
-  """
-  phase1_epochs: int = 5
-  phase1_learning_rate: float = 1e-3
-  phase2_epochs: int = 2
-  phase2_learning_rate: float = 1e-4
-  fine_tune_layers: int = 20
-  fine_tune_from: Optional[str] = None
-  fine_tune_fraction: Optional[float] = None
-  text_fine_tune_layers: int = 2  # Top transformer blocks unfrozen in phase 2.
-  phases: Optional[List[Dict[str, Any]]] = None
-  lr_schedule: str = schedules.CONSTANT
-  lr_decay_rate: float = 0.9  # exponential: factor per epoch.
-  lr_warmup_epochs: float = 0.0  # cosine: linear warm-up from 0.
-  early_stopping_patience: int = 0  # Epochs without a better val_loss; 0: off.
-  class_weights: Union[str, Dict[str, float]] = 'none'  # Or 'balanced'.
-  augmentation: Optional[Dict[str, Any]] = None  # modules/augmentation.py
-  precision: str = 'float32'  # Or 'mixed_float16'.
-  dropout: float = 0.2
-  seed: int = 42
-  # Phase 1 trains the head on embeddings computed once (embedding_cache.py).
-  phase1_cache: bool = True
-
-  def __post_init__(self):
-    self.fine_tuning_phases()  # Validates the unfreeze settings and phases.
-    _check(self.lr_schedule in schedules.SCHEDULES, 'lr_schedule',
-           f'one of {list(schedules.SCHEDULES)}', self.lr_schedule)
-    _check(_is_number(self.lr_decay_rate) and 0 < self.lr_decay_rate <= 1,
-           'lr_decay_rate', 'a number in (0, 1]', self.lr_decay_rate)
-    _check(_is_number(self.lr_warmup_epochs) and self.lr_warmup_epochs >= 0,
-           'lr_warmup_epochs', 'a number >= 0', self.lr_warmup_epochs)
-    _check(_is_int(self.early_stopping_patience) and
-           self.early_stopping_patience >= 0, 'early_stopping_patience',
-           'an integer >= 0', self.early_stopping_patience)
-    _check(self.class_weights in ('none', 'balanced') or (
-        isinstance(self.class_weights, dict) and all(
-            isinstance(k, str) and _is_number(v) and v > 0
-            for k, v in self.class_weights.items())), 'class_weights',
-           "'none', 'balanced' or a mapping {class name: weight > 0}",
-           self.class_weights)
-    augmentation_lib.validate(self.augmentation)
-    _check(self.precision in PRECISIONS, 'precision',
-           f'one of {list(PRECISIONS)}', self.precision)
-
-  def fine_tuning_phases(self) -> List[Phase]:
-    """The phases after phase 1, named phase2, phase3, ..."""
-    alternatives = {key: getattr(self, key)
-                    for key in ('fine_tune_from', 'fine_tune_fraction')
-                    if getattr(self, key) is not None}
-    unfreeze = parse_unfreeze(
-        alternatives or {'fine_tune_layers': self.fine_tune_layers}, 'trainer')
-    text_unfreeze = _text_unfreeze(self.text_fine_tune_layers,
-                                   'trainer.text_fine_tune_layers')
-    if self.phases is None:
-      return [Phase('phase2', self.phase2_epochs, self.phase2_learning_rate,
-                    unfreeze, text_unfreeze)]
-    _check(isinstance(self.phases, list), 'phases',
-           'a list of mappings', self.phases)
-    return [_parse_phase(values, f'trainer.phases[{i}]', f'phase{i + 2}',
-                         unfreeze, text_unfreeze)
-            for i, values in enumerate(self.phases)]
-
-
-def _parse_phase(values: Any, where: str, name: str, unfreeze: Unfreeze,
-                 text_unfreeze: Unfreeze) -> Phase:
-  if not isinstance(values, dict):
-    raise ValueError(f'{where} must be a mapping with keys {list(_PHASE_KEYS)},'
-                     f' got {values!r}')
-  unknown = sorted(set(values) - set(_PHASE_KEYS))
-  if unknown:
-    raise ValueError(f'{where}: unknown key(s) {unknown}; known keys: '
-                     f'{list(_PHASE_KEYS)}')
-  epochs, learning_rate = values.get('epochs'), values.get('learning_rate')
-  _check(_is_int(epochs) and epochs >= 0, f'{where}.epochs',
-         'an integer >= 0', epochs)
-  _check(_is_number(learning_rate) and learning_rate > 0,
-         f'{where}.learning_rate', 'a number > 0', learning_rate)
-  if any(key in values for key in UNFREEZE_KEYS):
-    unfreeze = parse_unfreeze(values, where)
-  if 'text_fine_tune_layers' in values:
-    text_unfreeze = _text_unfreeze(values['text_fine_tune_layers'],
-                                   f'{where}.text_fine_tune_layers')
-  return Phase(name, epochs, float(learning_rate), unfreeze, text_unfreeze)
-
-
-def _text_unfreeze(blocks: Any, where: str) -> Unfreeze:
-  _check(_is_int(blocks) and blocks >= 0, where, 'an integer >= 0', blocks)
-  return Unfreeze(top=blocks)
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check(ok, key: str, requirement: str, value) -> None:
-  if not ok:
-    name = key if key.startswith('trainer') else f'trainer.{key}'
-    raise ValueError(f'{name} must be {requirement}, got {value!r}')
 
 
 @contextlib.contextmanager
@@ -304,10 +121,11 @@ def freeze_backbone(backbone: Towers) -> None:
 
 def unfreeze_top(backbone: AnyBackbone, num_layers: int) -> List[str]:
   """Makes the top `num_layers` backbone layers trainable, except BatchNorm."""
-  return unfreeze(backbone, Unfreeze(top=num_layers))
+  return unfreeze(backbone, settings_lib.Unfreeze(top=num_layers))
 
 
-def unfreeze(backbone: AnyBackbone, setting: Union[int, Unfreeze]) -> List[str]:
+def unfreeze(backbone: AnyBackbone,
+             setting: Union[int, settings_lib.Unfreeze]) -> List[str]:
   """Makes the layers `setting` names trainable (an int: the top N), except
   BatchNorm; freezes the rest.
 
@@ -315,7 +133,7 @@ def unfreeze(backbone: AnyBackbone, setting: Union[int, Unfreeze]) -> List[str]:
     The names of the layers with weights that are trainable afterwards.
   """
   if isinstance(setting, int):
-    setting = Unfreeze(top=setting)
+    setting = settings_lib.Unfreeze(top=setting)
   layers = backbone.layers
   first_trainable = setting.first_trainable(layers)
   if first_trainable >= len(layers):
@@ -362,7 +180,7 @@ class FitOptions:
   class_weight: Optional[Dict[int, float]] = None
 
   @classmethod
-  def from_config(cls, config: TrainingConfig, **kwargs) -> 'FitOptions':
+  def from_config(cls, config: settings_lib.TrainerConfig, **kwargs) -> 'FitOptions':
     return cls(lr_schedule=config.lr_schedule,
                lr_decay_rate=config.lr_decay_rate,
                lr_warmup_epochs=config.lr_warmup_epochs,
@@ -469,7 +287,8 @@ def run_phase(
     eval_dataset: tf.data.Dataset,
     epochs: int,
     learning_rate: float,
-    fine_tune_layers: Union[int, Unfreeze, Sequence[Union[int, Unfreeze]]],
+    fine_tune_layers: Union[int, settings_lib.Unfreeze,
+                            Sequence[Union[int, settings_lib.Unfreeze]]],
     callbacks: Optional[list] = None,
     options: Optional[FitOptions] = None) -> dict:
   """Sets trainability, recompiles in the strategy scope, fits, evaluates.

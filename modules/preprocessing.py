@@ -19,9 +19,10 @@ import tensorflow_transform as tft
 from modules import backbones
 from modules import features
 from modules import tokenization
+from pipeline import settings as settings_lib
 
-DEFAULT_IMAGE_SIZE = 96
-DEFAULT_MAX_LENGTH = 64
+DEFAULT_IMAGE_SIZE = settings_lib.DEFAULT_IMAGE_SIZE
+DEFAULT_MAX_LENGTH = settings_lib.DEFAULT_MAX_LENGTH
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -14,8 +14,10 @@ from typing import Optional, Union
 
 import tf_keras as keras
 
-CONSTANT, EXPONENTIAL, COSINE = 'constant', 'exponential', 'cosine'
-SCHEDULES = (CONSTANT, EXPONENTIAL, COSINE)
+from pipeline import settings as settings_lib
+
+SCHEDULES = settings_lib.LR_SCHEDULES
+CONSTANT, EXPONENTIAL, COSINE = SCHEDULES
 LearningRate = Union[float, keras.optimizers.schedules.LearningRateSchedule]
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -34,48 +34,10 @@ from modules import domain_adaptation
 from modules import embedding_cache
 from modules import features
 from modules import model as model_lib
-from modules import preprocessing
 from modules import schedules
+from pipeline import settings as settings_lib
 
 TRAINING_SUMMARY_FILE = 'training_summary.json'
-
-
-@dataclasses.dataclass
-class TrainerConfig(model_lib.TrainingConfig):
-  """Everything run_fn reads from the Trainer's custom_config."""
-  backbone: str = backbones.DEFAULT_BACKBONE
-  weights: str = backbones.DEFAULT_WEIGHTS
-  image_size: int = preprocessing.DEFAULT_IMAGE_SIZE
-  batch_size: int = 32  # Per replica; the global batch scales with replicas.
-  # Text and image+text models (modules/backbones.py build_text_backbone).
-  text_encoder: str = backbones.DEFAULT_TEXT_ENCODER
-  text_weights: str = backbones.DEFAULT_WEIGHTS
-  max_length: int = preprocessing.DEFAULT_MAX_LENGTH  # Tokens, [CLS]/[SEP] in.
-  # DANN in the fine-tuning phases, images only: target_data_root (unlabelled
-  # images), weight, ... (modules/domain_adaptation.py); empty: off.
-  domain_adaptation: Dict[str, Any] = dataclasses.field(default_factory=dict)
-
-  @classmethod
-  def from_dict(cls, values: Dict) -> 'TrainerConfig':
-    """The settings; ValueError naming the key for a bad or unknown one."""
-    values = values or {}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f'Unknown trainer settings {unknown}; known: '
-                       f'{sorted(known)}')
-    unfreeze_keys = [k for k in model_lib.UNFREEZE_KEYS if k in values]
-    if len(unfreeze_keys) > 1:
-      raise ValueError(f'trainer: {unfreeze_keys} are alternatives; give one '
-                       'of them')
-    replaced = [k for k in ('phase2_epochs', 'phase2_learning_rate')
-                if k in values]
-    if values.get('phases') is not None and replaced:
-      raise ValueError(f'trainer: phases replaces {replaced}; give each '
-                       'phase its epochs and learning_rate there')
-    domain_adaptation.DomainAdaptationConfig.from_dict(
-        values.get('domain_adaptation'))  # Raises on a bad setting.
-    return cls(**values)
 
 
 def modality(tf_transform_output: tft.TFTransformOutput) -> str:
@@ -199,7 +161,8 @@ def make_serving_signatures(model: keras.Model,
   }
 
 
-def build_model(kind: str, config: TrainerConfig, num_classes: int
+def build_model(kind: str, config: settings_lib.TrainerConfig,
+                num_classes: int
                 ) -> Tuple[keras.Model, List[model_lib.AnyBackbone]]:
   """The classifier for `kind` and its towers (image first).
 
@@ -236,7 +199,7 @@ def train_two_phases(
     strategy: tf.distribute.Strategy,
     train_dataset: tf.data.Dataset,
     eval_dataset: tf.data.Dataset,
-    config: TrainerConfig,
+    config: settings_lib.TrainerConfig,
     callbacks: Optional[list] = None,
     options: Optional[model_lib.FitOptions] = None) -> Dict[str, dict]:
   """Feature extraction, then the fine-tuning phase(s); results in order.
@@ -269,7 +232,7 @@ def train_two_phases(
   return results
 
 
-def phase1_cache_use(config: TrainerConfig) -> str:
+def phase1_cache_use(config: settings_lib.TrainerConfig) -> str:
   """'used', or why phase 1 runs without the embedding cache."""
   if not config.phase1_cache:
     return 'off: phase1_cache is false'
@@ -321,7 +284,7 @@ def class_weights(setting, names: List[str],
 
 def run_fn(fn_args: tfx.components.FnArgs):
   """TFX Trainer entry point."""
-  config = TrainerConfig.from_dict(fn_args.custom_config)
+  config = settings_lib.TrainerConfig.from_dict(fn_args.custom_config)
   keras.utils.set_random_seed(config.seed)
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   names = class_names(tf_transform_output)

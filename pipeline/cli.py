@@ -6,9 +6,9 @@
   tfx-transfer report [--output-dir DIR]     print the last run's report
   tfx-transfer backbones [--json]            list the backbones and encoders
 
-Settings come from PipelineConfig's defaults, then the --config file (YAML or
-TOML, see pipeline/config_file.py), then the flags. `run` writes its report to
-<output-dir>/reports/<run>/ and beside a pushed model.
+Settings come from PipelineConfig's defaults (pipeline/settings.py), then the
+--config file (YAML or TOML), then the flags (docs/cli.md). `run` writes its
+report to <output-dir>/reports/<run>/ and beside a pushed model.
 
 Exit codes of `run` (for CI):
   0  a new model was blessed and pushed
@@ -26,12 +26,9 @@ import os
 import sys
 import warnings
 
+from pipeline import settings as settings_lib
+
 EXIT_PUSHED, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NOT_BLESSED = 0, 1, 2, 3
-# Run flags that set PipelineConfig fields, and those that set its `trainer`.
-_PIPELINE_FLAGS = ('data_root', 'modality', 'manifest', 'output_dir',
-                   'accuracy_threshold', 'max_accuracy_drop')
-_TRAINER_FLAGS = ('backbone', 'weights', 'image_size', 'phase1_epochs',
-                  'phase2_epochs', 'fine_tune_layers')
 
 
 def _parse_args(argv):
@@ -49,29 +46,9 @@ def _parse_args(argv):
       'run', help='Run the pipeline locally (Beam); exit code 0/3/2/1.',
       description='Run the pipeline locally. Flags override --config.')
   run.add_argument('--config', help='YAML (.yaml/.yml) or TOML (.toml) file '
-                   'with PipelineConfig keys and a `trainer` table.')
-  run.add_argument('--data-root', help='Folder-per-class image tree '
-                   '(default: the bundled Fashion-MNIST demo).')
-  run.add_argument('--modality', help='What the data holds (default '
-                   "'image'); see MODALITIES in pipeline/config.py.")
-  run.add_argument('--manifest', help='CSV path,label under --data-root; '
-                   'for text and image_text, the CSV or JSONL data file.')
-  run.add_argument('--output-dir', help='Pipeline root, MLMD, serving/, '
-                   'reports/ (default: outputs/).')
-  run.add_argument('--backbone', help='e.g. MobileNet, MobileNetV2, '
-                   'hub:<handle>, file:<path>.')
-  run.add_argument('--weights', help='offline | imagenet | none | <file>')
-  run.add_argument('--image-size', type=int)
-  run.add_argument('--phase1-epochs', type=int,
-                   help='Epochs with the backbone frozen.')
-  run.add_argument('--phase2-epochs', type=int,
-                   help='Fine-tuning epochs (0 skips fine-tuning).')
-  run.add_argument('--fine-tune-layers', type=int)
-  run.add_argument('--accuracy-threshold', type=float,
-                   help='The gate: eval accuracy must reach this.')
-  run.add_argument('--max-accuracy-drop', type=float,
-                   help='The gate: allowed drop below the served model '
-                   '(default 0: no regression).')
+                   'with PipelineConfig keys and a `trainer` table '
+                   '(docs/cli.md).')
+  settings_lib.add_flags(run)
   run.add_argument('--report-dir', help='Also copy the run report here '
                    '(e.g. a CI artifact folder).')
 
@@ -108,36 +85,21 @@ def _error(message: str) -> int:
 def _load_config(args):
   """PipelineConfig from the defaults, --config and the flags; checks it.
 
-  Everything but the trainer settings is checked before TensorFlow loads.
+  Every check that needs no data runs here, before any component.
 
   Raises:
     ValueError: with a message for the user.
   """
-  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
-  from pipeline import config_file  # pylint: disable=g-import-not-at-top
-  values = config_file.load(args.config) if args.config else {}
-  values.update({key: getattr(args, key) for key in _PIPELINE_FLAGS
-                 if getattr(args, key) is not None})
-  trainer = dict(values.get('trainer') or {})
-  trainer.update({key: getattr(args, key) for key in _TRAINER_FLAGS
-                  if getattr(args, key) is not None})
-  values['trainer'] = trainer
-  for key in ('data_root', 'output_dir'):
-    if key in values:
-      values[key] = os.path.abspath(values[key])
-  data_root = values.get('data_root', config_lib.DEMO_DATA)
-  if not os.path.isdir(data_root):
-    raise ValueError(f'data root {data_root} is not a directory')
-  manifest = values.get('manifest')
-  if manifest and not os.path.isfile(os.path.join(data_root, manifest)):
-    raise ValueError(f'manifest {manifest} is not a file under {data_root}')
-  config = config_lib.PipelineConfig(**values)  # Loads TF last.
-  config_file.check_trainer(config.trainer)
-  if config.modality != 'text':  # The image backbone must take image_size.
-    from modules import backbones  # pylint: disable=g-import-not-at-top
-    backbones.check_image_size(
-        config.trainer.get('backbone', backbones.DEFAULT_BACKBONE),
-        config.image_size)
+  config = settings_lib.from_sources(args.config, args)
+  config.data_root = os.path.abspath(config.data_root)
+  config.output_dir = os.path.abspath(config.output_dir)
+  if not os.path.isdir(config.data_root):
+    raise ValueError(f'data root {config.data_root} is not a directory')
+  if config.manifest and not os.path.isfile(
+      os.path.join(config.data_root, config.manifest)):
+    raise ValueError(
+        f'manifest {config.manifest} is not a file under {config.data_root}')
+  settings_lib.check_models(config)  # Loads TF.
   return config
 
 
@@ -241,10 +203,9 @@ def _predict(args) -> int:
 
 
 def _report(args) -> int:
-  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
   from pipeline import report as report_lib  # pylint: disable=g-import-not-at-top
   output_dir = os.path.abspath(
-      args.output_dir or config_lib.PipelineConfig.output_dir)
+      args.output_dir or settings_lib.PipelineConfig.output_dir)
   try:
     report_dir = report_lib.find(output_dir, args.run)
   except FileNotFoundError as e:

@@ -24,7 +24,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from modules import trainer as trainer_module
-from pipeline import config as config_lib
+from pipeline import settings as settings_lib
 from pipeline import pipeline as pipeline_lib
 
 _STATES = {
@@ -126,7 +126,7 @@ class _NodeProgress(logging.Filter):
     return record.levelno >= self._level
 
 
-def run(config: config_lib.PipelineConfig,
+def run(config: settings_lib.PipelineConfig,
         progress: Optional[Callable[[str], None]] = None) -> RunResult:
   """Runs the pipeline locally and returns what happened.
 
@@ -142,7 +142,7 @@ def run(config: config_lib.PipelineConfig,
     return _run_locked(config, progress)
 
 
-def _run_locked(config: config_lib.PipelineConfig,
+def _run_locked(config: settings_lib.PipelineConfig,
                 progress: Optional[Callable[[str], None]]) -> RunResult:
   connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
       config.metadata_path)

@@ -21,19 +21,21 @@ from components import image_example_gen
 from components import serving_baseline_evaluator
 from components import text_example_gen
 from modules import features
-from pipeline import config as config_lib
+from pipeline import settings as settings_lib
 
-PREPROCESSING_MODULE = os.path.join(config_lib.MODULES_DIR, 'preprocessing.py')
-TRAINER_MODULE = os.path.join(config_lib.MODULES_DIR, 'trainer.py')
+PREPROCESSING_MODULE = os.path.join(settings_lib.MODULES_DIR,
+                                    'preprocessing.py')
+TRAINER_MODULE = os.path.join(settings_lib.MODULES_DIR, 'trainer.py')
 # The same user code by import path, for images that contain the project.
 PREPROCESSING_FN = 'modules.preprocessing.preprocessing_fn'
 RUN_FN = 'modules.trainer.run_fn'
 
-# Settings a KubeflowV2DagRunner run can override. All are strings: V2 only
-# substitutes whole execution properties, never values inside a dict or proto.
-DATA_ROOT_PARAMETER = 'data_root'  # ExampleGen input_base.
-EVAL_CONFIG_PARAMETER = 'eval_config'  # tfma.EvalConfig as JSON (the gate).
-TRAINER_CONFIG_PARAMETER = 'trainer_config'  # Trainer custom_config as JSON.
+# Settings a KubeflowV2DagRunner run can override (pipeline/settings.py).
+# All are strings: V2 only substitutes whole execution properties, never
+# values inside a dict or proto.
+DATA_ROOT_PARAMETER = settings_lib.DATA_ROOT_PARAMETER
+EVAL_CONFIG_PARAMETER = settings_lib.EVAL_CONFIG_PARAMETER
+TRAINER_CONFIG_PARAMETER = settings_lib.TRAINER_CONFIG_PARAMETER
 
 
 def eval_config(accuracy_threshold: float,
@@ -77,20 +79,23 @@ def eval_config(accuracy_threshold: float,
 
 
 def runtime_parameters(
-    config: config_lib.PipelineConfig
+    config: settings_lib.PipelineConfig
 ) -> Dict[str, tfx.dsl.experimental.RuntimeParameter]:
   """The runtime parameters, defaulting to `config`'s values."""
   gate = eval_config(config.accuracy_threshold, config.max_accuracy_drop)
   defaults = {
       DATA_ROOT_PARAMETER: (
-          config.data_root, 'Folder-per-class image tree (ExampleGen).'),
+          config.data_root,
+          'Folder-per-class image tree, or the folder holding the manifest '
+          '(ExampleGen).'),
       EVAL_CONFIG_PARAMETER: (
           json.dumps(proto_utils.proto_to_dict(gate), sort_keys=True),
           'tfma.EvalConfig JSON: the accuracy gate of the Evaluator.'),
       TRAINER_CONFIG_PARAMETER: (
-          json.dumps(config.trainer, sort_keys=True),
-          'Trainer settings JSON (modules/trainer.py TrainerConfig); '
-          'image_size is fixed at compile time.'),
+          json.dumps(config.trainer.to_dict(), sort_keys=True),
+          'Trainer settings JSON (pipeline/settings.py TrainerConfig); '
+          f'{", ".join(settings_lib.COMPILE_TIME_TRAINER_KEYS)} are fixed at '
+          'compile time.'),
   }
   return {
       name: tfx.dsl.experimental.RuntimeParameter(
@@ -99,7 +104,7 @@ def runtime_parameters(
   }
 
 
-def example_gen_component(config: config_lib.PipelineConfig, data_root):
+def example_gen_component(config: settings_lib.PipelineConfig, data_root):
   """The image ExampleGen, or for text and image_text the text ExampleGen."""
   if config.modality == features.IMAGE:
     return image_example_gen.image_example_gen(
@@ -122,7 +127,7 @@ def example_gen_component(config: config_lib.PipelineConfig, data_root):
       require_every_split=True)
 
 
-def transform_config(config: config_lib.PipelineConfig) -> Dict[str, object]:
+def transform_config(config: settings_lib.PipelineConfig) -> Dict[str, object]:
   """The Transform's custom_config: image size and/or text tokenization."""
   values = {}
   if config.modality in (features.IMAGE, features.IMAGE_TEXT):
@@ -133,7 +138,7 @@ def transform_config(config: config_lib.PipelineConfig) -> Dict[str, object]:
   return values
 
 
-def create_pipeline(config: config_lib.PipelineConfig,
+def create_pipeline(config: settings_lib.PipelineConfig,
                     beam_pipeline_args: Optional[List[str]] = None,
                     metadata_connection_config=None,
                     *,
@@ -160,7 +165,7 @@ def create_pipeline(config: config_lib.PipelineConfig,
   else:
     data_root = config.data_root
     gate = eval_config(config.accuracy_threshold, config.max_accuracy_drop)
-    trainer_config = config.trainer
+    trainer_config = config.trainer.to_dict()
   if modules_in_image:
     transform_code = {'preprocessing_fn': PREPROCESSING_FN}
     trainer_code = {'run_fn': RUN_FN}

@@ -25,7 +25,7 @@ from matplotlib import ticker
 import numpy as np
 
 from modules import features
-from pipeline import config as config_lib
+from pipeline import settings as settings_lib
 
 if typing.TYPE_CHECKING:  # It loads TFX, which `tfx-transfer report` skips.
   from pipeline import local_runner
@@ -37,7 +37,7 @@ _ACCURACY = 'sparse_categorical_accuracy'
 _EXAMPLE_COUNT = 'example_count'
 
 
-def build(config: config_lib.PipelineConfig,
+def build(config: settings_lib.PipelineConfig,
           result: 'local_runner.RunResult') -> Dict[str, Any]:
   """The report of one run, as written to report.json.
 
@@ -98,7 +98,9 @@ def build(config: config_lib.PipelineConfig,
           for node, state in result.components.items()
       },
       'seconds': round(result.seconds, 1),
-      'config': dataclasses.asdict(config),
+      # The trainer settings as given (the Trainer's custom_config).
+      'config': {**dataclasses.asdict(config),
+                 'trainer': config.trainer.to_dict()},
   }
 
 

@@ -58,10 +58,10 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope='session')
 def demo_run(tmp_path_factory):
   """One real LocalDagRunner run of the demo pipeline, shared by the tests."""
-  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
+  from pipeline import settings as settings_lib  # pylint: disable=g-import-not-at-top
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   import helpers  # pylint: disable=g-import-not-at-top
-  config = config_lib.PipelineConfig(
+  config = settings_lib.PipelineConfig(
       output_dir=str(tmp_path_factory.mktemp('demo_run')),
       trainer=dict(helpers.E2E_TRAINER))
   return config, local_runner.run(config)

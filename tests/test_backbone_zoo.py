@@ -48,6 +48,7 @@ from modules import features
 from modules import model as model_lib
 from modules import preprocessing
 from modules import trainer
+from pipeline import settings as settings_lib
 
 DEMO_DATA = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'data', 'fashion_demo')
@@ -146,7 +147,7 @@ def test_backbone_builds_trains_and_serves(name, examples, transform_graph,
   entry = backbones.ZOO[name]
   tf_transform_output = transform_graph(entry.min_size)
   names = trainer.class_names(tf_transform_output)
-  config = trainer.TrainerConfig.from_dict(
+  config = settings_lib.TrainerConfig.from_dict(
       {'backbone': name, 'weights': 'none', 'image_size': entry.min_size})
   keras.utils.set_random_seed(0)
   strategy = tf.distribute.get_strategy()
@@ -258,7 +259,7 @@ def test_local_saved_model_feature_extractor_end_to_end(
   tf.saved_model.save(extractor, module_dir)
   tf_transform_output = transform_graph(image_size)
   names = trainer.class_names(tf_transform_output)
-  config = trainer.TrainerConfig.from_dict(
+  config = settings_lib.TrainerConfig.from_dict(
       {'backbone': prefix + module_dir, 'image_size': image_size})
   classifier, (backbone,) = trainer.build_model(features.IMAGE, config,
                                                 len(names))

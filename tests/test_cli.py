@@ -17,7 +17,7 @@ from PIL import Image
 import pytest
 
 from pipeline import cli
-from pipeline import config_file
+from pipeline import settings as settings_lib
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFX_TRANSFER = os.path.join(os.path.dirname(sys.executable), 'tfx-transfer')
@@ -110,8 +110,8 @@ def test_unknown_trainer_setting_exits_2_listing_the_known_ones(tmp_path):
     ({'backbone': None}, 'trainer.backbone must be a string, got None'),
 ])
 def test_bad_trainer_values_are_named(trainer, message):
-  with pytest.raises(config_file.ConfigError) as error:
-    config_file.check_trainer(trainer)
+  with pytest.raises(settings_lib.ConfigError) as error:
+    settings_lib.TrainerConfig.from_dict(trainer)
   assert message in str(error.value)
 
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from pipeline import config_file
+from pipeline import settings as settings_lib
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(PROJECT_ROOT, '.github', 'workflows', 'retrain.yml')
@@ -82,6 +82,6 @@ def test_branches_on_the_cli_exit_codes(workflow):
 
 def test_the_ci_settings_file_is_valid(workflow):
   default = workflow[True]['workflow_dispatch']['inputs']['config']['default']
-  values = config_file.load(os.path.join(PROJECT_ROOT, default))
-  config_file.check_trainer(values['trainer'])
+  values = settings_lib.load_file(os.path.join(PROJECT_ROOT, default))
+  settings_lib.TrainerConfig.from_dict(values['trainer'])
   assert os.path.isdir(os.path.join(PROJECT_ROOT, values['data_root']))

@@ -19,6 +19,7 @@ from modules import backbones
 from modules import domain_adaptation as da
 from modules import model as model_lib
 from modules import preprocessing
+from pipeline import settings as settings_lib
 
 SIZE, CLASSES, WEIGHT = 16, 3, 0.1
 
@@ -180,7 +181,7 @@ def test_adapted_phase_trains_features_and_domain_head_exports_classifier(
   classifier, backbone = tiny_classifier()
   target_root = str(tmp_path / 'target')
   write_images(target_root, 5, seed=7)
-  settings = da.DomainAdaptationConfig(target_root, weight=WEIGHT)
+  settings = settings_lib.DomainAdaptationConfig(target_root, weight=WEIGHT)
   watched = {name: classifier.get_layer(name) for name in ('tiny', 'logits')}
   before = {name: [w.numpy() for w in layer.weights]
             for name, layer in watched.items()}
@@ -223,7 +224,7 @@ def test_adapted_phase_trains_features_and_domain_head_exports_classifier(
 def test_adapted_phase_needs_trainable_backbone_layers(tmp_path):
   classifier, backbone = tiny_classifier()
   write_images(str(tmp_path), 1, seed=0, nested=False)
-  settings = da.DomainAdaptationConfig(str(tmp_path))
+  settings = settings_lib.DomainAdaptationConfig(str(tmp_path))
   with pytest.raises(ValueError, match='unfreezes no backbone layer'):
     da.run_adapted_phase('phase2', classifier, backbone,
                          tf.distribute.get_strategy(), labelled(4, 0, 4),
@@ -249,14 +250,14 @@ def test_target_dataset_reads_any_nesting_like_the_transform(tmp_path):
 
 
 def test_settings_off_by_default_and_checked(tmp_path):
-  assert da.DomainAdaptationConfig.from_dict({}) is None
-  assert da.DomainAdaptationConfig.from_dict(None) is None
+  assert settings_lib.DomainAdaptationConfig.from_dict({}) is None
+  assert settings_lib.DomainAdaptationConfig.from_dict(None) is None
   empty = tmp_path / 'empty'
   (empty / 'sub').mkdir(parents=True)
   (empty / 'sub' / 'labels.csv').write_text('x')
   images_root = tmp_path / 'images'
   write_images(str(images_root), 1, seed=0)
-  settings = da.DomainAdaptationConfig.from_dict(
+  settings = settings_lib.DomainAdaptationConfig.from_dict(
       {'target_data_root': str(images_root), 'weight': 0.5})
   assert (settings.weight, settings.schedule) == (0.5, 'ganin')
 
@@ -276,21 +277,20 @@ def test_settings_off_by_default_and_checked(tmp_path):
   ]
   for values, message in cases:
     with pytest.raises(ValueError, match=message):
-      da.DomainAdaptationConfig.from_dict(values)
+      settings_lib.DomainAdaptationConfig.from_dict(values)
 
 
 def test_trainer_settings_turn_dann_on_for_fine_tuning(tmp_path):
   from modules import trainer  # pylint: disable=g-import-not-at-top
-  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
-  assert not trainer.TrainerConfig.from_dict({}).domain_adaptation  # Off.
+  assert not settings_lib.TrainerConfig.from_dict({}).domain_adaptation  # Off.
   missing = {'domain_adaptation': {'target_data_root': str(tmp_path / 'no')}}
   with pytest.raises(ValueError, match='is not a folder'):
-    trainer.TrainerConfig.from_dict(missing)
+    settings_lib.TrainerConfig.from_dict(missing)
   with pytest.raises(ValueError, match='is not a folder'):
-    config_lib.PipelineConfig(trainer=missing)  # Fails before any run.
+    settings_lib.PipelineConfig(trainer=missing)  # Fails before any run.
   target_root = str(tmp_path / 'target')
   write_images(target_root, 3, seed=12)
-  config = trainer.TrainerConfig.from_dict({
+  config = settings_lib.TrainerConfig.from_dict({
       'phase1_epochs': 0, 'phase2_epochs': 1, 'fine_tune_layers': 2,
       'image_size': SIZE, 'batch_size': 4,
       'domain_adaptation': {'target_data_root': target_root}})

@@ -33,8 +33,8 @@ from google.protobuf import json_format
 from kubeflow import cli
 from kubeflow import runner
 from kubeflow import schedule
-from modules import trainer as trainer_module
 from pipeline import pipeline as pipeline_lib
+from pipeline import settings as settings_lib
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(PROJECT_ROOT, 'tests', 'golden', 'kubeflow_pipeline.json')
@@ -209,7 +209,7 @@ def test_runtime_parameter_values_reach_the_executors(compiled):
   assert evaluator['baseline_dir'] == OUTPUT_DIR + '/serving'
 
   trainer = _parse_as_entrypoint(spec, 'Trainer', values)
-  settings = trainer_module.TrainerConfig.from_dict(
+  settings = settings_lib.TrainerConfig.from_dict(
       json_utils.loads(trainer['custom_config']))
   assert (settings.phase1_epochs, settings.phase2_epochs) == (1, 0)
   assert trainer['run_fn'] == pipeline_lib.RUN_FN

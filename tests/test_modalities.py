@@ -7,12 +7,12 @@ from tfx.utils import proto_utils
 from components import image_example_gen
 from components import text_example_gen
 from modules import features
-from pipeline import config as config_lib
+from pipeline import settings as settings_lib
 from pipeline import pipeline as pipeline_lib
 
 
 def _config(**settings):
-  return config_lib.PipelineConfig(data_root='/data', **settings)
+  return settings_lib.PipelineConfig(data_root='/data', **settings)
 
 
 def _partition_feature(example_gen) -> str:

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
 import helpers
-from pipeline import config as config_lib
+from pipeline import settings as settings_lib
 from pipeline import local_runner
 
 UPSTREAM = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform',
@@ -76,7 +76,7 @@ def test_rerun_is_cached_and_worse_models_are_not_pushed(demo_run):
     assert rerun.components[component] == 'cached', rerun.components
 
   def gated_run(**overrides):
-    bad = config_lib.PipelineConfig(
+    bad = settings_lib.PipelineConfig(
         output_dir=config.output_dir,
         trainer={**config.trainer, 'phase1_epochs': 0, 'phase2_epochs': 0},
         **overrides)

@@ -36,7 +36,7 @@ from tfx import v1 as tfx
 import helpers
 from components import atomic_pusher
 from pipeline import cli
-from pipeline import config as config_lib
+from pipeline import settings as settings_lib
 from pipeline import local_runner
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -249,7 +249,7 @@ def test_pushed_model_loads_with_plain_saved_model_load(interrupted):
                            capture_output=True, text=True, timeout=300,
                            check=False)
   assert process.returncode == 0, process.stderr[-3000:]
-  classes = sorted(os.listdir(config_lib.DEMO_DATA))
+  classes = sorted(os.listdir(settings_lib.DEMO_DATA))
   assert process.stdout.split()[-1] in classes
 
 
@@ -275,7 +275,7 @@ def _last_run_states(output_dir: str) -> Dict[str, int]:
 
 
 def _demo_image() -> str:
-  return sorted(glob.glob(os.path.join(config_lib.DEMO_DATA, 'bag', '*')))[0]
+  return sorted(glob.glob(os.path.join(settings_lib.DEMO_DATA, 'bag', '*')))[0]
 
 
 def _served(output_dir: str) -> List[str]:
@@ -291,7 +291,7 @@ def _blessings(output_dir: str) -> int:
 
 
 def _predictions(version_dir: str) -> List[str]:
-  paths = sorted(glob.glob(os.path.join(config_lib.DEMO_DATA, '*', '*')))[:8]
+  paths = sorted(glob.glob(os.path.join(settings_lib.DEMO_DATA, '*', '*')))[:8]
   outputs = helpers.classify(version_dir, '/', paths)
   return [label.decode() for label in outputs['label'].numpy()]
 
@@ -328,7 +328,7 @@ def test_empty_eval_split_blesses_nothing(interrupted, tmp_path):
   for name in ('cat/0.jpg', 'cat/1.jpg', 'dog/0.jpg', 'dog/1.jpg'):
     (data / name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(_demo_image(), data / name)  # All four hash to train.
-  config = config_lib.PipelineConfig(
+  config = settings_lib.PipelineConfig(
       data_root=str(data), output_dir=output_dir, accuracy_threshold=0.0,
       max_accuracy_drop=1.0, trainer=TRAINER)
   with pytest.raises(ValueError, match=r'The eval split\(s\) got no images '

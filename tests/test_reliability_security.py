@@ -14,7 +14,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from pipeline import config_file
+from pipeline import settings as settings_lib
 
 pytestmark = pytest.mark.reliability('security')
 
@@ -125,6 +125,6 @@ def test_settings_yaml_cannot_run_code(tmp_path):
   settings = tmp_path / 'settings.yaml'
   settings.write_text('accuracy_threshold: !!python/object/apply:os.system '
                       f'["touch {marker}"]\n')
-  with pytest.raises(config_file.ConfigError, match='is not valid YAML'):
-    config_file.load(str(settings))
+  with pytest.raises(settings_lib.ConfigError, match='is not valid YAML'):
+    settings_lib.load_file(str(settings))
   assert not marker.exists()

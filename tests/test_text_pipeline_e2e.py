@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import helpers
-from pipeline import config as config_lib
+from pipeline import settings as settings_lib
 from pipeline import local_runner
 
-_DATA = os.path.join(config_lib.PROJECT_ROOT, 'data')
+_DATA = os.path.join(settings_lib.PROJECT_ROOT, 'data')
 # Phase 1 runs on cached embeddings, so its epochs are cheap.
 TEXT_TRAINER = {'phase1_epochs': 20, 'phase2_epochs': 1}
 # Fine-tuning both towers; at the default 1e-4, 20 MobileNet layers undo
@@ -25,7 +25,7 @@ FUSION_TRAINER = {'phase1_epochs': 10, 'phase2_epochs': 1,
 
 
 def _run(tmp_path_factory, name, **settings):
-  config = config_lib.PipelineConfig(
+  config = settings_lib.PipelineConfig(
       output_dir=str(tmp_path_factory.mktemp(name)), **settings)
   return config, local_runner.run(config)
 

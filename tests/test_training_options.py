@@ -15,6 +15,7 @@ from modules import backbones
 from modules import model as model_lib
 from modules import schedules
 from modules import trainer
+from pipeline import settings as settings_lib
 
 IMAGE_SIZE = 16
 BLOCKS = 3
@@ -70,7 +71,7 @@ def test_progressive_unfreezing_changes_exactly_each_phases_layers():
   keras.utils.set_random_seed(0)
   backbone = _tiny_backbone()
   classifier = model_lib.build_classifier(backbone, IMAGE_SIZE, 2, 0.0)
-  config = trainer.TrainerConfig.from_dict({
+  config = settings_lib.TrainerConfig.from_dict({
       'phase1_epochs': 1, 'batch_size': 8,
       'phases': [
           {'epochs': 1, 'learning_rate': 1e-2, 'fine_tune_layers': 4},
@@ -106,7 +107,7 @@ def test_progressive_unfreezing_changes_exactly_each_phases_layers():
 def test_unfreeze_settings_on_mobilenet_and_bad_names():
   backbone = backbones.build_backbone('MobileNet', 32, 'none')
   layers = backbone.layers
-  names = model_lib.unfreeze(backbone, model_lib.Unfreeze(
+  names = model_lib.unfreeze(backbone, settings_lib.Unfreeze(
       from_layer='conv_pw_13'))
   start = [l.name for l in layers].index('conv_pw_13')
   assert names == [l.name for l in layers[start:] if l.weights and not
@@ -114,13 +115,13 @@ def test_unfreeze_settings_on_mobilenet_and_bad_names():
   assert names == ['conv_pw_13']
   # 87 layers: the top 25% is 22 (rounded up), from conv_pw_10_bn up.
   assert len(layers) == 87 and layers[-22].name == 'conv_pw_10_bn'
-  names = model_lib.unfreeze(backbone, model_lib.Unfreeze(fraction=0.25))
+  names = model_lib.unfreeze(backbone, settings_lib.Unfreeze(fraction=0.25))
   assert names == ['conv_dw_11', 'conv_pw_11', 'conv_dw_12', 'conv_pw_12',
                    'conv_dw_13', 'conv_pw_13']
   assert not any(isinstance(l, keras.layers.BatchNormalization) and
                  l.trainable for l in layers)
   with pytest.raises(ValueError, match="no backbone layer .* 'block9'"):
-    model_lib.unfreeze(backbone, model_lib.Unfreeze(from_layer='block9'))
+    model_lib.unfreeze(backbone, settings_lib.Unfreeze(from_layer='block9'))
 
 
 def test_lr_schedule_values():
@@ -255,14 +256,14 @@ def test_augmentation_trains_on_augmented_views_and_serves_unchanged(
 
   # Phase 1 cannot use cached embeddings of unaugmented views.
   assert trainer.phase1_cache_use(
-      trainer.TrainerConfig(augmentation=settings)).startswith(
+      settings_lib.TrainerConfig(augmentation=settings)).startswith(
           'off: augmentation is on')
-  assert trainer.phase1_cache_use(trainer.TrainerConfig()) == 'used'
+  assert trainer.phase1_cache_use(settings_lib.TrainerConfig()) == 'used'
 
 
 def test_mixed_precision_trains_with_float32_outputs(tmp_path):
   strategy = tf.distribute.MirroredStrategy(['/cpu:0'])
-  config = trainer.TrainerConfig(
+  config = settings_lib.TrainerConfig(
       phase1_epochs=2, phase1_learning_rate=1e-2, phase2_epochs=1,
       phase2_learning_rate=1e-3, fine_tune_layers=4, batch_size=8,
       precision='mixed_float16', lr_schedule='cosine', lr_warmup_epochs=0.5)
@@ -327,13 +328,13 @@ def test_mixed_precision_trains_with_float32_outputs(tmp_path):
 ])
 def test_bad_settings_name_their_key(settings, message):
   with pytest.raises(ValueError, match=message):
-    trainer.TrainerConfig.from_dict(settings)
+    settings_lib.TrainerConfig.from_dict(settings)
 
 
 def test_default_settings_are_one_phase_2():
-  config = trainer.TrainerConfig()
-  assert config.fine_tuning_phases() == [model_lib.Phase(
-      'phase2', 2, 1e-4, model_lib.Unfreeze(top=20), model_lib.Unfreeze(top=2))]
+  config = settings_lib.TrainerConfig()
+  assert config.fine_tuning_phases() == [settings_lib.Phase(
+      'phase2', 2, 1e-4, settings_lib.Unfreeze(top=20), settings_lib.Unfreeze(top=2))]
   assert (config.lr_schedule, config.early_stopping_patience,
           config.class_weights, config.augmentation, config.precision) == (
               'constant', 0, 'none', None, 'float32')
