@@ -104,8 +104,7 @@ def test_compile_rejects_exactly_what_run_rejects(bad, tmp_path, capsys):
   output = tmp_path / 'pipeline.json'
   assert kubeflow_cli.main(COMPILE + [*bad, '--output', str(output)]) == 2
   compile_error = capsys.readouterr().err.strip().splitlines()[-1]
-  assert compile_error == run_error.replace(str(tmp_path), '<tmp>').replace(
-      str(data_root), '<tmp>') or compile_error == run_error
+  assert compile_error == run_error and run_error.startswith('error: ')
   assert not output_dir.exists() and not output.exists()
 
 
@@ -215,7 +214,8 @@ def test_every_setting_is_reachable_from_a_file_and_each_cli(tmp_path):
              for arg in ('--set', f'{k}={yaml.safe_dump(v).strip()}'
                          if not isinstance(v, str) else f'{k}={v}')]
     parsed = {
-        'run': cli._parse_args(['run', *flags]),  # pylint: disable=protected-access
+        # pylint: disable-next=protected-access
+        'run': cli._parse_args(['run', *flags]),
         'compile': kubeflow_parser.parse_args(
             COMPILE[:3] + flags),
     }
@@ -230,7 +230,8 @@ def test_every_setting_is_reachable_from_a_file_and_each_cli(tmp_path):
       runtime = not (key.split('.')[0] in compile_time or key in [
           f'trainer.{k}' for k in settings_lib.COMPILE_TIME_TRAINER_KEYS])
       if runtime:
-        values = kubeflow_cli._run_overrides(args)  # pylint: disable=protected-access
+        # pylint: disable-next=protected-access
+        values = kubeflow_cli._run_overrides(args)
         for k, v in given.items():
           assert _value_at(values, k) == v, (key, command)
       else:
