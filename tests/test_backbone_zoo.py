@@ -4,8 +4,9 @@ Each Keras Applications backbone in `backbones.ZOO` is built with random
 weights at its minimum input size through the Trainer's own code
 (`trainer.build_model`, `model.run_phase`, `trainer.make_dataset` on GZIP'd
 tf.Examples, a real tf.Transform graph from `preprocessing.preprocessing_fn`),
-trains one fine-tuning step (the top `fine_tune_layers` and the head) and
-classifies real PNG and JPEG bytes from data/fashion_demo through the
+checks its parameter count against the listing, trains one fine-tuning
+step (which must move the head and the top `fine_tune_layers` and nothing
+else) and classifies real PNG and JPEG bytes from data/fashion_demo through the
 `serving_default` function of `trainer.make_serving_signatures`.
 
 Cost, measured on the shared 2-core machine: building the 17 backbones

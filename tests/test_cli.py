@@ -3,7 +3,10 @@
 Bad settings and missing data fail with exit code 2 before any component
 runs. Then two real runs share one output directory: a trained model is
 blessed and pushed (0); a worse one is not blessed, the gate holds and the
-first model stays (3). Their reports, `report` and `predict` are checked.
+first model stays (3). Their reports are checked: the files, the JSON's
+fields (per-class accuracy equals the confusion matrix's, the second run's
+baseline is the first's accuracy, per-class recall equals TFMA's per-class
+accuracy), valid PNGs; and `report`, `predict` and `backbones --json`.
 """
 
 import dataclasses

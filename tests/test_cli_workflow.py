@@ -2,7 +2,8 @@
 
 actionlint (a PyPI wheel ships the binary) checks the workflow's syntax, the
 actions' inputs, expressions and, with shellcheck on PATH, the `run:`
-scripts. The other tests pin what the README's CI recipe promises.
+scripts. The other tests pin what docs/ci.md promises: the triggers, the
+step order, the exit-code branches, and that CI's settings file is valid.
 """
 
 import os

@@ -1,5 +1,15 @@
 """DANN: the gradient-reversal layer, the DANN step, the target data, settings.
 
+The gradient-reversal layer's forward pass is the identity and its gradient
+is exactly -lambda times the upstream gradient (its Jacobian is -lambda I);
+lambda changes without retracing. In a DANN step the label head's gradient
+is the source-only cross-entropy's, the features get the label gradient
+minus lambda times the domain part, and the domain head's is not reversed.
+An adapted phase on a real nested target folder changes the backbone and
+both heads, and the exported model has no domain head. The target pipeline
+decodes exactly as `decode_and_resize`; two replicas under MirroredStrategy
+stay in sync; bad settings are clear errors.
+
 Tiny real models (a one-conv backbone on 16 px images) keep this fast; the
 MobileNet experiment is benchmarks/dann_experiment.py.
 """

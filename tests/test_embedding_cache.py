@@ -1,4 +1,10 @@
-"""Phase 1 on cached embeddings: same model, one backbone pass."""
+"""Phase 1 on cached embeddings: same model, one backbone pass.
+
+The cache round-trips the embeddings; the cached phase 1 trains the
+classifier's own head and leaves the backbone untouched; the assembled
+classifier scores on images exactly what the head scored on the cached
+embeddings.
+"""
 
 import numpy as np
 import pytest

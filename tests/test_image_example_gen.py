@@ -1,7 +1,9 @@
 """Tests for components.image_example_gen.
 
 They run the real executor (Beam DirectRunner) on tiny image trees written by
-the tests, with exec_properties taken from the factory-built component.
+the tests, with exec_properties taken from the factory-built component: the layouts
+(folder per class, split folders, a CSV manifest), the splits, and every
+bad-input case with its reason in the ingestion report.
 """
 
 import hashlib

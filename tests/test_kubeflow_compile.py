@@ -3,7 +3,9 @@
 Compiles the pipeline once through `python -m kubeflow compile` and checks the
 IR: components, image, DAG, runtime parameters (down to how TFX's V2
 entrypoint parses their values), that the code the IR names is in the image
-kubeflow/Dockerfile builds, and a golden copy. After an intended change:
+kubeflow/Dockerfile builds (installed from the lock), `--volume` mounts in
+every executor, output dirs the pods cannot share refused, and a golden
+copy. After an intended change:
 
   UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_kubeflow_compile.py
 

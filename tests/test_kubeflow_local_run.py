@@ -5,7 +5,10 @@ container command (TFX's V2 entrypoint with the project's executors and
 `modules.*` user code by import path) in its own process, artifacts passed
 as KFP passes them, runtime parameters overriding the compiled defaults. The
 pipeline root and serving dir sit on a "volume" (`--volume`) that is this
-machine's disk.
+machine's disk. The Pusher's trigger condition is evaluated on its own
+inputs. The pushed model classifies raw held-out bytes; then an untrained
+model from a scheduled run is stopped by the served model (the baseline)
+alone, and the Pusher is skipped.
 """
 
 import json

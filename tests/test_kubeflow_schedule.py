@@ -2,7 +2,10 @@
 
 The fake serves, on 127.0.0.1 only, the KFP v2beta1 REST endpoints that the
 kfp 2.5 client calls for these commands, records every request, and can fail
-any of them. The package is the golden compiled pipeline.
+any of them. The package is the golden compiled pipeline. Checked: the
+request bodies (cron, pinned version id, parameters), the rollback when the
+upload or the recurring run fails, and authentication and unreachable
+endpoints.
 """
 
 import argparse

@@ -1,4 +1,9 @@
-"""The Trainer under MirroredStrategy with two replicas (2 logical CPUs)."""
+"""The Trainer under MirroredStrategy with two replicas (2 logical CPUs).
+
+The real `run_fn` (tests/mirrored_run.py, in a subprocess) on 2 logical CPU
+devices: 2 replicas in sync, global batch 2 x 8, and the head's two replica
+copies change and stay equal.
+"""
 
 import json
 import os

@@ -1,4 +1,7 @@
-"""PipelineConfig.modality picks the ExampleGen and the Transform settings."""
+"""PipelineConfig.modality picks the ExampleGen and the Transform settings.
+
+The image modality's settings are unchanged by the others.
+"""
 
 import pytest
 from tfx.proto import example_gen_pb2

@@ -1,4 +1,11 @@
-"""The two-phase schedule: what each phase may and may not change."""
+"""The two-phase schedule: what each phase may and may not change.
+
+Phase 1 changes only the head; phase 2 changes the unfrozen top backbone
+layers and nothing below them; BatchNorm gamma, beta and moving statistics
+are unchanged; both phases use one logits loss; Keras is tf_keras. Also: an
+unknown backbone is a clear error, and local `file:` backbones (a SavedModel
+directory, a .keras model) train.
+"""
 
 import numpy as np
 import pytest

@@ -1,5 +1,9 @@
 """The run report's files, rendering and lookup, on a hand-made report.
 
+Files, copies, markdown, plots and lookup; gate failures as sentences; the
+classification report on a hand-made confusion matrix (a class never
+predicted, an empty class) against hand values and scikit-learn.
+
 tests/test_cli.py checks the reports of real runs.
 """
 

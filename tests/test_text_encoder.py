@@ -8,6 +8,7 @@ Three independent checks, none of which trusts the Keras port:
     straight from the safetensors file, must agree with the Keras encoder;
   * published numbers: sentence-transformers' README prints the cosine
     similarities of three sentences under this model; they must come out.
+Also: padding and truncation.
 """
 
 import json

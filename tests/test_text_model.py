@@ -1,4 +1,10 @@
-"""Text and image+text classifiers: backbones, phases, per-tower unfreezing."""
+"""Text and image+text classifiers: backbones, phases, per-tower unfreezing.
+
+On a small `bert:<dir>` checkpoint: phase 1 trains only the head (fusion: on
+cached embeddings), phase 2 only each tower's unfrozen top layers (BatchNorm
+untouched); SavedModel text encoders of both kinds (string input, the TF Hub
+BERT interface).
+"""
 
 import json
 import os

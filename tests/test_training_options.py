@@ -1,6 +1,18 @@
 """Training options: progressive unfreezing, LR schedules, early stopping,
 class weights, augmentation, mixed precision and the NaN guard.
 
+Each progressive-unfreezing phase (top N, from a block, a fraction) changes
+exactly the head plus that phase's weights, and BatchNorm never changes;
+`fine_tune_from` / `fine_tune_fraction` on MobileNet; the schedules'
+learning rates at given steps; early stopping stops and restores the best
+epoch; balanced and explicit class weights, and the weighted loss is the one
+`fit` reports; the NaN guard under MirroredStrategy; augmentation changes
+images in training and is the identity at serving, also in an exported,
+reloaded SavedModel; mixed precision under MirroredStrategy with the cached
+phase 1 (float16 compute, float32 variables and outputs, a
+LossScaleOptimizer, finite losses, the policy restored); bad settings name
+their key.
+
 Tiny models (a 3-block conv backbone with BatchNorm, random init) keep this
 file fast; the real MobileNet path is covered by test_model.py.
 """
