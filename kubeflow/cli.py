@@ -66,7 +66,7 @@ def add_subcommands(subparsers) -> None:
       'DirectRunner in the pod, as `tfx-transfer run`). For Dataflow: '
       '--beam-arg=--runner=DataflowRunner --beam-arg=--project=P '
       '--beam-arg=--region=R --beam-arg=--temp_location=gs://B/tmp '
-      '--beam-arg=--sdk_container_image=IMAGE; see README.')
+      '--beam-arg=--sdk_container_image=IMAGE; see docs/kubeflow.md.')
   compile_.add_argument('--trainer-cpu', type=float, help='Cores.')
   compile_.add_argument('--trainer-memory-gb', type=float, help='Memory (GB).')
   compile_.add_argument('--trainer-gpus', type=int, default=0,
