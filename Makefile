@@ -9,7 +9,7 @@ UV := .uv/bin/uv
 UV_VERSION := 0.13.9
 VENV := .venv
 
-.PHONY: demo test docs venv
+.PHONY: demo test lint docs venv
 
 venv: $(VENV)/.synced
 
@@ -25,6 +25,11 @@ demo: venv
 # The whole suite (about 24 minutes on 2 cores).
 test: venv
 	$(VENV)/bin/python -m pytest
+
+# Ruff's lint and format checks (settings in pyproject.toml).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The documentation site (mkdocs.yml, docs/) into build/site; --strict makes
 # a broken link or a page missing from the nav an error.

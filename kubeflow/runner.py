@@ -15,8 +15,9 @@ The IR holds the pipeline definition that the local runner runs
 
 The output is a bare PipelineSpec (schema 2.1.0) as JSON, what the KFP API
 server accepts as a pipeline version; with volumes, a YAML file holding it
-and a PlatformSpec (the kfp-kubernetes `pvcMount` of each executor). Four fixes are applied to what TFX 1.16
-emits (`_fix_for_kfp`).
+and a PlatformSpec (the kfp-kubernetes `pvcMount` of each executor). What TFX
+1.16 emits is compiled with schema 2.1 (`compile_pipeline`) and then gets
+five fixes (`_fix_for_kfp`).
 """
 
 import dataclasses

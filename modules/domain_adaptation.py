@@ -182,7 +182,7 @@ class DannModel(keras.Model):
     self.reversal = GradientReversal(scale, name='gradient_reversal')
     self.domain_head = keras.Sequential([
         keras.layers.Dense(hidden_units, activation='relu'),
-        keras.layers.Dense(1, dtype='float32'),  # float32 under mixed precision.
+        keras.layers.Dense(1, dtype='float32'),  # Even under mixed precision.
     ], name=DOMAIN_HEAD)
     self.domain_optimizer = keras.optimizers.Adam(domain_learning_rate)
     if self.dtype_policy.name == 'mixed_float16':

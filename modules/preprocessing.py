@@ -1,4 +1,4 @@
-"""Transform module: the preprocessing shared by training, evaluation and serving.
+"""Transform module: preprocessing shared by training, evaluation and serving.
 
 The Transform component runs `preprocessing_fn` only to compute the label
 vocabulary; it does not materialize the decoded images or the tokens. The
@@ -26,7 +26,7 @@ DEFAULT_MAX_LENGTH = settings_lib.DEFAULT_MAX_LENGTH
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-  """Decodes a batch of encoded images to float32 [N, size, size, 3] in [0, 255].
+  """Decodes a batch of encoded images to float32 [N, size, size, 3], 0 to 255.
 
   JPEG, PNG, GIF (first frame) and BMP are accepted; greyscale and alpha are
   converted to 3 channels. Resizing keeps values in the [0, 255] range so that

@@ -1,9 +1,9 @@
 """Tests for components.image_example_gen.
 
 They run the real executor (Beam DirectRunner) on tiny image trees written by
-the tests, with exec_properties taken from the factory-built component: the layouts
-(folder per class, split folders, a CSV manifest), the splits, and every
-bad-input case with its reason in the ingestion report.
+the tests, with exec_properties taken from the factory-built component: the
+layouts (folder per class, split folders, a CSV manifest), the splits, and
+every bad-input case with its reason in the ingestion report.
 """
 
 import hashlib
@@ -148,8 +148,8 @@ def test_manifest(tmp_path):
   assert report['ingested_per_class'] == {'cat': 3, 'dog': 3}
   assert _reasons(report) == {
       '../outside.jpg': "path escapes the data root via '..'",
-      f'{tmp_path}/outside.jpg':
-          'absolute path in manifest: paths must be relative to the data root',
+      f'{tmp_path}/outside.jpg': ('absolute path in manifest: paths must be '
+                                  'relative to the data root'),
       'imgs/missing.jpg': 'file not found',
       'imgs/0.jpg': 'duplicate of manifest line 2',
   }

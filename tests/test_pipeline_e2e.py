@@ -11,7 +11,6 @@ previous model still serves.
 import os
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
 import helpers

@@ -185,8 +185,8 @@ def test_symlinks_fifos_and_undecodable_names(tmp_path):
   real = os.path.realpath
   assert _reasons(report) == {
       'cat/self.jpg': 'symlink loop (too many levels of symbolic links)',
-      'cat/dangling.jpg':
-          'broken symlink (its target missing.jpg does not exist)',
+      'cat/dangling.jpg': ('broken symlink (its target missing.jpg does '
+                           'not exist)'),
       'cat/root_loop': f'symlinked folder points to {real(data)}, elsewhere '
                        'in the data root: not read, its files would count '
                        'twice',

@@ -7,7 +7,6 @@ BERT interface).
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
