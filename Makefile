@@ -1,6 +1,6 @@
-# The two commands a newcomer needs: `make demo` and `make test`.
-# Each creates .venv from uv.lock first (Python 3.10, TFX 1.16; see
-# docs/environment.md).
+# The two commands a newcomer needs: `make demo` and `make test`
+# (`make test-fast` for the edit-test loop). Each creates .venv from uv.lock
+# first (Python 3.10, TFX 1.16; see docs/environment.md).
 
 # The first Python 3.10 that runs: python3.10 on PATH, else pyenv's.
 PYTHON ?= $(shell for p in python3.10 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10.*/bin/python 2>/dev/null); do \
@@ -9,7 +9,7 @@ UV := .uv/bin/uv
 UV_VERSION := 0.13.9
 VENV := .venv
 
-.PHONY: demo test lint docs venv
+.PHONY: demo test test-fast lint docs venv
 
 venv: $(VENV)/.synced
 
@@ -25,6 +25,10 @@ demo: venv
 # The whole suite (about 24 minutes on 2 cores).
 test: venv
 	$(VENV)/bin/python -m pytest
+
+# The tests marked `fast` (tests/conftest.py): under 3 minutes on 2 cores.
+test-fast: venv
+	$(VENV)/bin/python -m pytest -m fast
 
 # Ruff's lint and format checks (settings in pyproject.toml).
 lint: venv

@@ -1,6 +1,7 @@
 """Shared test setup: tf_keras everywhere, bundled demo data, tiny datasets."""
 
 import os
+import re
 import sys
 
 import pytest
@@ -18,11 +19,73 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 RELIABILITY_CATEGORIES = ('bad input', 'interrupted run', 'concurrent runs',
                           'gate under faults', 'security')
 
+# The fast tier, `make test-fast` (`pytest -m fast`): tests that take seconds
+# and run no whole pipeline; under 3 minutes in all on 2 cores. An entry is a
+# module (all its tests) or a `module::test name` prefix.
+FAST_TESTS = (
+    'test_atomic_pusher.py',
+    'test_cli_workflow.py',
+    'test_kubeflow_compile.py',
+    'test_kubeflow_schedule.py',
+    'test_modalities.py',
+    'test_reliability_security.py',
+    'test_report.py',
+    'test_domain_adaptation.py::test_reversal_',
+    'test_domain_adaptation.py::test_ganin_schedule',
+    'test_domain_adaptation.py::test_dann_loss_gradients_per_part',
+    'test_domain_adaptation.py::test_class_weights_weigh_the_source_label',
+    'test_domain_adaptation.py::test_adapted_phase_needs_trainable_backbone',
+    'test_domain_adaptation.py::test_target_dataset_reads_any_nesting',
+    'test_domain_adaptation.py::test_settings_off_by_default_and_checked',
+    'test_embedding_cache.py::test_cache_round_trips_the_embeddings',
+    'test_image_example_gen.py::test_bad_files_are_rejected_with_reasons',
+    'test_image_example_gen.py::test_custom_config',
+    'test_image_example_gen.py::test_manifest_errors',
+    'test_model.py::test_keras_is_tf_keras',
+    'test_model.py::test_unknown_backbone_is_a_clear_error',
+    'test_pretrained_weights.py::test_missing_package_error',
+    'test_text_encoder.py::test_vocab_file_is_the_tokenizer_json_vocabulary',
+    'test_text_encoder.py::test_token_ids_match_hugging_face',
+    'test_text_encoder.py::test_truncation_keeps_cls_and_sep',
+    'test_text_example_gen.py::test_bad_csv_rows_are_counted_with_reasons',
+    'test_text_example_gen.py::test_custom_config_round_trip',
+    'test_training_options.py::test_bad_settings_name_their_key',
+    'test_training_options.py::test_balanced_and_explicit_class_weights',
+    'test_training_options.py::test_default_settings_are_one_phase_2',
+    'test_training_options.py::test_lr_schedule_values',
+    'test_training_options.py::test_unfreeze_settings_on_mobilenet',
+)
+
 
 def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'reliability(category): a reliability guarantee test; '
       f'category is one of {RELIABILITY_CATEGORIES}.')
+  config.addinivalue_line(
+      'markers', 'fast: in the fast tier, `make test-fast` (FAST_TESTS).')
+  _check_fast_tests()
+
+
+def _check_fast_tests():
+  """Each FAST_TESTS entry names a module, and a test in it: none goes stale."""
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  for entry in FAST_TESTS:
+    module, _, test = entry.partition('::')
+    path = os.path.join(tests_dir, module)
+    if not os.path.exists(path):
+      raise pytest.UsageError(f'FAST_TESTS in tests/conftest.py: {entry!r} '
+                              f'names no module tests/{module}')
+    with open(path, encoding='utf-8') as f:
+      if not re.search(rf'^\s*def {re.escape(test)}', f.read(), re.M):
+        raise pytest.UsageError(f'FAST_TESTS in tests/conftest.py: {entry!r} '
+                                f'names no test in tests/{module}')
+
+
+def pytest_collection_modifyitems(items):
+  """Marks the tests FAST_TESTS names `fast`."""
+  for item in items:
+    if f'{item.path.name}::{item.name}'.startswith(FAST_TESTS):
+      item.add_marker(pytest.mark.fast)
 
 
 @pytest.hookimpl(hookwrapper=True)
