@@ -81,7 +81,12 @@ def train_directly(pipeline_root: str, output_dir: str,
 
 def split_rows(pipeline_root: str, split: str) -> List[Dict[str, str]]:
   """Every example ExampleGen put in `split`, its string features decoded."""
-  examples = latest_artifact(pipeline_root, 'FileBasedExampleGen', 'examples')
+  return artifact_rows(
+      latest_artifact(pipeline_root, 'FileBasedExampleGen', 'examples'), split)
+
+
+def artifact_rows(examples: str, split: str) -> List[Dict[str, str]]:
+  """Every example of an Examples artifact's split, string features decoded."""
   records = tf.data.TFRecordDataset(
       glob.glob(os.path.join(examples, f'Split-{split}', '*')),
       compression_type='GZIP')
