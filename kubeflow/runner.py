@@ -10,6 +10,8 @@ The IR holds the pipeline definition that the local runner runs
 * data_root, the Evaluator's gate and the Trainer's settings are runtime
   parameters (`pipeline.pipeline.runtime_parameters`).
 * The Trainer can request CPUs, memory and GPUs.
+* Every component runs kubeflow/entrypoint.py, TFX's V2 entrypoint given
+  back the input artifact types that KFP's driver drops.
 * Persistent volume claims can be mounted into every step, for clusters
   without a bucket: the pipeline root and data then live on the volume.
 
@@ -42,6 +44,8 @@ from pipeline import settings as settings_lib
 # Where kubeflow/Dockerfile puts the project, and the demo data inside it.
 IMAGE_PROJECT_ROOT = settings_lib.IMAGE_PROJECT_ROOT
 IMAGE_DEMO_DATA = settings_lib.IMAGE_DEMO_DATA
+# The command of every component (kubeflow/entrypoint.py).
+ENTRYPOINT = ('python', '-m', 'kubeflow.entrypoint')
 
 ResourceSpec = (
     pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec
@@ -162,9 +166,12 @@ def compile_pipeline(
   # `parameterValues`, which TFX's entrypoint reads only with 2.1 (with 2.0 a
   # task sees no execution properties), and only 2.1 passes each container the
   # inputs spec that turns integers, sent as doubles, back into ints.
+  # Every container runs kubeflow/entrypoint.py, which gives input artifacts
+  # back the type KFP's driver drops, then runs TFX's V2 entrypoint.
   runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
       kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
-          default_image=image, use_pipeline_spec_2_1=True))
+          default_image=image, use_pipeline_spec_2_1=True,
+          default_commands=list(ENTRYPOINT)))
   job = runner.run(pipeline, write_out=False)
   spec = json_format.ParseDict(job['pipelineSpec'],
                                pipeline_spec_pb2.PipelineSpec())

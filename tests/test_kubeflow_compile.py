@@ -98,9 +98,9 @@ def test_every_component_runs_in_the_image(compiled):
   for task in CONTAINER_TASKS:
     container = _executor(spec, task)['container']
     assert container['image'] == IMAGE, task
-    assert container['command'] == [
-        'python', '-m',
-        'tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor']
+    # kubeflow/entrypoint.py: TFX's V2 entrypoint given back the input
+    # types KFP's driver drops (tests/test_kubeflow_entrypoint.py).
+    assert container['command'] == ['python', '-m', 'kubeflow.entrypoint']
   assert 'resolver' not in json.dumps(spec['deploymentSpec']).lower()
 
 
@@ -465,6 +465,9 @@ def test_code_in_the_ir_is_in_the_image(compiled):
     assert _in_image(image_path) == source.replace(os.sep, '/'), reference
     # The project is installed (editable) from /pipeline: importable anywhere.
     assert any(fnmatch.fnmatch(package, p) for p in installed), reference
+  # The command: python -m kubeflow.entrypoint.
+  assert _in_image(runner.IMAGE_PROJECT_ROOT + '/kubeflow/entrypoint.py') == (
+      'kubeflow/entrypoint.py')
   assert in_project == {
       'components.image_example_gen.ImageExampleGenExecutor',
       'components.atomic_pusher.AtomicPusherExecutor',
