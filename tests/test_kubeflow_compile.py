@@ -243,14 +243,14 @@ def test_cluster_settings(compiled):
 
 
 def test_volumes_are_mounted_in_every_step(tmp_path, capsys):
-  """Clusters without a bucket: the pipeline root on a mounted claim."""
+  """Data on a claim; artifacts in a bucket, as KFP requires."""
   path = tmp_path / 'pipeline.yaml'
   assert cli.main([
-      'compile', '--image', IMAGE, '--output-dir', '/mnt/tfx/transfer',
+      'compile', '--image', IMAGE, '--output-dir', 's3://bucket/transfer',
       '--volume', 'tfx-pvc:/mnt/tfx', '--volume', 'images:/data',
       '--data-root', '/data/fashion', '--output', str(path)]) == 0
   spec, platform = yaml.safe_load_all(path.read_text())
-  assert spec['defaultPipelineRoot'] == '/mnt/tfx/transfer/pipeline_root'
+  assert spec['defaultPipelineRoot'] == 's3://bucket/transfer/pipeline_root'
   executors = platform['platforms']['kubernetes']['deploymentSpec'][
       'executors']
   assert set(executors) == set(spec['deploymentSpec']['executors'])
@@ -267,13 +267,15 @@ def test_volumes_are_mounted_in_every_step(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--output-dir', '/mnt/tfx/transfer'], 'on no volume the pods mount'),
-    (['--output-dir', '/mnt/tfxother', '--volume', 'tfx-pvc:/mnt/tfx'],
-     'on no volume the pods mount'),
-    (['--output-dir', 'relative/dir'], 'absolute path'),
-    (['--output-dir', '/mnt/tfx/a', '--volume', 'tfx-pvc:/mnt/tfx',
+    # KFP's launcher keeps artifacts only in object stores.
+    (['--output-dir', '/mnt/tfx/transfer', '--volume', 'tfx-pvc:/mnt/tfx'],
+     'a mounted volume cannot hold the pipeline root'),
+    (['--output-dir', 'relative/dir'], 'must be gs://BUCKET/... or s3://'),
+    (['--output-dir', 'minio://mlpipeline/v2'], 'TFX cannot write minio://'),
+    (['--output-dir', 'gs://b/a', '--data-root', 'images'], 'absolute path'),
+    (['--output-dir', 'gs://b/a', '--volume', 'tfx-pvc:/mnt/tfx',
       '--output', 'pipeline.json'], 'give a .yaml output'),
-    (['--output-dir', '/mnt/tfx/a', '--volume', 'tfx-pvc'], 'CLAIM:/'),
+    (['--output-dir', 'gs://b/a', '--volume', 'tfx-pvc'], 'CLAIM:/'),
 ])
 def test_paths_the_pods_cannot_share_are_refused(args, message, tmp_path,
                                                  capsys):

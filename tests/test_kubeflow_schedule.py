@@ -3,9 +3,11 @@
 The fake serves, on 127.0.0.1 only, the KFP v2beta1 REST endpoints that the
 kfp 2.5 client calls for these commands, records every request, and can fail
 any of them. The package is the golden compiled pipeline. Checked: the
-request bodies (cron, pinned version id, parameters), the rollback when the
-upload or the recurring run fails, and authentication and unreachable
-endpoints.
+request bodies (cron, pinned version id, parameters, the pipeline root of
+every run), the rollback when the upload or the recurring run fails,
+authentication and unreachable endpoints, and bad pipeline roots, refused
+before any request. The golden root (gs://example-bucket/...) cannot be
+reached from here: the tests that get as far as KFP pass --skip-root-check.
 """
 
 import argparse
@@ -199,8 +201,13 @@ def _defaults() -> Dict[str, str]:
           _package()['root']['inputDefinitions']['parameters'].items()}
 
 
-def _run(server: FakeKfp, *args: str) -> int:
+ROOT = 'gs://example-bucket/tfx-transfer/pipeline_root'
+
+
+def _run(server: FakeKfp, *args: str, check_root: bool = False) -> int:
   command, *rest = args
+  if command in ('schedule', 'run-once') and not check_root:
+    rest.append('--skip-root-check')
   return cli.main([command, '--host', server.host, '--package', PACKAGE,
                    *rest])
 
@@ -237,6 +244,8 @@ def test_schedule_uploads_then_creates_a_recurring_run(kfp_server, capsys):
   assert body['experiment_id'] == 'experiment-1'
   assert body['pipeline_version_reference'] == {
       'pipeline_id': 'pipeline-1', 'pipeline_version_id': 'version-1'}
+  # The compiled root: KFP would not read it from the spec.
+  assert body['runtime_config']['pipeline_root'] == ROOT
   # What was given, and the compiled defaults for the rest.
   assert body['runtime_config']['parameters'] == {
       **_defaults(),
@@ -259,7 +268,8 @@ def test_schedule_adds_a_version_to_an_existing_pipeline(kfp_server):
   recurring_run, = kfp_server.calls('POST', f'{API}/recurringruns')
   assert recurring_run.body['pipeline_version_reference'][
       'pipeline_id'] == 'pipeline-7'
-  assert recurring_run.body['runtime_config'] == {'parameters': _defaults()}
+  assert recurring_run.body['runtime_config'] == {'parameters': _defaults(),
+                                                  'pipeline_root': ROOT}
 
 
 def test_failed_upload_creates_no_recurring_run(kfp_server, capsys):
@@ -294,6 +304,7 @@ def test_run_once(kfp_server):
   assert run.body['display_name'] == 'try-1'
   assert run.body['pipeline_version_reference'] == {
       'pipeline_id': 'pipeline-1', 'pipeline_version_id': 'version-1'}
+  assert run.body['runtime_config']['pipeline_root'] == ROOT
   gate = json.loads(run.body['runtime_config']['parameters']['eval_config'])
   assert gate == proto_utils.proto_to_dict(pipeline_lib.eval_config(0.8, 0.02))
   assert not kfp_server.calls('POST', f'{API}/recurringruns')
@@ -331,9 +342,7 @@ def test_auth_failure_is_clear_and_creates_nothing(kfp_server, capsys,
 
 
 def test_unreachable_endpoint(capsys):
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]  # Nothing listens there once closed.
+  port = _closed_port()
   assert cli.main(['upload', '--host', f'http://127.0.0.1:{port}',
                    '--package', PACKAGE]) == cli.EXIT_BAD_INPUT
   assert 'Cannot reach KFP at' in capsys.readouterr().err
@@ -360,3 +369,46 @@ def test_subcommands_mount_into_another_cli(kfp_server):
                             PACKAGE])
   assert cli.dispatch(args) == cli.EXIT_OK
   assert kfp_server.calls('POST', f'{API}/pipelines/upload_version')
+
+
+def test_the_pipeline_root_can_be_overridden(kfp_server):
+  assert _run(kfp_server, 'run-once', '--pipeline-root',
+              's3://other-bucket/root') == 0
+  run, = kfp_server.calls('POST', f'{API}/runs')
+  assert run.body['runtime_config']['pipeline_root'] == 's3://other-bucket/root'
+
+
+def _closed_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]  # Nothing listens there once closed.
+
+
+@pytest.mark.parametrize('command', ['schedule', 'run-once'])
+@pytest.mark.parametrize('root, message', [
+    ('/mnt/tfx/pipeline_root', 'a mounted volume cannot hold'),
+    ('minio://mlpipeline/v2/artifacts', 'TFX cannot write minio://'),
+    ('gs://', 'must be gs://BUCKET'),
+    ('s3://bucket/root', 'cannot reach http://127.0.0.1:'),
+])
+def test_bad_pipeline_roots_send_nothing(kfp_server, monkeypatch, capsys,
+                                         command, root, message):
+  monkeypatch.setenv('AWS_ENDPOINT_URL', f'http://127.0.0.1:{_closed_port()}')
+  monkeypatch.delenv('AWS_ENDPOINT_URL_S3', raising=False)
+  args = [command, '--pipeline-root', root]
+  if command == 'schedule':
+    args += ['--cron', CRON]
+  assert _run(kfp_server, *args, check_root=True) == cli.EXIT_BAD_INPUT
+  assert message in capsys.readouterr().err
+  assert not kfp_server.requests
+
+
+def test_a_package_without_a_root_sends_nothing(kfp_server, tmp_path, capsys):
+  package = _package()
+  del package['defaultPipelineRoot']
+  path = tmp_path / 'pipeline.json'
+  path.write_text(json.dumps(package))
+  assert cli.main(['run-once', '--host', kfp_server.host, '--package',
+                   str(path)]) == cli.EXIT_BAD_INPUT
+  assert 'No pipeline root' in capsys.readouterr().err
+  assert not kfp_server.requests
