@@ -39,10 +39,11 @@ def add_subcommands(subparsers) -> None:
       description='Compiles the pipeline that `tfx-transfer run` runs into a '
       'KFP PipelineSpec for the image built from kubeflow/Dockerfile, from '
       'the same settings (--config FILE, then the flags). Paths are as the '
-      'pods see them: a bucket (gs://...) or a mounted volume; --output-dir '
-      '(or output_dir in the file) is required, e.g. '
-      'gs://BUCKET/tfx-transfer. The data root defaults to the demo data '
-      'inside the image.')
+      'pods see them. --output-dir (or output_dir in the file) is required '
+      'and must be a bucket, gs://BUCKET/... or s3://BUCKET/... (KFP keeps '
+      'artifacts only in object stores). The data root may be a bucket, a '
+      'mounted volume or a folder in the image (default: the demo data '
+      'inside the image).')
   compile_.add_argument('--image', required=True,
                         help='The image, e.g. REGISTRY/tfx-transfer:TAG; use a '
                         'new tag for every code change.')
@@ -57,8 +58,9 @@ def add_subcommands(subparsers) -> None:
   compile_.add_argument(
       '--volume', action='append', default=[], metavar='CLAIM:/MOUNT/PATH',
       help='Mount this PersistentVolumeClaim at this path in every step '
-      '(repeatable); --output-dir and --data-root may then be paths under it. '
-      'The output is then YAML: give --output build/kubeflow/pipeline.yaml.')
+      '(repeatable); --data-root may then be a path under it (the output dir '
+      'may not: KFP needs an object store). The output is then YAML: give '
+      '--output build/kubeflow/pipeline.yaml.')
   compile_.add_argument(
       '--beam-arg', action='append', dest='beam_args', metavar='FLAG',
       help='A Beam pipeline option for ExampleGen, StatisticsGen, Transform '
@@ -144,6 +146,16 @@ def _add_kfp_flags(parser) -> None:
 
 def _add_run_flags(parser) -> None:
   """Runtime parameters; what is not given keeps the compiled default."""
+  parser.add_argument(
+      '--pipeline-root',
+      help='Where the runs keep their artifacts, gs://BUCKET/... or '
+      's3://BUCKET/... (default: the compiled <output-dir>/pipeline_root). '
+      'KFP does not read the root compiled into the package: every run is '
+      'given this one.')
+  parser.add_argument(
+      '--skip-root-check', action='store_true',
+      help='Do not ask the pipeline root\'s endpoint whether the bucket '
+      'exists (for a store only the cluster can reach).')
   parser.add_argument('--experiment', help='Default: the pipeline name.')
   parser.add_argument('--name', help='Name of the run or recurring run.')
   settings_lib.add_flags(
@@ -184,18 +196,11 @@ def _endpoint(args) -> schedule.Endpoint:
       namespace=args.namespace)
 
 
-def _check_pod_path(flag: str, path: str, volumes, image_path: bool) -> None:
-  """A bucket URI, a path under a mounted volume, or one in the image."""
-  if '://' in path:
-    return
-  if not path.startswith('/'):
-    raise ValueError(f'{flag} must be a URI (gs://...) or an absolute path '
-                     f'as the pods see it, got {path!r}')
-  if not image_path and not any(v.holds(path) for v in volumes):
-    raise ValueError(
-        f'{flag} {path} is on no volume the pods mount, so each step would '
-        'write to its own container: use a bucket (gs://...) or mount a '
-        'claim with --volume CLAIM:/MOUNT/PATH')
+def _check_data_root(path: str) -> None:
+  """A bucket URI, or an absolute path in the image or on a mounted volume."""
+  if '://' not in path and not path.startswith('/'):
+    raise ValueError(f'--data-root must be a URI (gs://..., s3://...) or an '
+                     f'absolute path as the pods see it, got {path!r}')
 
 
 def _compile(args) -> int:
@@ -207,13 +212,13 @@ def _compile(args) -> int:
         'compile needs --output-dir (or output_dir in --config): where the '
         'pods write, e.g. gs://BUCKET/tfx-transfer')
   config.output_dir = config.output_dir.rstrip('/')
+  # The pipeline root, <output-dir>/pipeline_root, must be a bucket.
+  schedule.check_pipeline_root(config.output_dir, reach=False)
+  _check_data_root(config.data_root)
   settings_lib.check_models(config)  # Loads TF.
   # Imported here: it loads TensorFlow.
   from kubeflow import runner  # pylint: disable=g-import-not-at-top
   volumes = [runner.VolumeMount.parse(v) for v in args.volume]
-  _check_pod_path('--output-dir', config.output_dir, volumes, image_path=False)
-  # Read only: a folder baked into the image is fine.
-  _check_pod_path('--data-root', config.data_root, volumes, image_path=True)
   resources = runner.TrainerResources(
       cpu=args.trainer_cpu, memory_gb=args.trainer_memory_gb,
       gpus=args.trainer_gpus, gpu_type=args.trainer_gpu_type)
@@ -245,11 +250,18 @@ def _parameters(args, package: schedule.Package) -> dict:
       trainer=values.get('trainer'))
 
 
+def _pipeline_root(args, package: schedule.Package) -> str:
+  return schedule.check_pipeline_root(
+      args.pipeline_root or package.pipeline_root,
+      reach=not args.skip_root_check)
+
+
 def _schedule(args) -> int:
   schedule.check_cron(args.cron)
   package = schedule.Package.load(args.package)
+  root = _pipeline_root(args, package)
   result = schedule.schedule(
-      _endpoint(args), package, args.cron, _parameters(args, package),
+      _endpoint(args), package, args.cron, _parameters(args, package), root,
       max_concurrency=args.max_concurrency, experiment=args.experiment,
       name=args.name, pipeline_name=args.pipeline_name,
       version_name=args.version_name)
@@ -259,8 +271,9 @@ def _schedule(args) -> int:
 
 def _run_once(args) -> int:
   package = schedule.Package.load(args.package)
+  root = _pipeline_root(args, package)
   result = schedule.run_once(
-      _endpoint(args), package, _parameters(args, package),
+      _endpoint(args), package, _parameters(args, package), root,
       experiment=args.experiment, name=args.name,
       pipeline_name=args.pipeline_name, version_name=args.version_name)
   print(json.dumps(result))

@@ -12,8 +12,8 @@ The IR holds the pipeline definition that the local runner runs
 * The Trainer can request CPUs, memory and GPUs.
 * Every component runs kubeflow/entrypoint.py, TFX's V2 entrypoint given
   back the input artifact types that KFP's driver drops.
-* Persistent volume claims can be mounted into every step, for clusters
-  without a bucket: the pipeline root and data then live on the volume.
+* Persistent volume claims can be mounted into every step, for the data: the
+  pipeline root must be an object store (gs://, s3://), as KFP requires.
 
 The output is a bare PipelineSpec (schema 2.1.0) as JSON, what the KFP API
 server accepts as a pipeline version; with volumes, a YAML file holding it
@@ -197,9 +197,10 @@ def _fix_for_kfp(spec: pipeline_spec_pb2.PipelineSpec,
      values passed to `run(parameter_values=...)` into a PipelineJob's
      runtimeConfig, which a bare PipelineSpec has not): every run would have
      to pass every parameter. They become the root inputs' defaults.
-  2. The pipeline root only reaches the PipelineJob's gcsOutputDirectory; KFP
-     reads `defaultPipelineRoot` (without it, artifacts would go to KFP's
-     MinIO bucket, which TFX's file I/O cannot write).
+  2. The pipeline root only reaches the PipelineJob's gcsOutputDirectory; it
+     is written to `defaultPipelineRoot`, where `python -m kubeflow schedule`
+     and `run-once` read it to give every run its root (KFP's backend itself
+     ignores it for runs made through its API, kubeflow/schedule.py).
   3. ExampleGen's input fingerprint is computed by a `preCacheCheck` hook
      that only Vertex AI runs; KFP's cache key sees just the data_root
      string, so a scheduled run would reuse the first run's examples. Its

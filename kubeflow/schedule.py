@@ -4,6 +4,14 @@ Talks to the KFP API (v2beta1) through the kfp SDK client. Each command is all
 or nothing: a run or recurring run is created only after its pipeline version
 was uploaded, and when a step fails, the pipeline or version the command had
 created is deleted again.
+
+Every run and recurring run names its pipeline root: KFP's backend never
+reads the spec's `defaultPipelineRoot` for runs created through its API (it
+takes the run's root, else the `kfp-launcher` ConfigMap's, else
+`minio://mlpipeline/v2/artifacts`: kubeflow/pipelines
+`backend/src/v2/driver/root_dag.go` `RootDAG`), and TFX cannot write
+`minio://` URIs. `check_pipeline_root` refuses a root that KFP's launcher or
+TFX cannot use, or that does not answer.
 """
 
 import contextlib
@@ -31,6 +39,11 @@ HEALTHZ_PATH = '/apis/v2beta1/healthz'
 DATA_ROOT_PARAMETER = settings_lib.DATA_ROOT_PARAMETER
 EVAL_CONFIG_PARAMETER = settings_lib.EVAL_CONFIG_PARAMETER
 TRAINER_CONFIG_PARAMETER = settings_lib.TRAINER_CONFIG_PARAMETER
+# Roots both KFP's launcher (backend/src/v2/objectstore/config.go
+# ParseBucketPathToConfig) and TFX's file I/O (tf.io.gfile) accept.
+OBJECT_STORE_SCHEMES = ('gs://', 's3://')
+GCS_ENDPOINT = 'https://storage.googleapis.com'
+S3_ENDPOINT = 'https://s3.amazonaws.com'
 # KFP rejects recurring runs outside this range.
 MAX_CONCURRENCY_RANGE = range(1, 11)
 
@@ -115,6 +128,11 @@ class Package:
   @property
   def name(self) -> str:
     return self.spec['pipelineInfo']['name']
+
+  @property
+  def pipeline_root(self) -> Optional[str]:
+    """The root compiled in (`<output-dir>/pipeline_root`), if any."""
+    return self.spec.get('defaultPipelineRoot')
 
   @property
   def digest(self) -> str:
@@ -218,6 +236,66 @@ def check_cron(cron: str) -> None:
         'KFP would read a 5-field crontab line as starting with seconds.')
 
 
+def check_pipeline_root(root: Optional[str], reach: bool = True,
+                        timeout: float = 10) -> str:
+  """`root` if KFP and TFX can use it as a pipeline root and it answers.
+
+  Args:
+    root: gs://BUCKET/... or s3://BUCKET/... .
+    reach: Also ask the bucket's endpoint (without credentials) whether the
+      bucket exists: for S3, $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL
+      (e.g. MinIO's), else AWS; for GCS, $STORAGE_EMULATOR_HOST, else Google.
+    timeout: Seconds to wait for the endpoint.
+
+  Raises:
+    ValueError: No root, or one that is not a gs:// or s3:// bucket.
+    UnreachableError: The endpoint does not answer or has no such bucket.
+  """
+  if not root:
+    raise ValueError(
+        'No pipeline root: the package has no defaultPipelineRoot. Compile '
+        'it with --output-dir gs://... or s3://..., or pass --pipeline-root.')
+  if not root.startswith(OBJECT_STORE_SCHEMES) or not root.split(
+      '://', 1)[1].split('/')[0]:
+    hint = (' TFX cannot write minio:// URIs: use s3://BUCKET/... with '
+            'AWS_ENDPOINT_URL set to the MinIO endpoint in the pods.'
+            if root.startswith('minio://') else
+            ' KFP\'s launcher accepts only object stores: a mounted volume '
+            'cannot hold the pipeline root.')
+    raise ValueError(f'The pipeline root must be gs://BUCKET/... or '
+                     f's3://BUCKET/..., got {root!r}.{hint}')
+  if reach:
+    _check_bucket(root, timeout)
+  return root
+
+
+def _check_bucket(root: str, timeout: float) -> None:
+  """Asks the bucket's endpoint whether it exists (module docstring)."""
+  scheme, rest = root.split('://', 1)
+  bucket = rest.split('/')[0]
+  if scheme == 's3':
+    endpoint = (os.environ.get('AWS_ENDPOINT_URL_S3') or
+                os.environ.get('AWS_ENDPOINT_URL') or S3_ENDPOINT)
+  else:
+    endpoint = os.environ.get('STORAGE_EMULATOR_HOST') or GCS_ENDPOINT
+  url = f'{endpoint.rstrip("/")}/{bucket}'
+  opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                       _NoRedirect)
+  try:
+    opener.open(urllib.request.Request(url, method='HEAD'), timeout=timeout)
+  except urllib.error.HTTPError as e:
+    if e.code == 404:
+      raise UnreachableError(
+          f'Pipeline root {root}: {endpoint} has no bucket {bucket!r}.') from e
+    # 301/403: the bucket exists (in another region, or needs credentials).
+  except (urllib.error.URLError, OSError) as e:
+    raise UnreachableError(
+        f'Pipeline root {root}: cannot reach {endpoint}: '
+        f'{getattr(e, "reason", e)}. Set AWS_ENDPOINT_URL (S3, MinIO) or '
+        'STORAGE_EMULATOR_HOST (GCS) to the endpoint the pods use, or pass '
+        '--skip-root-check where only the cluster can reach it.') from e
+
+
 def upload(endpoint: Endpoint,
            package: Package,
            pipeline_name: Optional[str] = None,
@@ -234,6 +312,7 @@ def schedule(endpoint: Endpoint,
              package: Package,
              cron: str,
              parameters: Mapping[str, str],
+             pipeline_root: str,
              max_concurrency: int = 1,
              experiment: Optional[str] = None,
              name: Optional[str] = None,
@@ -246,6 +325,7 @@ def schedule(endpoint: Endpoint,
     package: The compiled pipeline.
     cron: When to run, KFP's 6-field cron (`check_cron`).
     parameters: Runtime parameter values (`run_parameters`).
+    pipeline_root: Where every run's artifacts go (`check_pipeline_root`).
     max_concurrency: How many runs may be active at once (1 to 10).
     experiment: Experiment name; default the pipeline name.
     name: The recurring run's name.
@@ -271,7 +351,8 @@ def schedule(endpoint: Endpoint,
           params=dict(parameters),
           pipeline_id=version.pipeline_id,
           version_id=version.version_id,
-          enabled=True)
+          enabled=True,
+          pipeline_root=pipeline_root)
     return {'recurring_run_id': recurring_run.recurring_run_id}
 
   return _upload_then(endpoint, package, experiment, pipeline_name,
@@ -281,6 +362,7 @@ def schedule(endpoint: Endpoint,
 def run_once(endpoint: Endpoint,
              package: Package,
              parameters: Mapping[str, str],
+             pipeline_root: str,
              experiment: Optional[str] = None,
              name: Optional[str] = None,
              pipeline_name: Optional[str] = None,
@@ -295,7 +377,8 @@ def run_once(endpoint: Endpoint,
           job_name=run_name,
           params=dict(parameters),
           pipeline_id=version.pipeline_id,
-          version_id=version.version_id)
+          version_id=version.version_id,
+          pipeline_root=pipeline_root)
     return {'run_id': run.run_id}
 
   return _upload_then(endpoint, package, experiment, pipeline_name,
