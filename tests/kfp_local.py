@@ -77,8 +77,9 @@ Where this machine differs: a task's pod is a folder of its own
 (`<work_dir>/pods/<run>/<task>/`) under which the pod's absolute paths
 (`/s3/...`, `/tmp/kfp_outputs/...`) lie, and a claim is a host folder
 linked at its mount path while its task runs; the command runs with this
-virtualenv's `python`, not in the image; Argo's retries and KFP's UI are not
-emulated. `allow_local_root=True` skips the object-store check only, for
+virtualenv's `python`, not in the image; objects are listed and copied
+with boto3 (S3, MinIO: $AWS_ENDPOINT_URL) or google-cloud-storage, not Go's
+gocloud; Argo's retries and KFP's UI are not emulated. `allow_local_root=True` skips the object-store check only, for
 runs on this disk where no object store serves on loopback.
 """
 
@@ -559,36 +560,34 @@ class Kfp:
     return artifact_id
 
   def _download(self, uri: str, pod: str) -> None:
-    """`downloadArtifacts`: the objects under `uri` into the pod's disk."""
+    """`downloadArtifacts`, `objectstore.DownloadBlob`: the objects under
+    `uri` into the pod's disk."""
     local = local_path_for_uri(uri)
     if local is None:
       logging.warning('Input Artifact does not have a recognized storage URI '
                       '%r. Skipping downloading to local path.', uri)
       return
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     target = os.path.join(pod, local.lstrip('/'))
-    for directory, _, files in tf.io.gfile.walk(uri):
-      relative = directory[len(uri):].lstrip('/')
-      os.makedirs(os.path.join(target, relative), exist_ok=True)
-      for file_name in files:
-        tf.io.gfile.copy(f'{directory.rstrip("/")}/{file_name}',
-                         os.path.join(target, relative, file_name),
-                         overwrite=True)
+    store = _Bucket(uri)
+    for key in store.keys():
+      path = os.path.join(target, os.path.relpath(key, store.prefix))
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      store.download(key, path)
 
   def _upload(self, uri: str, pod: str) -> None:
-    """`uploadOutputArtifacts`: the local path, if it exists, to `uri`."""
+    """`uploadOutputArtifacts`, `objectstore.UploadBlob`: the local path, if
+    it exists, to `uri`."""
     local = local_path_for_uri(uri)
     path = local and os.path.join(pod, local.lstrip('/'))
     if not path or not os.path.exists(path):
       logging.info('Local filepath %r does not exist: nothing uploaded', path)
       return
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    store = _Bucket(uri)
     for directory, _, files in os.walk(path):
-      relative = os.path.relpath(directory, path)
       for file_name in files:
-        tf.io.gfile.copy(os.path.join(directory, file_name),
-                         f'{uri}/{relative}/{file_name}'.replace('/./', '/'),
-                         overwrite=True)
+        relative = os.path.relpath(os.path.join(directory, file_name), path)
+        store.upload(os.path.join(directory, file_name),
+                     f'{store.prefix}/{relative}')
 
   @contextlib.contextmanager
   def _mounted(self, mounts: List[Dict[str, Any]]) -> Iterator[None]:
@@ -613,3 +612,47 @@ class Kfp:
     finally:
       for path in made:
         os.unlink(path)
+
+
+class _Bucket:
+  """The objects under a gs://, s3:// or minio:// URI, as the launcher's
+  gocloud bucket sees them (S3 and MinIO through boto3 and
+  $AWS_ENDPOINT_URL; not tensorflow-io, which aborts the process at exit)."""
+
+  def __init__(self, uri: str):
+    scheme, rest = uri.split('://', 1)
+    self.name, _, prefix = rest.partition('/')
+    self.prefix = prefix.rstrip('/')
+    if scheme == 'gs':
+      from google.cloud import storage  # pylint: disable=g-import-not-at-top
+      self._gcs = storage.Client().bucket(self.name)
+      self._s3 = None
+    else:
+      import boto3  # pylint: disable=g-import-not-at-top
+      self._s3 = boto3.client('s3', endpoint_url=(
+          os.environ.get('AWS_ENDPOINT_URL_S3') or
+          os.environ.get('AWS_ENDPOINT_URL')))
+
+  def keys(self) -> Iterator[str]:
+    """Object keys under the prefix (`isBlobKeyUnderPrefix`)."""
+    if self._s3 is None:
+      names = (b.name for b in self._gcs.list_blobs(prefix=self.prefix))
+    else:
+      pages = self._s3.get_paginator('list_objects_v2').paginate(
+          Bucket=self.name, Prefix=self.prefix)
+      names = (o['Key'] for page in pages for o in page.get('Contents', []))
+    for name in names:
+      if name.startswith(self.prefix + '/') and not name.endswith('/'):
+        yield name
+
+  def download(self, key: str, path: str) -> None:
+    if self._s3 is None:
+      self._gcs.blob(key).download_to_filename(path)
+    else:
+      self._s3.download_file(self.name, key, path)
+
+  def upload(self, path: str, key: str) -> None:
+    if self._s3 is None:
+      self._gcs.blob(key).upload_from_filename(path)
+    else:
+      self._s3.upload_file(path, self.name, key)
