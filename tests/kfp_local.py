@@ -79,8 +79,9 @@ Where this machine differs: a task's pod is a folder of its own
 linked at its mount path while its task runs; the command runs with this
 virtualenv's `python`, not in the image; objects are listed and copied
 with boto3 (S3, MinIO: $AWS_ENDPOINT_URL) or google-cloud-storage, not Go's
-gocloud; Argo's retries and KFP's UI are not emulated. `allow_local_root=True` skips the object-store check only, for
-runs on this disk where no object store serves on loopback.
+gocloud; Argo's retries and KFP's UI are not emulated.
+`allow_local_root=True` skips the object-store check only, for runs on this
+disk where no object store serves on loopback.
 """
 
 import contextlib
@@ -327,9 +328,10 @@ class Kfp:
         fingerprint = self._fingerprint(executor_input, container, component,
                                         mounts)
         if fingerprint in self._cache:
+          cached = self._cache[fingerprint]
           results[name] = TaskResult(
               'cached', {key: self._runtime_artifact(artifact_id)
-                         for key, artifact_id in self._cache[fingerprint].items()},
+                         for key, artifact_id in cached.items()},
               executor_input, fingerprint)
           continue
       outputs = self._launch(name, pod, container, executor_input, mounts,
