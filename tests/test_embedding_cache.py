@@ -3,8 +3,16 @@
 The cache round-trips the embeddings; the cached phase 1 trains the
 classifier's own head and leaves the backbone untouched; the assembled
 classifier scores on images exactly what the head scored on the cached
-embeddings.
+embeddings. The embedding pass runs on every replica of the strategy: on 2
+logical CPU devices (tests/embedding_replicas_run.py, in a subprocess) both
+replicas embed examples and the cache equals the single-device cache, row
+for row.
 """
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -38,7 +46,8 @@ def test_cache_round_trips_the_embeddings(classifier, tmp_path):
   _, model = classifier
   embed = embedding_cache.embedding_model(model)
   path = str(tmp_path / 'cache.tfrecord')
-  assert embedding_cache.write_embeddings(embed, _dataset(), path) == 48
+  assert embedding_cache.write_embeddings(
+      tf.distribute.get_strategy(), embed, _dataset(), path) == [48]
   cached = list(embedding_cache.read_embeddings(path, 48, False, 0))
   (features, labels), = cached
   images, expected_labels = next(iter(_dataset().unbatch().batch(48)))
@@ -68,3 +77,22 @@ def test_cached_phase1_trains_the_classifiers_own_head(classifier):
   eval_loss, eval_accuracy = model.evaluate(_dataset(), verbose=0)
   assert eval_accuracy == pytest.approx(result['eval_accuracy'], abs=1e-6)
   assert eval_loss == pytest.approx(result['eval_loss'], rel=1e-4)
+
+
+def test_both_replicas_embed_and_the_cache_matches_one_device(tmp_path):
+  script = os.path.join(os.path.dirname(__file__), 'embedding_replicas_run.py')
+  process = subprocess.run([sys.executable, script, str(tmp_path)],
+                           capture_output=True, text=True, timeout=600,
+                           check=False)
+  verdicts = [line for line in process.stdout.splitlines()
+              if line.startswith('VERDICT ')]
+  assert process.returncode == 0 and verdicts, process.stderr[-3000:]
+  verdict = json.loads(verdicts[-1][len('VERDICT '):])
+  print(verdict)
+  assert verdict['replicas'] == 2
+  # 37 examples in batches of 8: each replica takes half of every batch.
+  assert verdict['per_replica_mirrored'] == [19, 18]
+  assert verdict['per_replica_single'] == [37]
+  assert verdict['labels_are_the_datasets'] and verdict['labels_equal']
+  assert verdict['shape'] == [37, 1024]
+  assert verdict['max_abs_difference'] < 1e-4
