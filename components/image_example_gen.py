@@ -402,18 +402,16 @@ class _ImagesToExample(ingestion.SplitToExamples):
           key: f'label {label!r} in manifest {self._pattern!r}'
           for _, label, key, _ in rows if label
       }
-      entries = pipeline | 'ManifestRows' >> beam.Create(rows)
     else:
-      class_folders, strays = _class_folders(self._input_base, self._pattern)
+      class_folders, rows = _class_folders(self._input_base, self._pattern)
       expected = {f: f'class folder {f!r}' for f in class_folders}
       raw_labels = [posixpath.basename(f) for f in class_folders]
-      entries = ((
-          pipeline
-          | 'ClassFolders' >> beam.Create(class_folders)
-          | 'ListFiles' >> beam.FlatMap(_list_class_files, self._input_base,
-                                        allow_outside),
-          pipeline | 'StrayFiles' >> beam.Create(strays))
-                 | 'Candidates' >> beam.Flatten())
+      for folder in class_folders:
+        rows.extend(_list_class_files(folder, self._input_base, allow_outside))
+    # Paths only (the files are read in Beam), in hash order: Beam spreads
+    # them over its workers and the shards come out unsorted by class.
+    entries = pipeline | 'Candidates' >> beam.Create(
+        ingestion.hash_order(rows, lambda entry: entry[0]))
     results = entries | 'Validate' >> beam.ParDo(
         _ValidateImage(self._input_base, self._options)).with_outputs(
             ingestion.REJECTED_TAG, main='accepted')

@@ -10,6 +10,7 @@ ValueError naming the data root when the data is unusable for training.
 import collections
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import posixpath
@@ -26,6 +27,9 @@ from google.protobuf import struct_pb2
 import tensorflow as tf
 from tfx import types
 from tfx.components.example_gen import base_example_gen_executor
+from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.example_gen import write_split
+from tfx.components.util import examples_utils
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
@@ -351,8 +355,8 @@ class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     records_dir = os.path.join(examples.uri, '.ingestion_records')
     if fileio.exists(records_dir):
       fileio.rmtree(records_dir)
-    super().Do(input_dict, output_dict,
-               {**exec_properties, RECORDS_DIR_KEY: records_dir})
+    self._write_splits(input_dict, output_dict,
+                       {**exec_properties, RECORDS_DIR_KEY: records_dir})
     report = build_report(
         _read_records(records_dir),
         exec_properties[standard_component_specs.INPUT_BASE_KEY],
@@ -364,6 +368,61 @@ class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
       f.write(json.dumps(report, indent=2, sort_keys=True))
     _log_report(report, report_path, self.ITEMS)
     check_report(report, report_path, self.ITEMS)
+
+
+  def _write_splits(self, input_dict: Dict[str, List[types.Artifact]],
+                    output_dict: Dict[str, List[types.Artifact]],
+                    exec_properties: Dict[str, Any]) -> None:
+    """BaseExampleGenExecutor.Do, writing each split without a shuffle.
+
+    TFX's `write_split.WriteSplit` puts every split through a Reshuffle (a
+    GroupByKey), which the local DirectRunner holds whole in memory. The
+    hash split needs no shuffle, so each split's shards are written straight
+    from the stage that reads and validates the files: memory stays flat in
+    the data's size. Entries are read in path-hash order (`hash_order`), so
+    the shards are not sorted by class; the Trainer shuffles on top.
+    """
+    self._log_startup(input_dict, output_dict, exec_properties)
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(
+        exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+        input_config)
+    output_config = example_gen_pb2.Output()
+    proto_utils.json_to_proto(
+        exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
+        output_config)
+    artifacts = output_dict[standard_component_specs.EXAMPLES_KEY]
+    artifact_utils.get_single_instance(artifacts).split_names = (
+        artifact_utils.encode_split_names(
+            example_gen_utils.generate_output_split_names(
+                input_config, output_config)))
+    with self._make_beam_pipeline() as pipeline:
+      for split, examples in self.GenerateExamplesByBeam(
+          pipeline, exec_properties).items():
+        _ = (examples
+             | f'Serialize[{split}]' >> beam.ParDo(write_split.MaybeSerialize())
+             | f'Write[{split}]' >> beam.io.WriteToTFRecord(
+                 os.path.join(artifact_utils.get_split_uri(artifacts, split),
+                              write_split.DEFAULT_TF_RECORD_FILE_NAME),
+                 file_name_suffix='.gz'))
+    payload_format = exec_properties.get(
+        standard_component_specs.OUTPUT_DATA_FORMAT_KEY)
+    file_format = exec_properties.get(
+        standard_component_specs.OUTPUT_FILE_FORMAT_KEY)
+    for artifact in artifacts:
+      if payload_format:
+        examples_utils.set_payload_format(artifact, payload_format)
+      if file_format:
+        examples_utils.set_file_format(
+            artifact, write_split.to_file_format_str(file_format))
+
+
+def hash_order(entries: Iterable[Any], key: Callable[[Any], str]) -> List[Any]:
+  """`entries` sorted by a hash of `key(entry)`: a fixed order that mixes
+  classes (listings and data files are often sorted by class), so the
+  Examples need no shuffle to be written unsorted."""
+  return sorted(entries, key=lambda entry: hashlib.sha256(
+      key(entry).encode('utf-8', 'surrogateescape')).digest())
 
 
 def _split_and_label(example: tf.train.Example, split: str) -> Tuple[str, str]:

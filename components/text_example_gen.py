@@ -359,7 +359,8 @@ class _RowsToExample(ingestion.SplitToExamples):
         f'{self._pattern}:{label}': f'label {label!r} in {self._pattern!r}'
         for label in labels if label
     }
-    candidates = pipeline | 'Rows' >> beam.Create(rows)
+    candidates = pipeline | 'Rows' >> beam.Create(
+        ingestion.hash_order(rows, lambda row: row[0]))
     results = candidates | 'Validate' >> beam.ParDo(
         _ValidateRow(self._input_base, self._pattern,
                      self._options)).with_outputs(
