@@ -486,23 +486,12 @@ def image_example_gen(
     ])
     output_config = example_gen_pb2.Output()
   else:
-    if (len(train_eval_buckets) != 2 or
-        any(not isinstance(b, int) or b < 1 for b in train_eval_buckets)):
-      raise ValueError('train_eval_buckets must be two positive integers, got '
-                       f'{train_eval_buckets!r}.')
+    output_config = ingestion.hash_split_config(train_eval_buckets,
+                                                PATH_FEATURE)
     input_config = example_gen_pb2.Input(splits=[
         example_gen_pb2.Input.Split(
             name='single_split', pattern=manifest or '*')
     ])
-    output_config = example_gen_pb2.Output(
-        split_config=example_gen_pb2.SplitConfig(
-            splits=[
-                example_gen_pb2.SplitConfig.Split(
-                    name='train', hash_buckets=train_eval_buckets[0]),
-                example_gen_pb2.SplitConfig.Split(
-                    name='eval', hash_buckets=train_eval_buckets[1]),
-            ],
-            partition_feature_name=PATH_FEATURE))
   return component.FileBasedExampleGen(
       input_base=data_root,
       input_config=input_config,

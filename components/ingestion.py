@@ -137,6 +137,27 @@ def check_opt_ins(options: NamedTuple) -> NamedTuple:
   return options
 
 
+def hash_split_config(train_eval_buckets: Tuple[int, int],
+                      partition_feature: str) -> example_gen_pb2.Output:
+  """The output config hashing `partition_feature` into train and eval.
+
+  Args:
+    train_eval_buckets: hash buckets of train and eval (4:1 = 80/20), two
+      positive integers (checked).
+    partition_feature: the feature hashed, so that a split stays put.
+  """
+  if (len(train_eval_buckets) != 2 or
+      any(not isinstance(b, int) or b < 1 for b in train_eval_buckets)):
+    raise ValueError('train_eval_buckets must be two positive integers, got '
+                     f'{train_eval_buckets!r}.')
+  return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+      splits=[
+          example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets)
+          for name, buckets in zip(('train', 'eval'), train_eval_buckets)
+      ],
+      partition_feature_name=partition_feature))
+
+
 def describe(error: Exception) -> str:
   return str(error) or type(error).__name__
 

@@ -430,25 +430,14 @@ def text_example_gen(
       max_rejected_fraction=max_rejected_fraction, max_pixels=max_pixels,
       allow_paths_outside_data_root=allow_paths_outside_data_root,
       require_every_split=require_every_split)
-  if (len(train_eval_buckets) != 2 or
-      any(not isinstance(b, int) or b < 1 for b in train_eval_buckets)):
-    raise ValueError('train_eval_buckets must be two positive integers, got '
-                     f'{train_eval_buckets!r}.')
+  output_config = ingestion.hash_split_config(
+      train_eval_buckets, PATH_FEATURE if image_column else TEXT_FEATURE)
   return component.FileBasedExampleGen(
       input_base=data_root,
       input_config=example_gen_pb2.Input(splits=[
           example_gen_pb2.Input.Split(name='single_split', pattern=data_file)
       ]),
-      output_config=example_gen_pb2.Output(
-          split_config=example_gen_pb2.SplitConfig(
-              splits=[
-                  example_gen_pb2.SplitConfig.Split(
-                      name='train', hash_buckets=train_eval_buckets[0]),
-                  example_gen_pb2.SplitConfig.Split(
-                      name='eval', hash_buckets=train_eval_buckets[1]),
-              ],
-              partition_feature_name=(PATH_FEATURE if image_column else
-                                      TEXT_FEATURE))),
+      output_config=output_config,
       custom_config=custom_config,
       custom_executor_spec=executor_spec.BeamExecutorSpec(
           TextExampleGenExecutor))

@@ -270,3 +270,27 @@ def test_custom_config():
     ieg.parse_custom_config('{"max_pixels": 5}')
   with pytest.raises(ValueError, match='max_rejected_fraction must be'):
     ieg.make_custom_config(max_rejected_fraction=2)
+
+
+@pytest.mark.parametrize('buckets', [(4,), (4, 0), (4.0, 1), (1, 2, 3)])
+def test_both_example_gens_check_the_buckets_alike(buckets):
+  from components import text_example_gen  # pylint: disable=g-import-not-at-top
+  for build in (lambda: ieg.image_example_gen('/data',
+                                              train_eval_buckets=buckets),
+                lambda: text_example_gen.text_example_gen(
+                    '/data', 'rows.csv', train_eval_buckets=buckets)):
+    with pytest.raises(ValueError, match='train_eval_buckets must be two '
+                       'positive integers'):
+      build()
+
+
+def test_both_example_gens_hash_into_train_and_eval():
+  from components import text_example_gen  # pylint: disable=g-import-not-at-top
+  image = ieg.image_example_gen('/data', train_eval_buckets=(3, 2))
+  text = text_example_gen.text_example_gen('/data', 'rows.csv',
+                                           train_eval_buckets=(3, 2))
+  for gen, feature in ((image, 'path'), (text, 'text')):
+    config = json.loads(gen.exec_properties['output_config'])['split_config']
+    assert config == {'splits': [{'name': 'train', 'hash_buckets': 3},
+                                 {'name': 'eval', 'hash_buckets': 2}],
+                      'partition_feature_name': feature}
