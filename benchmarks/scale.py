@@ -212,10 +212,10 @@ def run_child(spec: dict) -> dict:
   """Runs the nodes `spec` names on its data root; returns the figures."""
   # pylint: disable=g-import-not-at-top
   from tfx import v1 as tfx
-  from pipeline import config as config_lib
+  from pipeline import settings as settings_lib
   from pipeline import pipeline as pipeline_lib
   # pylint: enable=g-import-not-at-top
-  config = config_lib.PipelineConfig(
+  config = settings_lib.PipelineConfig(
       data_root=spec['data_root'], output_dir=spec['output_dir'],
       trainer=spec.get('trainer', {}),
       **({'beam_pipeline_args': spec['beam']} if spec.get('beam') else {}))
