@@ -637,9 +637,10 @@ class PipelineConfig(_Section):
       False, help='Read manifest paths outside data_root (../, absolute, '
       'symlinks); off: they are rejected with the reason.')
   beam_pipeline_args: List[str] = setting(
-      help="Beam options, e.g. ['--direct_num_workers=0'].",
-      factory=lambda: ['--direct_running_mode=in_memory',
-                       '--direct_num_workers=1'])
+      help=("Beam options; default: the DirectRunner with one worker "
+            "process per core (docs/performance.md)."),
+      factory=lambda: ['--direct_running_mode=multi_processing',
+                       '--direct_num_workers=0'])
 
   def __post_init__(self):
     if isinstance(self.trainer, Mapping):
