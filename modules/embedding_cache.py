@@ -2,8 +2,9 @@
 
 While the backbones are frozen, the head's input for an example (the pooled
 image or text features, or both towers' concatenated) never changes, so
-phase 1 computes it once per example, streams it to a temporary TFRecord file
-(memory stays bounded by one batch) and trains the head on the cache for all
+phase 1 computes it once per example, on every replica of the strategy,
+streams it to a temporary TFRecord file (memory stays bounded by one batch)
+and trains the head on the cache for all
 phase-1 epochs. The head layers are the classifier's own, so the assembled
 model is ready for phase 2 and for export. Exact only without training-time
 augmentation: the cache holds each example's one unaugmented view, so with
@@ -16,7 +17,7 @@ import math
 import os
 import tempfile
 import time
-from typing import Optional
+from typing import List, Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -41,18 +42,35 @@ def head_model(classifier: keras.Model) -> keras.Model:
   ], name='head')
 
 
-def write_embeddings(embed, dataset: tf.data.Dataset, path: str) -> int:
-  """Writes one record per batch of (embeddings, labels); returns the count."""
-  count = 0
+def write_embeddings(strategy: tf.distribute.Strategy, embedder: keras.Model,
+                     dataset: tf.data.Dataset, path: str) -> List[int]:
+  """Embeds `dataset` on every replica; writes one record per global batch.
+
+  Each global batch of (inputs, labels) is split across the strategy's
+  replicas (`experimental_distribute_dataset`), embedded with `strategy.run`
+  and written in the dataset's order. Returns the examples each replica
+  embedded.
+  """
+
+  @tf.function
+  def embed(inputs, labels):
+    return strategy.run(
+        lambda x, y: (tf.cast(embedder(x, training=False), tf.float32), y),
+        args=(inputs, labels))
+
+  counts = [0] * strategy.num_replicas_in_sync
   with tf.io.TFRecordWriter(path) as writer:
-    for inputs, labels in dataset:
-      embeddings = embed(inputs)
+    for inputs, labels in strategy.experimental_distribute_dataset(dataset):
+      embeddings, labels = (strategy.experimental_local_results(value)
+                            for value in embed(inputs, labels))
+      for replica, rows in enumerate(labels):
+        counts[replica] += int(rows.shape[0])
       writer.write(tf.train.Example(features=tf.train.Features(feature={
-          _EMBEDDINGS: _bytes(tf.io.serialize_tensor(embeddings)),
-          _LABELS: _bytes(tf.io.serialize_tensor(labels)),
+          _EMBEDDINGS: _bytes(tf.io.serialize_tensor(
+              tf.concat(embeddings, axis=0))),
+          _LABELS: _bytes(tf.io.serialize_tensor(tf.concat(labels, axis=0))),
       })).SerializeToString())
-      count += int(labels.shape[0])
-  return count
+  return counts
 
 
 def read_embeddings(path: str, batch_size: int, shuffle: bool,
@@ -97,7 +115,8 @@ def run_cached_phase1(
     head = head_model(model)
   with tempfile.TemporaryDirectory(prefix='phase1_embeddings_') as cache_dir:
     train_cache, eval_cache, train_count = _cache_embeddings(
-        model, train_dataset, eval_dataset, batch_size, seed, cache_dir)
+        model, strategy, train_dataset, eval_dataset, batch_size, seed,
+        cache_dir)
     options = dataclasses.replace(
         options or model_lib.FitOptions(),
         steps_per_epoch=math.ceil(train_count / batch_size))
@@ -109,21 +128,20 @@ def run_cached_phase1(
                                     fitted['early_stopping'])
 
 
-def _cache_embeddings(model, train_dataset, eval_dataset, batch_size, seed,
-                      cache_dir):
+def _cache_embeddings(model, strategy, train_dataset, eval_dataset,
+                      batch_size, seed, cache_dir):
   """Both splits' embeddings, written once to `cache_dir`, as datasets."""
   embedder = embedding_model(model)
-  embed = tf.function(
-      lambda x: tf.cast(embedder(x, training=False), tf.float32))
   started = time.time()
   paths = {split: os.path.join(cache_dir, f'{split}.tfrecord')
            for split in ('train', 'eval')}
-  counts = {split: write_embeddings(embed, dataset, paths[split])
+  counts = {split: sum(write_embeddings(strategy, embedder, dataset,
+                                        paths[split]))
             for split, dataset in (('train', train_dataset),
                                    ('eval', eval_dataset))}
   print(f'[trainer] phase1: cached embeddings of {counts["train"]} train and '
-        f'{counts["eval"]} eval examples in {time.time() - started:.1f} s',
-        flush=True)
+        f'{counts["eval"]} eval examples on {strategy.num_replicas_in_sync} '
+        f'replica(s) in {time.time() - started:.1f} s', flush=True)
   return (read_embeddings(paths['train'], batch_size, True, seed),
           read_embeddings(paths['eval'], batch_size, False, seed),
           counts['train'])

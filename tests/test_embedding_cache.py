@@ -50,8 +50,11 @@ def test_cache_round_trips_the_embeddings(classifier, tmp_path):
       tf.distribute.get_strategy(), embed, _dataset(), path) == [48]
   cached = list(embedding_cache.read_embeddings(path, 48, False, 0))
   (features, labels), = cached
-  images, expected_labels = next(iter(_dataset().unbatch().batch(48)))
-  np.testing.assert_allclose(features, embed(images), rtol=1e-5, atol=1e-6)
+  # What the pass computes: the embedder, traced, on each batch of 16.
+  traced = tf.function(lambda images: embed(images, training=False))
+  expected = np.concatenate([traced(images) for images, _ in _dataset()])
+  _, expected_labels = next(iter(_dataset().unbatch().batch(48)))
+  np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(labels, expected_labels)
   assert features.shape == (48, 1024)
 
