@@ -16,14 +16,12 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 import tf_keras as keras
 
 from modules import backbones
 from modules import embedding_cache
 from modules import model as model_lib
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 IMAGE_SIZE, EXAMPLES, BATCH = 32, 37, 8  # A partial last batch.
 rng = np.random.default_rng(0)
