@@ -10,16 +10,13 @@ here is ingested correctly or rejected with its path and reason, and
 read == ingested + rejected.
 """
 
-import ctypes
 import io
 import json
 import os
 import pathlib
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from typing import Dict, List
 
 import numpy as np
@@ -28,6 +25,7 @@ import pytest
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
+import helpers
 from components import image_example_gen as ieg
 from components import text_example_gen as teg
 from modules import preprocessing
@@ -93,16 +91,6 @@ def _adds_up(report: dict) -> None:
   assert counts['ingested'] == sum(report['ingested_per_split'].values())
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-  """A PNG that declares width x height but holds almost no pixel data."""
-  def chunk(kind, data):
-    return (struct.pack('>I', len(data)) + kind + data +
-            struct.pack('>I', zlib.crc32(kind + data)))
-  header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
-  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) +
-          chunk(b'IDAT', zlib.compress(b'\x00' * 64)) + chunk(b'IEND', b''))
-
-
 def test_colour_modes_are_ingested_and_decoded_as_rgb(tmp_path):
   red = Image.new('RGB', (16, 16), (220, 20, 20))
   images = {
@@ -137,8 +125,9 @@ def test_colour_modes_are_ingested_and_decoded_as_rgb(tmp_path):
 def test_decompression_bombs_are_rejected_from_the_header(tmp_path):
   _tree(tmp_path / 'data', {'cat': 4, 'dog': 4})
   # 10^10 pixels: past Pillow's own bomb limit; 10^8: past max_pixels.
-  _write(tmp_path / 'data/cat/bomb.png', _png_header_only(100_000, 100_000))
-  _write(tmp_path / 'data/dog/big.png', _png_header_only(10_000, 10_000))
+  _write(tmp_path / 'data/cat/bomb.png',
+         helpers.png_header_only(100_000, 100_000))
+  _write(tmp_path / 'data/dog/big.png', helpers.png_header_only(10_000, 10_000))
   assert os.path.getsize(tmp_path / 'data/cat/bomb.png') < 200
 
   started = time.time()
@@ -231,14 +220,6 @@ ieg.ImageExampleGenExecutor().Do({{}}, {{'examples': [examples]}},
 """
 
 
-def _drop_root_file_access() -> None:
-  """Makes root obey file permissions in the exec'd process (Linux)."""
-  libc = ctypes.CDLL(None, use_errno=True)
-  for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH.
-    if libc.prctl(24, capability, 0, 0, 0):  # PR_CAPBSET_DROP.
-      raise OSError(ctypes.get_errno(), 'prctl(PR_CAPBSET_DROP) failed')
-
-
 def test_unreadable_files_are_rejected(tmp_path):
   data, out = tmp_path / 'data', tmp_path / 'out'
   _tree(data, {'cat': 6, 'dog': 6})
@@ -249,7 +230,7 @@ def test_unreadable_files_are_rejected(tmp_path):
       [sys.executable, '-c', _RUN_EXECUTOR.format(
           project=str(pathlib.Path(__file__).resolve().parents[1]),
           data=str(data), out=str(out))],
-      preexec_fn=_drop_root_file_access if os.geteuid() == 0 else None,
+      preexec_fn=helpers.drop_root_file_access if os.geteuid() == 0 else None,
       capture_output=True, text=True, timeout=300, check=False)
   assert process.returncode == 0, process.stderr[-3000:]
   report = json.loads((out / ieg.REPORT_FILE_NAME).read_text())

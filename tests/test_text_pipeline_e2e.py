@@ -5,6 +5,8 @@ pushed model, which is then called on the raw held-out strings (and image
 bytes) and compared with a bag-of-words model (TF-IDF 1-2 grams + logistic
 regression, C by 5-fold CV) trained on the same split; it must beat that
 baseline and chance.
+Empty texts (and, for image+text, bad images) in a batch get their `status`
+while the other elements are classified as when alone (modules/serving.py).
 """
 
 import json
@@ -112,3 +114,40 @@ def test_image_text_model_beats_bag_of_words(fusion_run):
         f'{bag_of_words:.3f}, chance {chance:.3f}')
   assert accuracy >= 0.85
   assert accuracy > bag_of_words + 0.2
+
+
+@pytest.mark.reliability('bad input')
+def test_empty_texts_get_their_status_and_the_rest_are_classified(text_run):
+  _, result = text_run
+  texts = ['A moving, beautifully acted film.', 'Dull and badly written.']
+  alone = helpers.serve(result.pushed_to, text=texts)
+  mixed = helpers.serve(result.pushed_to,
+                        text=['', texts[0], ' \t\n', texts[1]])
+  assert mixed['status'].numpy().astype(str).tolist() == [
+      'empty', 'ok', 'empty', 'ok']
+  probabilities = mixed['probabilities'].numpy()
+  np.testing.assert_allclose(probabilities[[1, 3]],
+                             alone['probabilities'].numpy(), atol=1e-5)
+  assert not probabilities[[0, 2]].any()
+  assert mixed['label'].numpy()[[0, 2]].tolist() == [b'', b'']
+
+
+@pytest.mark.reliability('bad input')
+def test_image_text_elements_are_judged_image_first(fusion_run):
+  config, result = fusion_run
+  row = helpers.split_rows(config.pipeline_root, 'eval')[0]
+  with open(os.path.join(config.data_root, row['path']), 'rb') as f:
+    image = f.read()
+  alone = helpers.serve(result.pushed_to, image_bytes=[image],
+                        text=[row['text']])
+  mixed = helpers.serve(
+      result.pushed_to,
+      image_bytes=[b'', image, image, b'<html></html>', image],
+      text=[row['text'], '', row['text'], '', row['text']])
+  assert mixed['status'].numpy().astype(str).tolist() == [
+      'empty', 'empty', 'ok', 'unknown_format', 'ok']
+  probabilities = mixed['probabilities'].numpy()
+  for i in (2, 4):
+    np.testing.assert_allclose(probabilities[i],
+                               alone['probabilities'].numpy()[0], atol=1e-5)
+  assert not probabilities[[0, 1, 3]].any()
