@@ -25,28 +25,28 @@ DEFAULT_IMAGE_SIZE = settings_lib.DEFAULT_IMAGE_SIZE
 DEFAULT_MAX_LENGTH = settings_lib.DEFAULT_MAX_LENGTH
 
 
-def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-  """Decodes a batch of encoded images to float32 [N, size, size, 3], 0 to 255.
+def decode_one(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Decodes one encoded image to float32 [size, size, 3] in [0, 255].
 
   JPEG, PNG, GIF (first frame) and BMP are accepted; greyscale and alpha are
   converted to 3 channels. Resizing keeps values in the [0, 255] range so that
   each backbone applies its own `preprocess_input`.
   """
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  image = tf.image.resize(image, [image_size, image_size], antialias=True)
+  return tf.clip_by_value(image, 0.0, 255.0)
 
-  def _one(image_bytes):
-    image = tf.io.decode_image(
-        image_bytes, channels=3, expand_animations=False)
-    image = tf.image.resize(image, [image_size, image_size], antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
 
+def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Decodes a batch of encoded images [N] with `decode_one`."""
   return tf.map_fn(
-      _one,
+      lambda image_bytes: decode_one(image_bytes, image_size),
       encoded,
       fn_output_signature=tf.TensorSpec(
           [image_size, image_size, 3], tf.float32))
 
 
-def _dense_vector(tensor: tf.Tensor) -> tf.Tensor:
+def dense_vector(tensor: tf.Tensor) -> tf.Tensor:
   """Turns a [N, 1] dense or sparse string feature into a [N] tensor."""
   if isinstance(tensor, tf.SparseTensor):
     tensor = tf.sparse.to_dense(tensor, default_value='')
@@ -82,17 +82,17 @@ def preprocessing_fn(inputs, custom_config):
   if features.IMAGE_KEY in inputs:
     image_size = int(custom_config.get('image_size', DEFAULT_IMAGE_SIZE))
     outputs[features.IMAGE_XF] = decode_and_resize(
-        _dense_vector(inputs[features.IMAGE_KEY]), image_size)
+        dense_vector(inputs[features.IMAGE_KEY]), image_size)
   if features.TEXT_KEY in inputs:
     outputs.update(text_features(
-        _dense_vector(inputs[features.TEXT_KEY]),
+        dense_vector(inputs[features.TEXT_KEY]),
         custom_config.get('text_encoder', backbones.DEFAULT_TEXT_ENCODER),
         int(custom_config.get('max_length', DEFAULT_MAX_LENGTH))))
   if not outputs:
     raise ValueError(f'No {features.IMAGE_KEY!r} or {features.TEXT_KEY!r} '
                      f'feature among the raw features {sorted(inputs)}.')
   outputs[features.LABEL_XF] = tft.compute_and_apply_vocabulary(
-      _dense_vector(inputs[features.LABEL_KEY]),
+      dense_vector(inputs[features.LABEL_KEY]),
       vocab_filename=features.LABEL_VOCABULARY,
       default_value=-1)
   return outputs

@@ -7,7 +7,8 @@ or several fine-tuning phases) and exports a SavedModel
 whose signatures are
   * `serving_default`: raw inputs -> class names + probabilities. The inputs
     are `image_bytes` (encoded images), `text` (UTF-8 strings), or both for
-    image+text models;
+    image+text models; each element is judged before it is decoded and gets
+    a `status` (modules/serving.py): a bad one never fails the batch;
   * `serving_examples`: serialized tf.Examples -> the same outputs (Evaluator);
   * `transform_features`: serialized tf.Examples -> the label index (Evaluator;
     images and tokens are left out so the Evaluator never holds them).
@@ -34,7 +35,9 @@ from modules import domain_adaptation
 from modules import embedding_cache
 from modules import features
 from modules import model as model_lib
+from modules import preprocessing
 from modules import schedules
+from modules import serving
 from pipeline import settings as settings_lib
 
 TRAINING_SUMMARY_FILE = 'training_summary.json'
@@ -91,56 +94,59 @@ def class_names(tf_transform_output: tft.TFTransformOutput) -> List[str]:
   ]
 
 
-def make_serving_signatures(model: keras.Model,
-                            tf_transform_output: tft.TFTransformOutput,
-                            names: List[str]):
-  """The exported signatures; see the module docstring."""
+def make_serving_signatures(
+    model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+    names: List[str], max_pixels: Optional[int] = None):
+  """The exported signatures; see the module docstring and modules/serving.py.
+
+  Images whose header claims more than `max_pixels` (default: ingestion's)
+  are not decoded.
+  """
+  max_pixels = max_pixels or serving.ingestion_max_pixels()
   model.tft_layer = tf_transform_output.transform_features_layer()
   model.class_names = tf.constant(names)
   kind = modality(tf_transform_output)
   raw_feature_spec = tf_transform_output.raw_feature_spec()
   serving_spec = {k: raw_feature_spec[k] for k in features.RAW_INPUTS[kind]}
+  image_size = None
+  if kind != features.TEXT:
+    image_size = tf_transform_output.transformed_feature_spec()[
+        features.IMAGE_XF].shape[0]
 
-  def _raw(key, values):
-    """Serving inputs [N] in the raw feature's shape."""
-    return tf.reshape(values, [-1] + list(serving_spec[key].shape))
+  def _transform_text(texts):
+    shape = [-1] + list(serving_spec[features.TEXT_KEY].shape)
+    return model.tft_layer({features.TEXT_KEY: tf.reshape(texts, shape)})
+
+  def _probabilities(transformed):
+    logits = model(model_inputs(transformed, kind), training=False)
+    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
 
   def _predict_raw(raw):
-    return _predict(model_inputs(model.tft_layer(raw), kind))
-
-  def _predict(inputs):
-    probabilities = tf.nn.softmax(model(inputs, training=False), axis=-1)
-    top = tf.argmax(probabilities, axis=-1)
-    return {
-        'label': tf.gather(model.class_names, top),
-        'probability': tf.reduce_max(probabilities, axis=-1),
-        'classes': tf.broadcast_to(model.class_names, tf.shape(probabilities)),
-        'probabilities': probabilities,
-    }
+    return serving.classify(raw, _transform_text, _probabilities,
+                            model.class_names, image_size, max_pixels)
 
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name='image_bytes')])
   def serve_image_bytes(image_bytes):
-    return _predict_raw({features.IMAGE_KEY: _raw(features.IMAGE_KEY,
-                                                  image_bytes)})
+    return _predict_raw({features.IMAGE_KEY: image_bytes})
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='text')])
   def serve_text(text):
-    return _predict_raw({features.TEXT_KEY: _raw(features.TEXT_KEY, text)})
+    return _predict_raw({features.TEXT_KEY: text})
 
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name='image_bytes'),
       tf.TensorSpec([None], tf.string, name='text')])
   def serve_image_and_text(image_bytes, text):
-    return _predict_raw({
-        features.IMAGE_KEY: _raw(features.IMAGE_KEY, image_bytes),
-        features.TEXT_KEY: _raw(features.TEXT_KEY, text),
-    })
+    return _predict_raw({features.IMAGE_KEY: image_bytes,
+                         features.TEXT_KEY: text})
 
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name='examples')])
   def serve_examples(serialized):
-    return _predict_raw(tf.io.parse_example(serialized, serving_spec))
+    parsed = tf.io.parse_example(serialized, serving_spec)
+    return _predict_raw({k: preprocessing.dense_vector(v)
+                         for k, v in parsed.items()})
 
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name='examples')])
@@ -316,8 +322,9 @@ def run_fn(fn_args: tfx.components.FnArgs):
     results = train_two_phases(classifier, towers, strategy, train_dataset,
                                eval_dataset, config, callbacks=[tensorboard],
                                options=options)
-    signatures = make_serving_signatures(classifier, tf_transform_output,
-                                         names)
+    signatures = make_serving_signatures(
+        classifier, tf_transform_output, names,
+        max_pixels=serving.ingestion_max_pixels(fn_args.train_files))
     tf.saved_model.save(classifier, fn_args.serving_model_dir,
                         signatures=signatures)
   summary = {

@@ -18,6 +18,12 @@ Exit codes of `run` (for CI):
   2  bad input or configuration (settings, data, model or image paths), or
      another run is using the output directory (nothing was run)
   1  internal failure
+
+`predict` prints one JSON line per input, in order: `status` 'ok' with
+`label` and `probabilities`, or another status (docs/serving.md; 'unreadable'
+for a file that cannot be read) with `error`. It exits 0 if every input was
+classified, 2 if any was not (or the model path is wrong), 1 on an internal
+failure.
 """
 
 import argparse
@@ -167,17 +173,29 @@ def _latest_version(model_dir: str) -> str:
   return os.path.join(model_dir, max(versions, key=int))
 
 
-def _predict(args) -> int:
-  try:
-    model_path = _latest_version(args.model)
-    images = []
-    for path in args.images:
+def _read_images(paths):
+  """(bytes per path, {index: why it could not be read}); b'' if unreadable."""
+  images, unreadable = [], {}
+  for i, path in enumerate(paths):
+    try:
       with open(path, 'rb') as f:
         images.append(f.read())
+    except OSError as e:  # Missing, a directory, no permission, ...
+      images.append(b'')
+      unreadable[i] = f'unreadable: {e}'
+  return images, unreadable
+
+
+def _predict(args) -> int:
+  """One JSON line per input; exit 2 if any could not be classified."""
+  try:
+    model_path = _latest_version(args.model)
   except OSError as e:
     return _error(str(e))
+  images, unreadable = _read_images(args.images)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
+  from modules import serving  # pylint: disable=g-import-not-at-top
   serve = tf.saved_model.load(model_path).signatures['serving_default']
   given = {'image_bytes': images, 'text': args.text}
   wanted = sorted(serve.structured_input_signature[1])
@@ -188,17 +206,29 @@ def _predict(args) -> int:
     return _error(f'this model takes {" and ".join(wanted)} (image files '
                   'and/or --text), one of each per example')
   outputs = serve(**{k: tf.constant(v) for k, v in inputs.items()})
-  for i in range(len(next(iter(inputs.values())))):
-    print(json.dumps({
-        **({'image': args.images[i]} if 'image_bytes' in inputs else {}),
-        **({'text': args.text[i]} if 'text' in inputs else {}),
-        'label': outputs['label'][i].numpy().decode(),
-        'probabilities': {
-            c.decode(): round(float(p), 4) for c, p in zip(
-                outputs['classes'][i].numpy(),
-                outputs['probabilities'][i].numpy())
-        },
-    }))
+  count = counts.pop()
+  statuses = (outputs['status'].numpy().astype(str) if 'status' in outputs
+              else ['ok'] * count)  # Models exported before the status.
+  bad = []
+  for i in range(count):
+    line = {**({'image': args.images[i]} if 'image_bytes' in inputs else {}),
+            **({'text': args.text[i]} if 'text' in inputs else {})}
+    if i in unreadable or statuses[i] != 'ok':
+      bad.append(args.images[i] if 'image_bytes' in inputs else
+                 f'text {i + 1}')
+      status = 'unreadable' if i in unreadable else statuses[i]
+      line.update(status=status, error=unreadable.get(
+          i, f'{status}: {serving.MEANINGS.get(status, status)}'))
+    else:
+      line.update(status='ok', label=outputs['label'][i].numpy().decode(),
+                  probabilities={
+                      c.decode(): round(float(p), 4) for c, p in zip(
+                          outputs['classes'][i].numpy(),
+                          outputs['probabilities'][i].numpy())})
+    print(json.dumps(line), flush=True)
+  if bad:
+    return _error(f'{len(bad)} of {count} inputs could not be classified '
+                  f'(see "error" in their lines): {", ".join(bad)}')
   return 0
 
 

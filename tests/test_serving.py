@@ -8,11 +8,11 @@ decodes to 1.2 GB), a JPEG, a GIF and a BMP claiming more than `max_pixels`,
 a truncated JPEG, a PNG with a corrupt body, cut headers) mixed into a batch
 of good images (PNG, JPEG, GIF, BMP):
 * through `tf.saved_model.load` in this process and in a fresh interpreter
-  that imports neither the project nor Keras: each bad element gets its
-  `status`, an empty label and zero probabilities, each good one the same
-  probabilities as when it is classified alone; the 20000x20000 PNG is
-  rejected from its header (peak RSS measured in that interpreter, next to
-  decoding it directly);
+  where neither the project nor Keras can be imported: each bad element gets
+  its `status`, an empty label and zero probabilities, each good one the
+  same probabilities as when it is classified alone; the 20000x20000 PNG is
+  rejected from its header (peak RSS printed; the warm-up's peak there is
+  high, so the bound that bites is the one on `predict` below);
 * through `tfx-transfer predict`: one JSON line per input in order, `error`
   on the bad ones (unreadable paths too: missing, a directory, no
   permission), exit code 2; all good: exit 0. Its peak RSS is measured.
@@ -74,6 +74,13 @@ def test_each_bad_image_gets_its_status_and_the_rest_are_classified(
   config, result = demo_run
   model = tf.saved_model.load(result.pushed_to)
   serve = model.signatures['serving_default']
+  # What TF Serving's REST row format relies on (docs/serving.md).
+  assert {k: (v.shape.as_list(), v.dtype) for k, v in
+          serve.structured_input_signature[1].items()} == {
+              'image_bytes': ([None], tf.string)}
+  assert sorted(serve.structured_outputs) == [
+      'classes', 'label', 'probabilities', 'probability', 'status']
+  assert all(t.shape[0] is None for t in serve.structured_outputs.values())
   good, bad = _good_images(), helpers.bad_image_corpus()
   alone = serve(image_bytes=tf.constant(list(good.values())))
   assert alone['status'].numpy().tolist() == [b'ok'] * len(good)
@@ -124,7 +131,7 @@ def test_each_bad_image_gets_its_status_and_the_rest_are_classified(
   transform = tft.TFTransformOutput(helpers.latest_artifact(
       config.pipeline_root, 'Transform', 'transform_graph'))
   transformed = transform.transform_features_layer()(
-      {features.IMAGE_KEY: tf.constant(list(good.values()))})
+      {features.IMAGE_KEY: tf.constant([[v] for v in good.values()])})
   size = transformed[features.IMAGE_XF].shape[1]
   statuses, images = serving.judge_and_decode(
       tf.constant(list(good.values())), size, max_pixels=40_000_000)
@@ -135,12 +142,12 @@ def test_each_bad_image_gets_its_status_and_the_rest_are_classified(
 
 _PLAIN = """
 import json, resource, sys
+for blocked in ('keras', 'tf_keras', 'modules'):  # Importing them fails.
+  sys.modules[blocked] = None
 import tensorflow as tf
-assert 'modules' not in sys.modules
 files = json.load(open(sys.argv[1]))
 read = lambda name: open(files[name], 'rb').read()
 serve = tf.saved_model.load(sys.argv[2]).signatures['serving_default']
-assert not {'modules', 'keras', 'tf_keras'} & set(sys.modules), sys.modules
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 good = [n for n in files if n.startswith('good/')]
 names = json.load(open(sys.argv[3]))
@@ -177,7 +184,7 @@ def _write_corpus(folder: pathlib.Path) -> Dict[str, str]:
 @pytest.mark.reliability('security')
 def test_plain_saved_model_load_judges_each_element_in_bounded_memory(
     demo_run, tmp_path):
-  """A fresh interpreter outside the project, without Keras."""
+  """A fresh interpreter where Keras and the project cannot be imported."""
   _, result = demo_run
   files = _write_corpus(tmp_path / 'corpus')
   (tmp_path / 'files.json').write_text(json.dumps(files))
@@ -188,7 +195,8 @@ def test_plain_saved_model_load_judges_each_element_in_bounded_memory(
   process = subprocess.run(
       [sys.executable, '-c', _PLAIN, str(tmp_path / 'files.json'),
        result.pushed_to, str(tmp_path / 'names.json')],
-      cwd='/', env={**os.environ, 'PYTHONPATH': '', 'TF_CPP_MIN_LOG_LEVEL': '2'},
+      cwd='/', env={**os.environ, 'PYTHONPATH': '',
+                    'TF_CPP_MIN_LOG_LEVEL': '2'},
       capture_output=True, text=True, timeout=600, check=False)
   assert process.returncode == 0, process.stderr[-3000:]
   out = json.loads(process.stdout.splitlines()[-1])
@@ -206,8 +214,7 @@ def test_plain_saved_model_load_judges_each_element_in_bounded_memory(
   print(f'peak RSS {out["rss_before"] / MB:.0f} MB before the mixed batch, '
         f'+{grown:.0f} MB while judging it; decoding the 20000x20000 PNG '
         f'directly: +{decoding:.0f} MB')
-  assert out['decoded_shape'] == [20000, 20000, 3]
-  assert decoding > 1000  # The bomb is real: 1.2 GB once decoded.
+  assert out['decoded_shape'] == [20000, 20000, 3]  # The bomb is real.
   assert grown < 200
 
 
