@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from modules import features
 from modules import preprocessing
+from pipeline import settings as settings_lib
 
 OK, EMPTY, UNKNOWN_FORMAT, TOO_LARGE, CORRUPT = (
     'ok', 'empty', 'unknown_format', 'too_large', 'corrupt')
@@ -48,15 +49,16 @@ def ingestion_max_pixels(train_files: Optional[List[str]] = None) -> int:
   """The max_pixels the training examples were ingested with.
 
   Read from the ingestion report of their Examples artifact
-  (components/ingestion.py); the ingestion default if there is none.
+  (components/ingestion.py); the default (pipeline/settings.py) without
+  train_files or a report.
   """
-  # Imported here: it loads Beam, which serving itself never needs.
-  from components import image_example_gen  # pylint: disable=g-import-not-at-top
-  default = image_example_gen.DEFAULT_MAX_PIXELS
+  default = settings_lib.DEFAULT_MAX_PIXELS
   if not train_files:
     return default
+  # Imported here: it loads Beam, which serving itself never needs.
+  from components import ingestion  # pylint: disable=g-import-not-at-top
   examples = os.path.dirname(os.path.dirname(train_files[0]))
-  report = os.path.join(examples, image_example_gen.REPORT_FILE_NAME)
+  report = os.path.join(examples, ingestion.REPORT_FILE_NAME)
   if not tf.io.gfile.exists(report):
     logging.warning('No %s: serving bounds images to the ingestion default '
                     'max_pixels %d', report, default)
