@@ -130,3 +130,25 @@ def demo_run(tmp_path_factory):
       output_dir=str(tmp_path_factory.mktemp('demo_run')),
       trainer=dict(helpers.E2E_TRAINER))
   return config, local_runner.run(config)
+
+
+@pytest.fixture(scope='session')
+def s3_server(tmp_path_factory):
+  """A real S3 server (moto_server) on loopback, for the whole session."""
+  import s3_server as s3_server_lib  # pylint: disable=g-import-not-at-top
+  server = s3_server_lib.S3Server(
+      str(tmp_path_factory.mktemp('moto') / 'moto_server.log'))
+  yield server
+  server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+  """A fresh bucket on `s3_server` (its `s3://` URI); the env points at it.
+
+  The pytest process must not touch s3:// through tensorflow-io (it would
+  abort at exit, tensorflow/io#2039): pass `s3_server.env` to subprocesses.
+  """
+  for name, value in s3_server.env.items():
+    monkeypatch.setenv(name, value)
+  return s3_server.create_bucket()
