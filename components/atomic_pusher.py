@@ -6,9 +6,17 @@ re-blesses the same model pushes a duplicate version. This executor copies
 into a hidden staging directory next to the destination and renames it into
 place (atomic on a local or POSIX filesystem), and skips the copy when the
 newest pushed version is the same SavedModel (same `fingerprint.pb`).
+
+Object stores (s3://, gs://) have no atomic rename (a "rename" copies object
+by object). There the version directory is written in place with its
+`saved_model.pb` copied last, and a version counts as pushed only once its
+`saved_model.pb` exists: no SavedModel loader (TF Serving included) can load
+a version before then, and `pushed_versions` skips it. A new version's number
+is above every numbered directory, complete or not.
 """
 
 import os
+import re
 import time
 from typing import Any, Dict, List, Optional
 
@@ -24,16 +32,26 @@ from tfx.types import standard_component_specs
 from tfx.utils import io_utils
 from tfx.utils import proto_utils
 
+from pipeline import object_store
+
 STAGING_PREFIX = '.staging-'
 _FINGERPRINT = 'fingerprint.pb'
+_SAVED_MODEL = 'saved_model.pb'  # Written last on an object store.
+
+
+def _numbered_dirs(base_directory: str) -> List[str]:
+  """Every numbered entry under `base_directory`, complete or not, sorted."""
+  if not fileio.exists(base_directory):
+    return []
+  return sorted((v.rstrip('/') for v in fileio.listdir(base_directory)
+                 if v.rstrip('/').isdigit()), key=int)
 
 
 def pushed_versions(base_directory: str) -> List[str]:
-  """Finished versions under `base_directory`, oldest first."""
-  if not fileio.exists(base_directory):
-    return []
-  return sorted((v for v in fileio.listdir(base_directory)
-                 if v.rstrip('/').isdigit()), key=lambda v: int(v.rstrip('/')))
+  """Finished versions (with their saved_model.pb) under `base_directory`,
+  oldest first."""
+  return [v for v in _numbered_dirs(base_directory) if fileio.exists(
+      os.path.join(base_directory, v, _SAVED_MODEL))]
 
 
 def _same_model(model_path: str, version_path: str) -> bool:
@@ -45,7 +63,10 @@ def _same_model(model_path: str, version_path: str) -> bool:
 
 
 def push_atomically(model_path: str, base_directory: str) -> str:
-  """Stages `model_path` beside `base_directory`/<version> and renames it in.
+  """Pushes `model_path` to `base_directory`/<version>, whole or not at all.
+
+  Locally it is staged beside the destination and renamed in; on an object
+  store it is copied in place, saved_model.pb last.
 
   Returns:
     The version directory now serving this model (an existing one if the
@@ -53,17 +74,25 @@ def push_atomically(model_path: str, base_directory: str) -> str:
   """
   versions = pushed_versions(base_directory)
   if versions:
-    newest = os.path.join(base_directory, versions[-1].rstrip('/'))
+    newest = os.path.join(base_directory, versions[-1])
     if _same_model(model_path, newest):
       logging.info('%s already serves this model; not pushing a copy.', newest)
       return newest
   version = int(time.time())
-  if versions:
-    version = max(version, int(versions[-1].rstrip('/')) + 1)
+  numbered = _numbered_dirs(base_directory)
+  if numbered:
+    version = max(version, int(numbered[-1]) + 1)
   destination = os.path.join(base_directory, str(version))
+  fileio.makedirs(base_directory)
+  if object_store.is_remote(base_directory):
+    saved_model = os.path.join(model_path.rstrip('/'), _SAVED_MODEL)
+    io_utils.copy_dir(model_path, destination,
+                      deny_regex_patterns=[re.escape(saved_model) + '$'])
+    fileio.copy(saved_model, os.path.join(destination, _SAVED_MODEL))
+    logging.info('Model pushed to %s (saved_model.pb last).', destination)
+    return destination
   staging = os.path.join(base_directory,
                          f'{STAGING_PREFIX}{version}-{os.getpid()}')
-  fileio.makedirs(base_directory)
   io_utils.copy_dir(model_path, staging)
   fileio.rename(staging, destination)
   logging.info('Model pushed atomically to %s.', destination)

@@ -5,7 +5,7 @@ examples resolve the baseline with `Resolver(LatestBlessedModelStrategy)`,
 which reads MLMD while the pipeline runs: open-source Kubeflow Pipelines
 cannot run that node ("resolver executors not implemented"). This Evaluator
 takes the baseline from the push destination instead: the newest complete
-version there (components/atomic_pusher.py writes them atomically), that is,
+version there (components/atomic_pusher.py: whole or not at all), that is,
 the model being served. It needs no MLMD query, so the same pipeline runs with
 LocalDagRunner, on Kubeflow Pipelines and on Vertex AI Pipelines. With nothing
 served yet there is no baseline and the change threshold is skipped, as TFX
@@ -50,7 +50,7 @@ def served_version(base_directory: str) -> Optional[str]:
   versions = atomic_pusher.pushed_versions(base_directory)
   if not versions:
     return None
-  return os.path.join(base_directory, versions[-1].rstrip('/'))
+  return os.path.join(base_directory, versions[-1])
 
 
 class ServingBaselineEvaluatorSpec(standard_component_specs.EvaluatorSpec):

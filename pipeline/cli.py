@@ -10,6 +10,11 @@ Settings come from PipelineConfig's defaults (pipeline/settings.py), then the
 --config file (YAML or TOML), then the flags (docs/cli.md). `run` writes its
 report to <output-dir>/reports/<run>/ and beside a pushed model.
 
+--data-root and --output-dir may be object store URIs (s3://bucket/dir on AWS
+or MinIO, gs://bucket/dir); S3 reads AWS_ENDPOINT_URL (or S3_ENDPOINT),
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION (see
+pipeline/object_store.py).
+
 Exit codes of `run` (for CI):
   0  a new model was blessed and pushed
   3  a model was trained but not blessed (the gate held) or its training
@@ -30,8 +35,10 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 import warnings
 
+from pipeline import object_store
 from pipeline import settings as settings_lib
 
 EXIT_PUSHED, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NOT_BLESSED = 0, 1, 2, 3
@@ -97,16 +104,32 @@ def _load_config(args):
     ValueError: with a message for the user.
   """
   config = settings_lib.from_sources(args.config, args)
-  config.data_root = os.path.abspath(config.data_root)
-  config.output_dir = os.path.abspath(config.output_dir)
-  if not os.path.isdir(config.data_root):
-    raise ValueError(f'data root {config.data_root} is not a directory')
-  if config.manifest and not os.path.isfile(
+  for key in ('data_root', 'output_dir'):
+    if not object_store.is_remote(getattr(config, key)):
+      setattr(config, key, os.path.abspath(getattr(config, key)))
+  problem = _path_problem(config.data_root, directory=True)
+  if problem:
+    raise ValueError(f'data root {config.data_root} {problem}')
+  if config.manifest and _path_problem(
       os.path.join(config.data_root, config.manifest)):
     raise ValueError(
         f'manifest {config.manifest} is not a file under {config.data_root}')
   settings_lib.check_models(config)  # Loads TF.
   return config
+
+
+def _path_problem(path: str, directory: bool = False) -> Optional[str]:
+  """Why `path` is not a directory (or a file), or None; local or remote."""
+  if object_store.uses_s3(path):
+    return object_store.s3_problem(path, directory)
+  if object_store.is_remote(path):  # gs://: TensorFlow's own filesystem.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    isdir, exists = tf.io.gfile.isdir, tf.io.gfile.exists
+  else:
+    isdir, exists = os.path.isdir, os.path.exists
+  if directory:
+    return None if isdir(path) else 'is not a directory'
+  return None if exists(path) and not isdir(path) else 'is not a file'
 
 
 def _run(args) -> int:
@@ -162,15 +185,15 @@ def _print_summary(report) -> None:
 
 
 def _latest_version(model_dir: str) -> str:
-  if os.path.exists(os.path.join(model_dir, 'saved_model.pb')):
+  object_store.register(model_dir)
+  from components import atomic_pusher  # pylint: disable=g-import-not-at-top
+  from tfx.dsl.io import fileio  # pylint: disable=g-import-not-at-top
+  if fileio.exists(os.path.join(model_dir, 'saved_model.pb')):
     return model_dir
-  versions = [
-      name for name in os.listdir(model_dir) if name.isdigit() and
-      os.path.exists(os.path.join(model_dir, name, 'saved_model.pb'))
-  ]
+  versions = atomic_pusher.pushed_versions(model_dir)
   if not versions:
     raise FileNotFoundError(f'No SavedModel under {model_dir}')
-  return os.path.join(model_dir, max(versions, key=int))
+  return os.path.join(model_dir, versions[-1])
 
 
 def _read_images(paths):
@@ -234,15 +257,17 @@ def _predict(args) -> int:
 
 def _report(args) -> int:
   from pipeline import report as report_lib  # pylint: disable=g-import-not-at-top
-  output_dir = os.path.abspath(
-      args.output_dir or settings_lib.PipelineConfig.output_dir)
+  output_dir = args.output_dir or settings_lib.PipelineConfig.output_dir
+  if object_store.is_remote(output_dir):
+    object_store.register(output_dir)
+  else:
+    output_dir = os.path.abspath(output_dir)
   try:
     report_dir = report_lib.find(output_dir, args.run)
   except FileNotFoundError as e:
     return _error(str(e))
   name = report_lib.JSON_FILE if args.json else report_lib.MARKDOWN_FILE
-  with open(os.path.join(report_dir, name)) as f:
-    sys.stdout.write(f.read())
+  sys.stdout.write(report_lib.read(report_dir, name))
   return 0
 
 
@@ -293,5 +318,14 @@ def main(argv=None) -> int:
     return EXIT_INTERNAL
 
 
+def console_main() -> None:
+  """The `tfx-transfer` command: `main`, then `object_store.exit_process`.
+
+  Ends with main's status even where tensorflow-io's S3 filesystem would
+  abort the interpreter's teardown (exit 134 after a good run).
+  """
+  object_store.exit_process(main())
+
+
 if __name__ == '__main__':
-  sys.exit(main())
+  console_main()

@@ -2,10 +2,13 @@
 and reads back from MLMD what this run did.
 
 One run at a time per output directory: a run holds an exclusive flock on
-`<output_dir>/.run.lock` from start to end, and a second run on the same
-directory fails at once with OutputDirBusyError naming the holder. The kernel
+`<state_dir>/.run.lock` (state_dir is output_dir, or a local folder for an
+object store: see PipelineConfig.state_dir) from start to end, and a second
+run on the same directory fails at once with OutputDirBusyError naming the
+holder. The kernel
 drops the lock when its process dies (even by SIGKILL), so a killed run never
-blocks the next one.
+blocks the next one. (On an object store the lock excludes runs on this
+machine only.)
 """
 
 import contextlib
@@ -22,8 +25,10 @@ from absl import logging as absl_logging
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
+from tfx.dsl.io import fileio
 
 from modules import trainer as trainer_module
+from pipeline import object_store
 from pipeline import settings as settings_lib
 from pipeline import pipeline as pipeline_lib
 
@@ -46,10 +51,15 @@ class OutputDirBusyError(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive_output_dir(output_dir: str) -> Iterator[None]:
-  """Holds `output_dir`'s run lock; raises OutputDirBusyError if taken."""
-  fd = os.open(os.path.join(output_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT,
-               0o644)
+def exclusive_output_dir(output_dir: str,
+                         state_dir: Optional[str] = None) -> Iterator[None]:
+  """Holds `output_dir`'s run lock (in `state_dir`, default `output_dir`).
+
+  Raises:
+    OutputDirBusyError: another run holds it.
+  """
+  fd = os.open(os.path.join(state_dir or output_dir, LOCK_FILE),
+               os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -137,8 +147,9 @@ def run(config: settings_lib.PipelineConfig,
   Raises:
     OutputDirBusyError: another run is using config.output_dir.
   """
-  os.makedirs(config.output_dir, exist_ok=True)
-  with exclusive_output_dir(config.output_dir):
+  object_store.register(config.data_root, config.output_dir)
+  os.makedirs(config.state_dir, exist_ok=True)
+  with exclusive_output_dir(config.output_dir, config.state_dir):
     return _run_locked(config, progress)
 
 
@@ -158,7 +169,10 @@ def _run_locked(config: settings_lib.PipelineConfig,
   try:
     tfx.orchestration.LocalDagRunner().run(
         pipeline_lib.create_pipeline(
-            config, metadata_connection_config=connection))
+            config,
+            beam_pipeline_args=config.beam_pipeline_args +
+            object_store.beam_args(config.data_root, config.output_dir),
+            metadata_connection_config=connection))
   finally:
     if node_progress:
       absl_logger.removeFilter(node_progress)
@@ -203,8 +217,8 @@ def _read_output(store, artifact, result: RunResult) -> None:
     result.model = artifact.uri
   elif kind == 'ModelRun':
     path = os.path.join(artifact.uri, trainer_module.TRAINING_SUMMARY_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
+    if fileio.exists(path):
+      with fileio.open(path) as f:
         result.training = json.load(f)
   elif kind == 'ModelEvaluation':
     result.evaluation = artifact.uri

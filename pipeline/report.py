@@ -8,15 +8,19 @@ the SavedModel directory, never inside it):
   report.md             `render_markdown(report)`
   training_curves.png   accuracy and loss per epoch, both phases
   confusion_matrix.png  the run's model on the eval split
+
+The output directory may be an object store (s3://, gs://): files are written
+and found through tf.io.gfile there (`tfx-transfer report` on a local
+directory still loads no TensorFlow).
 """
 
 import dataclasses
 import datetime
 import glob
+import io
 import json
 import os
 import re
-import shutil
 import typing
 from typing import Any, Dict, List, Optional
 
@@ -25,6 +29,7 @@ from matplotlib import ticker
 import numpy as np
 
 from modules import features
+from pipeline import object_store
 from pipeline import settings as settings_lib
 
 if typing.TYPE_CHECKING:  # It loads TFX, which `tfx-transfer report` skips.
@@ -165,12 +170,13 @@ def write(report: Dict[str, Any], output_dir: str,
     output_dir: the pipeline's output directory.
     copy_to: another directory to copy the files into (e.g. for CI artifacts).
   """
+  gfile = _gfile()
   report_dir = os.path.join(output_dir, REPORTS_DIR,
                             _dir_name(report['run_id']))
-  os.makedirs(report_dir, exist_ok=True)
-  with open(os.path.join(report_dir, JSON_FILE), 'w') as f:
-    json.dump(report, f, indent=2)
-  with open(os.path.join(report_dir, MARKDOWN_FILE), 'w') as f:
+  gfile.makedirs(report_dir)
+  with gfile.GFile(os.path.join(report_dir, JSON_FILE), 'w') as f:
+    f.write(json.dumps(report, indent=2))
+  with gfile.GFile(os.path.join(report_dir, MARKDOWN_FILE), 'w') as f:
     f.write(render_markdown(report))
   plot_training(report['training'], os.path.join(report_dir, CURVES_FILE))
   plot_confusion_matrix(report['confusion_matrix'],
@@ -179,7 +185,10 @@ def write(report: Dict[str, Any], output_dir: str,
   if report['pushed_to']:
     copies.append(report['pushed_to'].rstrip('/') + '.report')
   for copy in copies:
-    shutil.copytree(report_dir, copy, dirs_exist_ok=True)
+    gfile.makedirs(copy)
+    for name in (JSON_FILE, MARKDOWN_FILE, CURVES_FILE, CONFUSION_FILE):
+      gfile.copy(os.path.join(report_dir, name), os.path.join(copy, name),
+                 overwrite=True)
   return report_dir
 
 
@@ -189,7 +198,13 @@ def find(output_dir: str, run_id: Optional[str] = None) -> str:
   Raises:
     FileNotFoundError: when there is none.
   """
-  reports = glob.glob(os.path.join(output_dir, REPORTS_DIR, '*', JSON_FILE))
+  pattern = os.path.join(output_dir, REPORTS_DIR, '*', JSON_FILE)
+  if object_store.is_remote(output_dir):
+    gfile = _gfile()
+    reports = gfile.glob(pattern)
+    mtime = lambda path: gfile.stat(path).mtime_nsec
+  else:
+    reports, mtime = glob.glob(pattern), os.path.getmtime
   if run_id:
     reports = [p for p in reports
                if os.path.basename(os.path.dirname(p)) == _dir_name(run_id)]
@@ -198,7 +213,30 @@ def find(output_dir: str, run_id: Optional[str] = None) -> str:
         f'No run report{f" for run {run_id}" if run_id else ""} under '
         f'{os.path.join(output_dir, REPORTS_DIR)}; `tfx-transfer run` '
         'writes one.')
-  return os.path.dirname(max(reports, key=os.path.getmtime))
+  return os.path.dirname(max(reports, key=mtime))
+
+
+def read(report_dir: str, name: str) -> str:
+  """The text of one report file (`find`'s directory, local or remote)."""
+  if object_store.is_remote(report_dir):
+    with _gfile().GFile(os.path.join(report_dir, name)) as f:
+      return f.read()
+  with open(os.path.join(report_dir, name)) as f:
+    return f.read()
+
+
+def _gfile():
+  """tf.io.gfile, imported on use (it loads TensorFlow)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
+
+def _save(fig: figure.Figure, path: str) -> None:
+  """Saves `fig` as a PNG at `path` (local or on an object store)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=100)
+  with _gfile().GFile(path, 'wb') as f:
+    f.write(buffer.getvalue())
 
 
 def _dir_name(run_id: str) -> str:
@@ -319,7 +357,7 @@ def plot_training(training: Dict[str, Any], path: str) -> None:
       ax.text(0.5, 0.5, 'no training epochs', ha='center', va='center',
               transform=ax.transAxes)
   axes[0].set_ylim(0, 1.02)
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
 
 
 def plot_confusion_matrix(confusion: Dict[str, Any], path: str) -> None:
@@ -341,7 +379,7 @@ def plot_confusion_matrix(confusion: Dict[str, Any], path: str) -> None:
     ax.text(0.5, 0.5, 'no model to evaluate', ha='center', va='center')
   ax.set_xlabel('predicted')
   ax.set_ylabel('true')
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
 
 
 def _evaluation(uri: str) -> Dict[str, Any]:

@@ -32,6 +32,7 @@ import tomli
 import yaml
 
 from modules import features
+from pipeline import object_store
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DATA = os.path.join(PROJECT_ROOT, 'data', 'fashion_demo')
@@ -601,7 +602,9 @@ class PipelineConfig(_Section):
   output_dir: str = setting(
       os.path.join(PROJECT_ROOT, 'outputs'), flag=True,
       help='Holds the pipeline root, MLMD, serving/ (the pushed models) and '
-      'reports/.')
+      'reports/. A local path or an object store URI (s3://bucket/dir, '
+      'gs://bucket/dir); there, MLMD and the run lock stay local '
+      '(state_dir).')
   pipeline_name: str = setting('transfer-learning', flag=True,
                                help='The pipeline\'s name.')
   manifest: Optional[str] = setting(
@@ -663,8 +666,23 @@ class PipelineConfig(_Section):
     return os.path.join(self.output_dir, 'pipeline_root')
 
   @property
+  def state_dir(self) -> str:
+    """Local folder of MLMD's SQLite file and the run lock.
+
+    output_dir itself, or for an object store
+    `$XDG_CACHE_HOME/tfx-transfer/<scheme>/<bucket>/<dir>` (default
+    ~/.cache/...): SQLite needs a local file, and the run lock a flock.
+    """
+    if not object_store.is_remote(self.output_dir):
+      return self.output_dir
+    cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(
+        os.path.expanduser('~'), '.cache')
+    return os.path.join(cache, 'tfx-transfer',
+                        self.output_dir.replace('://', '/', 1).rstrip('/'))
+
+  @property
   def metadata_path(self) -> str:
-    return os.path.join(self.output_dir, 'metadata.sqlite')
+    return os.path.join(self.state_dir, 'metadata.sqlite')
 
   @property
   def serving_dir(self) -> str:

@@ -1,7 +1,8 @@
 """Pushes onto s3:// with the copy failing after each file in turn.
 
-Run by test_object_store.py in a subprocess (tensorflow-io's S3 filesystem
-aborts the process at exit: it ends through `object_store.exit_process`).
+Run by test_object_store.py in a subprocess, which must exit 0: it ends
+through `object_store.exit_process`, which the abort of tensorflow-io's S3
+filesystem at exit (code 134) would otherwise turn into a failure.
 Usage: s3_interrupted_push.py S3_BASE_DIRECTORY LOCAL_WORK_DIR. Prints one
 JSON object: the version served after the first push, after each interrupted
 push of a second model, and after the second model's complete push.
@@ -54,6 +55,7 @@ def main(base: str, work_dir: str) -> dict:
     finally:
       fileio.copy = real_copy
   last = atomic_pusher.push_atomically(second, base)
+  served = tf.saved_model.load(evaluator.served_version(base))
   return {
       'files': files,
       'first': first,
@@ -61,8 +63,7 @@ def main(base: str, work_dir: str) -> dict:
       'last': last,
       'served': evaluator.served_version(base),
       'versions': atomic_pusher.pushed_versions(base),
-      'served_value': float(tf.saved_model.load(
-          evaluator.served_version(base)).f().numpy()),
+      'served_value': float(served.f().numpy()),
   }
 
 

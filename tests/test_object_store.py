@@ -5,9 +5,9 @@ that, loaded back from S3 by `tfx-transfer predict`, classifies raw image
 bytes; MLMD's SQLite stays on local disk; a second run reuses the cache and
 its gate holds (exit 3); a missing data root exits 2. The exit codes come
 from real processes: tensorflow-io's S3 filesystem makes a process that used
-it abort at exit with 134 (tensorflow/io#2039), which `exit_process`
-prevents. A push interrupted after any file never becomes the served
-version (S3 has no atomic rename).
+it abort at exit with 134 (tensorflow/io#2039), which ending through
+`object_store.exit_process` prevents. A push interrupted after any file
+never becomes the served version (S3 has no atomic rename).
 
 Everything that touches s3:// through TensorFlow runs in a subprocess (see
 tests/s3_server.py).
@@ -16,8 +16,10 @@ tests/s3_server.py).
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,26 +29,11 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA = os.path.join(PROJECT_ROOT, 'data', 'fashion_demo')
 TFX_TRANSFER = os.path.join(os.path.dirname(sys.executable), 'tfx-transfer')
-# Writes and reads an object through tensorflow-io's S3 filesystem; exits
-# through exit_process when asked to.
-_TOUCH_S3 = '''
-import sys
-from pipeline import object_store
-uri = sys.argv[1]
-object_store.register(uri)
-import tensorflow as tf
-with tf.io.gfile.GFile(uri, 'w') as f:
-  f.write('written through tensorflow-io')
-assert tf.io.gfile.GFile(uri).read() == 'written through tensorflow-io'
-print('done', flush=True)
-if sys.argv[2] == 'exit_process':
-  object_store.exit_process(0)
-'''
 
 
-def _run(command, server, cache_dir, timeout=900):
+def _run(command, server, cache_dir, timeout=900, **env):
   env = {**os.environ, **server.env, 'TF_CPP_MIN_LOG_LEVEL': '2',
-         'XDG_CACHE_HOME': str(cache_dir)}
+         'XDG_CACHE_HOME': str(cache_dir), **env}
   return subprocess.run(command, cwd=PROJECT_ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout,
                         check=False)
@@ -73,22 +60,6 @@ def test_configure_fills_in_what_each_client_reads():
   assert object_store.beam_args('s3://b/x', environ=environ) == [
       '--beam_plugins=tensorflow_io',
       '--s3_endpoint_url=http://minio:9000', '--s3_region_name=eu-2']
-
-
-def test_s3_use_aborts_at_exit_unless_the_process_ends_through_exit_process(
-    s3_server, s3_bucket, tmp_path):
-  plain = _run([sys.executable, '-c', _TOUCH_S3, f'{s3_bucket}/a.txt',
-                'sys.exit'], s3_server, tmp_path)
-  assert 'done' in plain.stdout, _explain(plain)
-  # The trap this guards against (tensorflow/io#2039); if tensorflow-io
-  # fixes it, exit_process stays harmless.
-  print(f'without exit_process: exit code {plain.returncode}')
-  ended = _run([sys.executable, '-c', _TOUCH_S3, f'{s3_bucket}/b.txt',
-                'exit_process'], s3_server, tmp_path)
-  assert ended.returncode == 0, _explain(ended)
-  assert ended.stdout == 'done\n'
-  assert s3_server.read(f'{s3_bucket}/b.txt') == (
-      b'written through tensorflow-io')
 
 
 @dataclasses.dataclass
@@ -176,6 +147,28 @@ def test_missing_s3_data_root_exits_2(s3_runs):
       s3_runs.missing)
   assert (f'data root {s3_runs.bucket}/no_such_folder is not a directory'
           in s3_runs.missing.stderr)
+
+
+def test_unreachable_s3_or_missing_bucket_exits_2_in_seconds(s3_server,
+                                                             tmp_path):
+  with socket.socket() as closed:
+    closed.bind(('127.0.0.1', 0))
+    port = closed.getsockname()[1]
+  started = time.time()
+  run = [TFX_TRANSFER, 'run', '--data-root', 's3://no-such-bucket/data',
+         '--output-dir', str(tmp_path / 'out')]
+  unreachable = _run(run, s3_server, tmp_path,
+                     AWS_ENDPOINT_URL=f'http://127.0.0.1:{port}')
+  assert unreachable.returncode == cli.EXIT_BAD_INPUT, _explain(unreachable)
+  assert ('data root s3://no-such-bucket/data cannot be read: Could not '
+          f'connect to the endpoint URL: "http://127.0.0.1:{port}/') in (
+              unreachable.stderr)
+  missing = _run(run, s3_server, tmp_path)
+  assert missing.returncode == cli.EXIT_BAD_INPUT, _explain(missing)
+  assert ('data root s3://no-such-bucket/data cannot be read: bucket '
+          'no-such-bucket does not exist') in missing.stderr
+  assert time.time() - started < 60  # Before TensorFlow loads.
+  assert not (tmp_path / 'out').exists()
 
 
 def test_interrupted_push_to_s3_is_never_served(s3_server, s3_bucket,
