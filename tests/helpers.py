@@ -18,6 +18,11 @@ from modules import trainer
 
 # Small but real: the demo's two phases, shortened to keep the suite fast.
 E2E_TRAINER = {'phase1_epochs': 3, 'phase2_epochs': 1}
+# Image+text: fine-tuning both towers; at the default 1e-4, 20 MobileNet
+# layers undo part of what the head learned on this small set
+# (see docs/performance.md).
+FUSION_TRAINER = {'phase1_epochs': 10, 'phase2_epochs': 1,
+                  'phase2_learning_rate': 1e-5, 'max_length': 16}
 
 
 def latest_artifact(pipeline_root: str, component: str, output: str) -> str:

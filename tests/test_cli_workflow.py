@@ -66,11 +66,14 @@ def test_branches_on_the_cli_exit_codes(workflow):
   assert 'echo "exit_code=$code" >> "$GITHUB_OUTPUT"' in script
   cases = script[script.index('case $code in'):]
   pushed = cases[cases.index('0)'):cases.index('3)')]
-  held = cases[cases.index('3)'):cases.index('2)')]
+  held = cases[cases.index('3)'):cases.index('4)')]
+  anomalies = cases[cases.index('4)'):cases.index('2)')]
   bad_input = cases[cases.index('2)'):cases.index('*)')]
   internal = cases[cases.index('*)'):]
   assert '::notice' in pushed and 'exit' not in pushed
   assert '::warning' in held and 'exit' not in held
+  assert '::error' in anomalies and 'exit 4' in anomalies
+  assert 'data_validation.anomalies' in anomalies
   assert '::error' in bad_input and 'exit 2' in bad_input
   assert '::error' in internal and 'exit 1' in internal
 
@@ -86,3 +89,16 @@ def test_the_ci_settings_file_is_valid(workflow):
   values = settings_lib.load_file(os.path.join(PROJECT_ROOT, default))
   settings_lib.TrainerConfig.from_dict(values['trainer'])
   assert os.path.isdir(os.path.join(PROJECT_ROOT, values['data_root']))
+
+
+def test_served_models_and_statistics_live_in_durable_storage(workflow):
+  """The bucket named by a repository variable holds serving/ (the models and
+  the data recorded beside them); the Actions cache is only the fallback."""
+  steps = workflow['jobs']['retrain']['steps']
+  runs = '\n'.join(step.get('run', '') for step in steps)
+  assert 'vars.TFX_TRANSFER_STATE_URI' in yaml.safe_dump(workflow)
+  assert 'gcloud storage rsync' in runs and 'aws s3 sync' in runs
+  cache = [step for step in steps
+           if step.get('uses', '').startswith('actions/cache/')]
+  assert cache and all("env.STATE_URI == ''" in step['if'] for step in cache)
+  assert 'GITHUB_STEP_SUMMARY' in runs

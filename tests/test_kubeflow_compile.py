@@ -46,20 +46,22 @@ PROJECT_PACKAGES = ('components', 'modules', 'pipeline')
 IMAGE = 'registry.example.com/tfx-transfer:golden'
 OUTPUT_DIR = 'gs://example-bucket/tfx-transfer'
 DATA_ROOT = 'gs://example-bucket/images'
+SCHEMA_FILE = 'gs://example-bucket/schema.pbtxt'
 BEAM_ARGS = [
     '--runner=DataflowRunner', '--project=example-project',
     '--region=europe-west1', '--temp_location=gs://example-bucket/tmp'
 ]
 COMPILE_ARGS = [
     'compile', '--image', IMAGE, '--output-dir', OUTPUT_DIR, '--data-root',
-    DATA_ROOT, '--phase1-epochs', '5', '--accuracy-threshold', '0.7',
+    DATA_ROOT, '--schema-file', SCHEMA_FILE, '--phase1-epochs', '5', '--accuracy-threshold', '0.7',
     '--max-accuracy-drop', '0.01', '--trainer-cpu', '4', '--trainer-memory-gb',
     '16', '--trainer-gpus', '1'
 ] + [f'--beam-arg={arg}' for arg in BEAM_ARGS]
 
 EXAMPLE_GEN = 'FileBasedExampleGen'
-CONTAINER_TASKS = {EXAMPLE_GEN, 'StatisticsGen', 'SchemaGen', 'Transform',
-                   'Trainer', 'Evaluator', 'Pusher'}
+CONTAINER_TASKS = {EXAMPLE_GEN, 'StatisticsGen', 'SchemaGen', 'ImportSchemaGen',
+                   'ExampleValidator', 'Transform', 'Trainer', 'Evaluator',
+                   'Pusher'}
 BEAM_TASKS = {EXAMPLE_GEN, 'StatisticsGen', 'Transform', 'Evaluator'}
 
 
@@ -114,12 +116,17 @@ def test_dag_edges(compiled):
   assert edges == {
       (EXAMPLE_GEN, 'StatisticsGen'),
       ('StatisticsGen', 'SchemaGen'),
+      ('StatisticsGen', 'ExampleValidator'), ('SchemaGen', 'ExampleValidator'),
+      ('ImportSchemaGen', 'ExampleValidator'),
       (EXAMPLE_GEN, 'Transform'), ('SchemaGen', 'Transform'),
       (EXAMPLE_GEN, 'Trainer'), ('Transform', 'Trainer'),
       ('SchemaGen', 'Trainer'),
       (EXAMPLE_GEN, 'Evaluator'), ('Trainer', 'Evaluator'),
       ('Trainer', 'Pusher'), ('Evaluator', 'Pusher'),
+      ('StatisticsGen', 'Pusher'), ('SchemaGen', 'Pusher'),
   }
+  # Transform waits for the data validation gate.
+  assert 'ExampleValidator' in _tasks(spec)['Transform']['dependentTasks']
   # The no-regression baseline is the newest version the Pusher wrote.
   evaluator = _tasks(spec)['Evaluator']['inputs']
   assert 'baseline_model' not in evaluator['artifacts']
@@ -136,12 +143,16 @@ def test_dag_edges(compiled):
 def test_runtime_parameters(compiled):
   spec, text = compiled
   parameters = spec['root']['inputDefinitions']['parameters']
-  assert set(parameters) == {'data_root', 'eval_config', 'trainer_config'}
+  assert set(parameters) == {'data_root', 'eval_config', 'trainer_config',
+                             'schema_file', 'data_validation'}
   for name, parameter in parameters.items():
     # 2.1's parameterType, not 2.0's `type` that KFP's v2 backend ignores.
     assert parameter['parameterType'] == 'STRING', name
     assert parameter['isOptional'] and parameter['description'], name
   assert parameters['data_root']['defaultValue'] == DATA_ROOT
+  assert parameters['schema_file']['defaultValue'] == SCHEMA_FILE
+  assert json.loads(parameters['data_validation']['defaultValue'])[
+      'label_drift_threshold'] == 0.1
   assert json.loads(parameters['trainer_config']['defaultValue']) == {
       'phase1_epochs': 5}
   gate = proto_utils.json_to_proto(parameters['eval_config']['defaultValue'],
@@ -158,6 +169,8 @@ def test_runtime_parameters(compiled):
       (EXAMPLE_GEN, 'input_base'): 'data_root',
       ('Evaluator', 'eval_config'): 'eval_config',
       ('Trainer', 'custom_config'): 'trainer_config',
+      ('ImportSchemaGen', 'schema_file'): 'schema_file',
+      ('ExampleValidator', 'validation_config'): 'data_validation',
   }
   # V2 substitutes whole values only: no parameter hidden in a JSON string.
   assert 'RuntimeParameter' not in text

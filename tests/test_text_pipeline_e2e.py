@@ -22,10 +22,6 @@ from pipeline import local_runner
 _DATA = os.path.join(settings_lib.PROJECT_ROOT, 'data')
 # Phase 1 runs on cached embeddings, so its epochs are cheap.
 TEXT_TRAINER = {'phase1_epochs': 20, 'phase2_epochs': 1}
-# Fine-tuning both towers; at the default 1e-4, 20 MobileNet layers undo
-# part of what the head learned on this small set (see docs/performance.md).
-FUSION_TRAINER = {'phase1_epochs': 10, 'phase2_epochs': 1,
-                  'phase2_learning_rate': 1e-5, 'max_length': 16}
 
 
 def _run(tmp_path_factory, name, **settings):
@@ -39,13 +35,6 @@ def text_run(tmp_path_factory):
   return _run(tmp_path_factory, 'text_run', modality='text',
               data_root=os.path.join(_DATA, 'movie_sentiment'),
               manifest='reviews.csv', id_column='id', trainer=TEXT_TRAINER)
-
-
-@pytest.fixture(scope='module')
-def fusion_run(tmp_path_factory):
-  return _run(tmp_path_factory, 'fusion_run', modality='image_text',
-              data_root=_DATA, manifest='fashion_text/manifest.csv',
-              trainer=FUSION_TRAINER)
 
 
 def _accuracy(outputs, rows):
