@@ -20,8 +20,11 @@ loops, FIFOs, devices, names that are not UTF-8 and files whose real path is
 outside the data root are rejected with the reason.
 
 Every file is read and validated in Beam. Accepted files become Examples with
-the features `image` (the original encoded bytes), `label` (the class name) and
-`path` (relative to input_base, POSIX separators). Rejected files are never
+the features `image` (the original encoded bytes), `label` (the class name),
+`path` (relative to input_base, POSIX separators) and, from the header read
+while validating, `image_width`, `image_height` (pixels), `image_format`
+(Pillow's name: JPEG, PNG, GIF, BMP, MPO) and `image_byte_size`, for the
+statistics and the schema (the model never reads them). Rejected files are never
 dropped silently: each is listed with its reason in `ingestion_report.json` in
 the output Examples artifact and in the log, and the executor fails with a
 ValueError when the data is unusable (see components/ingestion.py).
@@ -54,6 +57,12 @@ from pipeline import settings as settings_lib
 IMAGE_FEATURE = 'image'
 LABEL_FEATURE = ingestion.LABEL_FEATURE
 PATH_FEATURE = 'path'
+# What the header says, for statistics and the schema (the model never reads
+# them): pixels, Pillow's format name (JPEG, PNG, GIF, BMP, MPO), file size.
+WIDTH_FEATURE = 'image_width'
+HEIGHT_FEATURE = 'image_height'
+FORMAT_FEATURE = 'image_format'
+BYTE_SIZE_FEATURE = 'image_byte_size'
 REPORT_FILE_NAME = ingestion.REPORT_FILE_NAME
 
 # Pillow format names that tf.io.decode_image decodes. MPO is Pillow's name
@@ -142,6 +151,18 @@ def image_problem(data: bytes, max_pixels: int) -> Optional[str]:
   return None
 
 
+def image_properties(data: bytes) -> Dict[str, tf.train.Feature]:
+  """The header features of a valid image (see WIDTH_FEATURE and below)."""
+  with Image.open(io.BytesIO(data)) as image:  # Reads the header only.
+    image_format, (width, height) = image.format, image.size
+  return {
+      WIDTH_FEATURE: ingestion.int64_feature(width),
+      HEIGHT_FEATURE: ingestion.int64_feature(height),
+      FORMAT_FEATURE: ingestion.bytes_feature(image_format.encode('ascii')),
+      BYTE_SIZE_FEATURE: ingestion.int64_feature(len(data)),
+  }
+
+
 def _bmp_problem(data: bytes, mode: str) -> Optional[str]:
   """Returns why TF's BMP decoder would fail on or misread a valid BMP."""
   if mode == 'P':
@@ -187,6 +208,7 @@ class _ValidateImage(beam.DoFn):
                 IMAGE_FEATURE: ingestion.bytes_feature(data),
                 LABEL_FEATURE: ingestion.bytes_feature(label.encode('utf-8')),
                 PATH_FEATURE: ingestion.bytes_feature(path.encode('utf-8')),
+                **image_properties(data),
             }))
 
 

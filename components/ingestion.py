@@ -254,6 +254,10 @@ def bytes_feature(value: bytes) -> tf.train.Feature:
   return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
+def int64_feature(value: int) -> tf.train.Feature:
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
 def records_prefix(exec_properties: Dict[str, Any]) -> str:
   """A fresh file prefix for one split transform's records."""
   return os.path.join(exec_properties[RECORDS_DIR_KEY], uuid.uuid4().hex)

@@ -12,11 +12,13 @@ with a newline into one text), a label column, an optional id column and,
 for image+text data, an image column holding a path relative to input_base.
 
 Every row is validated in Beam. Accepted rows become Examples with the
-features `text` (UTF-8), `label`, `id` (the id column, or `<file>:<line>`)
-and, with an image column, `image` (the encoded bytes, validated as the image
-ExampleGen does) and `path`. Rows are never dropped silently: a row with
-invalid UTF-8, missing or empty text or label, a duplicate id, malformed CSV
-or JSON, or a bad image is listed as `<file>:<line>` with its reason in
+features `text` (UTF-8), `text_length` (characters), `label`, `id` (the id
+column, or `<file>:<line>`) and, with an image column, `image` (the encoded
+bytes, validated as the image ExampleGen does), `path` and the image header
+features (`image_width`, ... as in components/image_example_gen.py). Rows are
+never dropped silently: a row with invalid UTF-8, missing or empty label,
+empty text (text data; an image+text row may have an empty text), a
+duplicate id, malformed CSV or JSON, or a bad image is listed as `<file>:<line>` with its reason in
 `ingestion_report.json` and the log, with the same checks and failures as the
 image ExampleGen (components/ingestion.py). Labels are
 `ingestion.normalize_label`'d (the report lists the spellings merged). Image
@@ -54,6 +56,9 @@ REPORT_FILE_NAME = ingestion.REPORT_FILE_NAME
 CSV_EXTENSIONS = ('.csv',)
 JSONL_EXTENSIONS = ('.jsonl', '.ndjson')
 TEXT_SEPARATOR = '\n'  # Between the values of several text columns.
+# The text's length in characters, for statistics and the schema (the model
+# never reads it).
+TEXT_LENGTH_FEATURE = 'text_length'
 
 # One candidate row: (where, {column: raw UTF-8 bytes or None}, reason).
 # `where` is `<file>:<line>`; reason is set when the row is rejected before
@@ -177,7 +182,9 @@ class _ValidateRow(beam.DoFn):
     """The row's Example, or (None, why it is rejected)."""
     options = self._options
     texts = [fields[c].strip() for c in options.text_columns]
-    if not any(texts):
+    # image+text: the image alone is an example; the validator watches the
+    # text lengths.
+    if not any(texts) and not options.image_column:
       columns = ', '.join(repr(c) for c in options.text_columns)
       return None, f'empty text in column {columns}'
     label = ingestion.normalize_label(fields[options.label_column])
@@ -186,8 +193,9 @@ class _ValidateRow(beam.DoFn):
     row_id = fields[options.id_column].strip() if options.id_column else where
     if not row_id:
       return None, f'empty id in column {options.id_column!r}'
+    text = TEXT_SEPARATOR.join(t for t in texts if t)
     feature = {
-        TEXT_FEATURE: TEXT_SEPARATOR.join(t for t in texts if t),
+        TEXT_FEATURE: text,
         LABEL_FEATURE: label,
         ID_FEATURE: row_id,
     }
@@ -198,9 +206,12 @@ class _ValidateRow(beam.DoFn):
       feature[PATH_FEATURE] = path
       feature[IMAGE_FEATURE] = image
     return tf.train.Example(features=tf.train.Features(feature={
-        name: ingestion.bytes_feature(
+        **{name: ingestion.bytes_feature(
             value if isinstance(value, bytes) else value.encode('utf-8'))
-        for name, value in feature.items()
+           for name, value in feature.items()},
+        TEXT_LENGTH_FEATURE: ingestion.int64_feature(len(text)),
+        **(image_example_gen.image_properties(image)
+           if options.image_column else {}),
     })), None
 
   def _image(self, raw_path: str) -> Tuple[str, bytes, Optional[str]]:

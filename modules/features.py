@@ -7,6 +7,13 @@ LABEL_KEY = 'label'  # Class name (UTF-8).
 PATH_KEY = 'path'  # Path relative to the data root, for tracing examples.
 TEXT_KEY = 'text'  # Raw UTF-8 text.
 ID_KEY = 'id'  # Row id (the id column, or <file>:<line>), for tracing.
+# For data validation only (statistics, schema, drift); the model never reads
+# them (the Trainer parses RAW_INPUTS and the label only).
+IMAGE_WIDTH_KEY = 'image_width'  # int64, pixels, from the image header.
+IMAGE_HEIGHT_KEY = 'image_height'  # int64, pixels.
+IMAGE_FORMAT_KEY = 'image_format'  # Pillow's name: JPEG, PNG, GIF, BMP, MPO.
+IMAGE_BYTE_SIZE_KEY = 'image_byte_size'  # int64, the encoded file's bytes.
+TEXT_LENGTH_KEY = 'text_length'  # int64, characters of `text`.
 
 # Transformed features produced by modules/preprocessing.py.
 IMAGE_XF = 'image_xf'  # float32 [H, W, 3] in [0, 255], resized.

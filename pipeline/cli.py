@@ -4,6 +4,7 @@
   tfx-transfer predict --model DIR [FILE...] [--text T...]
                                              classify images and/or texts
   tfx-transfer report [--output-dir DIR]     print the last run's report
+  tfx-transfer schema init --out FILE        write a first curated schema
   tfx-transfer backbones [--json]            list the backbones and encoders
 
 Settings come from PipelineConfig's defaults (pipeline/settings.py), then the
@@ -20,6 +21,9 @@ Exit codes of `run` (for CI):
   3  a model was trained but not blessed (the gate held) or its training
      diverged (NaN loss): nothing was pushed and the previous model keeps
      serving
+  4  the data failed validation (schema, label coverage, drift or skew; see
+     the report's data_validation): stopped before Transform, nothing was
+     trained or pushed, the previous model keeps serving
   2  bad input or configuration (settings, data, model or image paths), or
      another run is using the output directory (nothing was run)
   1  internal failure
@@ -42,6 +46,7 @@ from pipeline import object_store
 from pipeline import settings as settings_lib
 
 EXIT_PUSHED, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NOT_BLESSED = 0, 1, 2, 3
+EXIT_DATA_ANOMALIES = 4
 
 
 def _parse_args(argv):
@@ -56,7 +61,7 @@ def _parse_args(argv):
   kubeflow.add_argument('kubeflow_argv', nargs=argparse.REMAINDER)
 
   run = commands.add_parser(
-      'run', help='Run the pipeline locally (Beam); exit code 0/3/2/1.',
+      'run', help='Run the pipeline locally (Beam); exit code 0/3/4/2/1.',
       description='Run the pipeline locally. Flags override --config.')
   run.add_argument('--config', help='YAML (.yaml/.yml) or TOML (.toml) file '
                    'with PipelineConfig keys and a `trainer` table '
@@ -64,6 +69,22 @@ def _parse_args(argv):
   settings_lib.add_flags(run)
   run.add_argument('--report-dir', help='Also copy the run report here '
                    '(e.g. a CI artifact folder).')
+  run.add_argument('--expect-baseline', action='store_true',
+                   help='A served model should exist (CI after restoring '
+                   'the state): its absence is a warning in the report.')
+
+  schema = commands.add_parser(
+      'schema', help='schema init: write a first curated schema from a run.')
+  schema_commands = schema.add_subparsers(dest='schema_command', required=True)
+  init = schema_commands.add_parser(
+      'init', help="Write a run's inferred schema with the observed ranges "
+      '(image size, width, height, text length) for you to edit.')
+  init.add_argument('--output-dir', help='The runs\' output directory '
+                    '(default: outputs/).')
+  init.add_argument('--from-run', help='A run id (default: the newest run).')
+  init.add_argument('--pipeline-name', default='transfer-learning')
+  init.add_argument('--out', required=True, help='The schema file to write '
+                    '(e.g. schema.pbtxt); an existing file is kept.')
 
   predict = commands.add_parser(
       'predict', help='Classify image files with a pushed model.')
@@ -114,6 +135,11 @@ def _load_config(args):
       os.path.join(config.data_root, config.manifest)):
     raise ValueError(
         f'manifest {config.manifest} is not a file under {config.data_root}')
+  if config.schema_file and '://' not in config.schema_file:
+    config.schema_file = os.path.abspath(config.schema_file)
+    if not os.path.isfile(config.schema_file):
+      raise ValueError(f'schema_file {config.schema_file} is not a file '
+                       '(`tfx-transfer schema init` writes a first one)')
   settings_lib.check_models(config)  # Loads TF.
   return config
 
@@ -137,11 +163,15 @@ def _run(args) -> int:
     config = _load_config(args)
   except (TypeError, ValueError) as e:
     return _error(str(e))
+  from components import data_validator  # pylint: disable=g-import-not-at-top
   from modules import model as model_lib  # pylint: disable=g-import-not-at-top
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   from pipeline import report as report_lib  # pylint: disable=g-import-not-at-top
   print(f'Running pipeline on {config.data_root} -> {config.output_dir}',
         flush=True)
+  from components import atomic_pusher  # pylint: disable=g-import-not-at-top
+  baseline_missing = (args.expect_baseline and
+                      not atomic_pusher.pushed_versions(config.serving_dir))
   try:
     result = local_runner.run(config, progress=lambda line: print(
         line, flush=True))
@@ -152,11 +182,26 @@ def _run(args) -> int:
     print(f'{e}\nNot blessed: training diverged, nothing was pushed; the '
           'previous model stays.', file=sys.stderr)
     return EXIT_NOT_BLESSED
+  except data_validator.DataAnomaliesError as e:
+    result = e.run_result
   report = report_lib.build(config, result)
+  if baseline_missing:
+    report['data_validation']['warnings'].insert(0, {
+        'check': 'baseline', 'feature': '', 'split': '',
+        'reason': 'NO_SERVED_MODEL',
+        'expected': f'a served model in {config.serving_dir} (--expect-'
+                    'baseline)',
+        'found': 'none: the first run, or the state was lost; drift was not '
+                 'checked and the gate had only its absolute bound'})
   report_dir = report_lib.write(report, config.output_dir,
                                 copy_to=args.report_dir)
   _print_summary(report)
   print(f'Report: {os.path.join(report_dir, report_lib.MARKDOWN_FILE)}')
+  if report['outcome'] == 'data_anomalies':
+    print('Stopped by data validation before Transform: nothing was trained '
+          'or pushed; the previous model stays. To accept a change, edit the '
+          'schema file or name the anomaly in warn_anomalies.')
+    return EXIT_DATA_ANOMALIES
   if result.pushed_to:
     print(f'Blessed and pushed to {result.pushed_to}')
     return EXIT_PUSHED
@@ -182,6 +227,11 @@ def _print_summary(report) -> None:
           f'model: {"none" if baseline is None else f"{baseline:.4f}"}')
   for failure in report['gate']['failures']:
     print(f'  gate failed: {failure}')
+  for kind in ('anomalies', 'warnings'):
+    for entry in report['data_validation'][kind]:
+      print(f'  data {kind[:-1]}: {entry["check"]} {entry["feature"]} '
+            f'({entry["split"]}): expected {entry["expected"]}; found '
+            f'{entry["found"]}')
 
 
 def _latest_version(model_dir: str) -> str:
@@ -271,6 +321,35 @@ def _report(args) -> int:
   return 0
 
 
+def _schema(args) -> int:
+  """`schema init`: a run's inferred schema with the observed ranges."""
+  from components import data_validator  # pylint: disable=g-import-not-at-top
+  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
+  if os.path.exists(args.out):
+    return _error(f'{args.out} exists; not overwriting a curated schema')
+  config = settings_lib.PipelineConfig(
+      output_dir=os.path.abspath(
+          args.output_dir or settings_lib.PipelineConfig.output_dir),
+      pipeline_name=args.pipeline_name)
+  try:
+    result = local_runner.read_run(config, args.from_run)
+  except ValueError as e:
+    return _error(str(e))
+  if not (result.schema and result.statistics):
+    return _error(f'run {result.run_id} has no inferred schema and statistics')
+  schema = data_validator.initial_schema(
+      data_validator.load_schema(result.schema),
+      [data_validator.load_statistics(result.statistics, split)
+       for split in data_validator.SPLITS])
+  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+  with open(args.out, 'w') as f:
+    f.write(data_validator.INITIAL_SCHEMA_HEADER +
+            text_format.MessageToString(schema))
+  print(f'Wrote {args.out} from run {result.run_id}; edit it, keep it in '
+        'version control, and set schema_file (or --schema-file) to it.')
+  return 0
+
+
 def _backbones(args) -> int:
   from modules import backbones  # pylint: disable=g-import-not-at-top
   listing = backbones.listing()
@@ -311,7 +390,7 @@ def main(argv=None) -> int:
   args = _parse_args(argv)
   try:
     return {'run': _run, 'predict': _predict, 'report': _report,
-            'backbones': _backbones}[args.command](args)
+            'schema': _schema, 'backbones': _backbones}[args.command](args)
   except Exception:  # pylint: disable=broad-except
     import traceback  # pylint: disable=g-import-not-at-top
     traceback.print_exc()

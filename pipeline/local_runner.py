@@ -27,6 +27,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.dsl.io import fileio
 
+from components import data_validator
 from modules import trainer as trainer_module
 from pipeline import object_store
 from pipeline import settings as settings_lib
@@ -95,6 +96,10 @@ class RunResult:
     model: the Trainer's Model artifact directory (the SavedModel is in its
       `Format-Serving/`), also when it was not blessed.
     examples: the ExampleGen output directory (`Split-train/`, `Split-eval/`).
+    statistics: StatisticsGen's output directory.
+    schema: SchemaGen's (inferred) schema directory.
+    data_validation: what the ExampleValidator found
+      (components/data_validator.py `validate`), None if it did not finish.
   """
   components: Dict[str, str]
   training: dict
@@ -106,6 +111,9 @@ class RunResult:
   component_seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
   model: Optional[str] = None
   examples: Optional[str] = None
+  statistics: Optional[str] = None
+  schema: Optional[str] = None
+  data_validation: Optional[dict] = None
 
 
 class _NodeProgress(logging.Filter):
@@ -146,6 +154,8 @@ def run(config: settings_lib.PipelineConfig,
 
   Raises:
     OutputDirBusyError: another run is using config.output_dir.
+    data_validator.DataAnomaliesError: the data failed validation; its
+      `run_result` says what ran.
   """
   object_store.register(config.data_root, config.output_dir)
   os.makedirs(config.state_dir, exist_ok=True)
@@ -173,6 +183,11 @@ def _run_locked(config: settings_lib.PipelineConfig,
             beam_pipeline_args=config.beam_pipeline_args +
             object_store.beam_args(config.data_root, config.output_dir),
             metadata_connection_config=connection))
+  except data_validator.DataAnomaliesError as e:
+    e.run_result = _read_last_run(connection, config.pipeline_name,
+                                  time.time() - started)
+    e.run_result.data_validation = e.outcome
+    raise
   finally:
     if node_progress:
       absl_logger.removeFilter(node_progress)
@@ -181,10 +196,28 @@ def _run_locked(config: settings_lib.PipelineConfig,
                         time.time() - started)
 
 
-def _read_last_run(connection, pipeline_name: str,
-                   seconds: float) -> RunResult:
+def read_run(config: settings_lib.PipelineConfig,
+             run_id: Optional[str] = None) -> RunResult:
+  """What run `run_id` (default: the newest) in config.output_dir did.
+
+  Raises:
+    ValueError: no such run.
+  """
+  if not os.path.exists(config.metadata_path):
+    raise ValueError(f'No runs in {config.output_dir} (no '
+                     f'{config.metadata_path}).')
+  return _read_last_run(
+      tfx.orchestration.metadata.sqlite_metadata_connection_config(
+          config.metadata_path), config.pipeline_name, 0.0, run_id)
+
+
+def _read_last_run(connection, pipeline_name: str, seconds: float,
+                   run_id: Optional[str] = None) -> RunResult:
   store = metadata_store.MetadataStore(connection)
-  runs = store.get_contexts_by_type('pipeline_run')
+  runs = [c for c in store.get_contexts_by_type('pipeline_run')
+          if run_id is None or c.name == run_id]
+  if not runs:
+    raise ValueError(f'No run {run_id!r} in this output directory.')
   run_context = max(runs, key=lambda c: c.id)
   result = RunResult(components={}, training={}, blessed=False,
                      evaluation=None, pushed_to=None, seconds=seconds,
@@ -204,14 +237,23 @@ def _read_last_run(connection, pipeline_name: str,
         e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
         if e.type == metadata_store_pb2.Event.OUTPUT])
     for artifact in outputs:
-      _read_output(store, artifact, result)
+      _read_output(store, artifact, result, node_id)
   return result
 
 
-def _read_output(store, artifact, result: RunResult) -> None:
+def _read_output(store, artifact, result: RunResult, node_id: str) -> None:
   """Fills in `result` from one output artifact of the run."""
   kind = store.get_artifact_types_by_id([artifact.type_id])[0].name
-  if kind == 'Examples':
+  if kind == 'ExampleStatistics':
+    result.statistics = artifact.uri
+  elif kind == 'Schema' and node_id == 'SchemaGen':
+    result.schema = artifact.uri
+  elif kind == 'ExampleAnomalies':
+    path = os.path.join(artifact.uri, data_validator.RESULT_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        result.data_validation = json.load(f)
+  elif kind == 'Examples':
     result.examples = artifact.uri
   elif kind == 'Model':
     result.model = artifact.uri

@@ -1,6 +1,9 @@
 """The pipeline definition, shared by the local runner and Kubeflow.
 
 ExampleGen (images, text or image+text rows) -> StatisticsGen -> SchemaGen ->
+[ImportSchemaGen: the curated schema_file] -> ExampleValidator (the data
+validation gate: schema, label coverage, drift against the served model's run,
+train/eval skew; an anomaly stops the run, see components/data_validator.py) ->
 Transform (label vocabulary; the decode/resize and tokenization graph, not
 materialized) -> Trainer (two-phase transfer learning) -> Evaluator (accuracy
 bound + no regression against the model being served, see
@@ -17,6 +20,7 @@ from tfx import v1 as tfx
 from tfx.utils import proto_utils
 
 from components import atomic_pusher
+from components import data_validator
 from components import image_example_gen
 from components import serving_baseline_evaluator
 from components import text_example_gen
@@ -36,6 +40,8 @@ RUN_FN = 'modules.trainer.run_fn'
 DATA_ROOT_PARAMETER = settings_lib.DATA_ROOT_PARAMETER
 EVAL_CONFIG_PARAMETER = settings_lib.EVAL_CONFIG_PARAMETER
 TRAINER_CONFIG_PARAMETER = settings_lib.TRAINER_CONFIG_PARAMETER
+SCHEMA_FILE_PARAMETER = 'schema_file'  # ImportSchemaGen, if a file is set.
+DATA_VALIDATION_PARAMETER = 'data_validation'  # The validator's settings JSON.
 
 
 def eval_config(accuracy_threshold: float,
@@ -96,7 +102,13 @@ def runtime_parameters(
           'Trainer settings JSON (pipeline/settings.py TrainerConfig); '
           f'{", ".join(settings_lib.COMPILE_TIME_TRAINER_KEYS)} are fixed at '
           'compile time.'),
+      DATA_VALIDATION_PARAMETER: (
+          data_validator.Settings.of(config).to_json(),
+          'Data validation settings JSON (thresholds, warn_anomalies).'),
   }
+  if config.schema_file:
+    defaults[SCHEMA_FILE_PARAMETER] = (
+        config.schema_file, 'The curated schema (a path the pods see).')
   return {
       name: tfx.dsl.experimental.RuntimeParameter(
           name=name, ptype=str, default=default, description=description)
@@ -162,10 +174,14 @@ def create_pipeline(config: settings_lib.PipelineConfig,
     data_root = parameters[DATA_ROOT_PARAMETER]
     gate = parameters[EVAL_CONFIG_PARAMETER]
     trainer_config = parameters[TRAINER_CONFIG_PARAMETER]
+    validation_config = parameters[DATA_VALIDATION_PARAMETER]
+    schema_file = parameters.get(SCHEMA_FILE_PARAMETER)
   else:
     data_root = config.data_root
     gate = eval_config(config.accuracy_threshold, config.max_accuracy_drop)
     trainer_config = config.trainer.to_dict()
+    validation_config = data_validator.Settings.of(config).to_json()
+    schema_file = config.schema_file
   if modules_in_image:
     transform_code = {'preprocessing_fn': PREPROCESSING_FN}
     trainer_code = {'run_fn': RUN_FN}
@@ -179,6 +195,14 @@ def create_pipeline(config: settings_lib.PipelineConfig,
   schema_gen = tfx.components.SchemaGen(
       statistics=statistics_gen.outputs['statistics'],
       infer_feature_shape=True)
+  import_schema = (tfx.components.ImportSchemaGen(schema_file=schema_file)
+                   if schema_file else None)
+  validator = data_validator.DataValidator(
+      statistics=statistics_gen.outputs['statistics'],
+      schema=schema_gen.outputs['schema'],
+      curated_schema=import_schema.outputs['schema'] if import_schema else None,
+      baseline_dir=config.serving_dir,
+      validation_config=validation_config).with_id('ExampleValidator')
   transform = tfx.components.Transform(
       examples=example_gen.outputs['examples'],
       schema=schema_gen.outputs['schema'],
@@ -186,7 +210,9 @@ def create_pipeline(config: settings_lib.PipelineConfig,
       # Only the vocabulary is analyzed; images are decoded on the fly.
       materialize=False,
       splits_config=tfx.proto.SplitsConfig(analyze=['train', 'eval']),
+
       **transform_code)
+  transform.add_upstream_node(validator)  # The gate: no anomaly, or no run.
   trainer = tfx.components.Trainer(
       examples=example_gen.outputs['examples'],
       transform_graph=transform.outputs['transform_graph'],
@@ -206,6 +232,9 @@ def create_pipeline(config: settings_lib.PipelineConfig,
     pusher = atomic_pusher.AtomicPusher(
         model=trainer.outputs['model'],
         model_blessing=evaluator.outputs['blessing'],  # Checked again.
+        # Recorded beside the version for the next run's validation.
+        statistics=statistics_gen.outputs['statistics'],
+        schema=schema_gen.outputs['schema'],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=config.serving_dir))).with_id('Pusher')
@@ -214,8 +243,9 @@ def create_pipeline(config: settings_lib.PipelineConfig,
       pipeline_name=config.pipeline_name,
       pipeline_root=config.pipeline_root,
       components=[
-          example_gen, statistics_gen, schema_gen, transform, trainer,
-          evaluator, pusher
+          example_gen, statistics_gen, schema_gen,
+          *([import_schema] if import_schema else []), validator, transform,
+          trainer, evaluator, pusher
       ],
       enable_cache=True,
       metadata_connection_config=metadata_connection_config,

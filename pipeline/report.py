@@ -47,13 +47,16 @@ def build(config: settings_lib.PipelineConfig,
   """The report of one run, as written to report.json.
 
   Returns:
-    A JSON-ready dict: `run_id`, `created` (UTC), `outcome` ('pushed' or
-    'not_blessed'), `blessed`, `pushed_to`, `model`, `data_root`;
+    A JSON-ready dict: `run_id`, `created` (UTC), `outcome` ('pushed',
+    'not_blessed' or 'data_anomalies': stopped before Transform), `blessed`, `pushed_to`, `model`, `data_root`;
     `accuracy` with `phase1`, `phase2` (the Trainer's eval after each phase),
     `eval` (the Evaluator's) and `baseline` (the served model's on the
     same examples; None without one); `per_class` (class -> examples,
     accuracy, baseline_accuracy); `gate` (thresholds, `validation_ok`,
-    `failures` as sentences); `confusion_matrix` (`labels`, `matrix` rows =
+    `failures` as sentences); `data_validation` (the ExampleValidator's
+    `anomalies` and `warnings`, each with `check`, `feature`, `split`,
+    `reason`, `expected`, `found`; the `reference` schema and statistics;
+    this run's `statistics` and inferred `schema`); `confusion_matrix` (`labels`, `matrix` rows =
     true class, columns = predicted); `classification_report` (per-class
     precision, recall, F1 and support from that matrix, see
     `classification_report`; None without a model); `training` (per phase:
@@ -66,11 +69,20 @@ def build(config: settings_lib.PipelineConfig,
   labels = sorted(training.get('class_names', []))
   matrix = (_confusion_matrix(result.model, result.examples, labels)
             if result.model and result.examples and labels else [])
+  validation = {'anomalies': [], 'warnings': [], 'reference': None,
+                **(result.data_validation or {}),
+                'statistics': result.statistics, 'schema': result.schema}
+  if result.pushed_to:
+    outcome = 'pushed'
+  elif validation['anomalies']:
+    outcome = 'data_anomalies'
+  else:
+    outcome = 'not_blessed'
   return {
       'run_id': result.run_id,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'),
-      'outcome': 'pushed' if result.pushed_to else 'not_blessed',
+      'outcome': outcome,
       'blessed': result.blessed,
       'pushed_to': result.pushed_to,
       'model': result.model,
@@ -88,6 +100,7 @@ def build(config: settings_lib.PipelineConfig,
           'validation_ok': evaluation.get('validation_ok'),
           'failures': evaluation.get('failures', []),
       },
+      'data_validation': validation,
       'confusion_matrix': {'labels': labels, 'matrix': matrix},
       'classification_report': (classification_report(labels, matrix)
                                 if np.sum(matrix) else None),
@@ -247,8 +260,12 @@ def _dir_name(run_id: str) -> str:
 def render_markdown(report: Dict[str, Any]) -> str:
   """A markdown summary of `report` (for report.md, CI job summaries)."""
   accuracy, gate = report['accuracy'], report['gate']
+  validation = report.get('data_validation') or {}
   if report['pushed_to']:
     outcome = f'**Blessed and pushed** to `{report["pushed_to"]}`'
+  elif validation.get('anomalies'):
+    outcome = ('**Stopped by data validation, before Transform.** Nothing '
+               'was trained or pushed; the previous model keeps serving')
   else:
     outcome = ('**Not blessed: the gate held.** Nothing was pushed; the '
                'previous model keeps serving')
@@ -271,6 +288,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
       f'at most {gate["max_accuracy_drop"]:g} below the latest blessed model.',
   ]
   lines += [f'- failed: {failure}' for failure in gate['failures']]
+  lines += _validation_markdown(validation)
   if report['per_class']:
     lines += ['', '## Per class', '',
               '| class | examples | accuracy | latest blessed model |',
@@ -299,6 +317,27 @@ def render_markdown(report: Dict[str, Any]) -> str:
   lines += ['', f'![training curves]({CURVES_FILE})',
             f'![confusion matrix]({CONFUSION_FILE})', '']
   return '\n'.join(lines)
+
+
+def _validation_markdown(validation: Dict[str, Any]) -> List[str]:
+  """The data validation's anomalies and warnings as a markdown section."""
+  lines = []
+  for title, key in (('Data anomalies', 'anomalies'),
+                     ('Data validation warnings', 'warnings')):
+    if validation.get(key):
+      lines += ['', f'## {title}', '',
+                '| check | feature | split | expected | found |',
+                '|---|---|---|---|---|']
+      lines += [
+          f'| {e["check"]} | {e["feature"]} | {e["split"]} | '
+          f'{_cell(e["expected"])} | {_cell(e["found"])} |'
+          for e in validation[key]
+      ]
+  return lines
+
+
+def _cell(text: str) -> str:
+  return text.replace('|', '\\|').replace('\n', ' ')
 
 
 def _classification_markdown(classification: Dict[str, Any]) -> List[str]:

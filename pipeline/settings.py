@@ -42,6 +42,10 @@ MODULES_DIR = os.path.join(PROJECT_ROOT, 'modules')
 IMAGE_PROJECT_ROOT = '/pipeline'
 IMAGE_DEMO_DATA = IMAGE_PROJECT_ROOT + '/data/fashion_demo'
 MODALITIES = features.MODALITIES
+# The data validation gate's checks (which warn_anomalies may name) and the
+# label comparators (components/data_validator.py).
+VALIDATION_CHECKS = ('schema', 'label_coverage', 'drift', 'skew')
+LABEL_COMPARATORS = ('infinity_norm', 'jensen_shannon_divergence')
 # Data files the text ExampleGen reads (components/text_example_gen.py).
 TEXT_FILE_EXTENSIONS = ('.csv', '.jsonl', '.ndjson')
 IMAGE_EXTENSIONS = ('.bmp', '.gif', '.jpeg', '.jpg', '.png')
@@ -644,6 +648,33 @@ class PipelineConfig(_Section):
             "process per core (docs/performance.md)."),
       factory=lambda: ['--direct_running_mode=multi_processing',
                        '--direct_num_workers=0'])
+  # The data validation gate (components/data_validator.py,
+  # docs/data-validation.md).
+  schema_file: Optional[str] = setting(
+      None, flag=True,
+      help='The curated schema (schema.pbtxt) the data is validated against; '
+      "unset: the schema recorded beside the served model.")
+  label_drift_comparator: str = setting(
+      'infinity_norm', check=lambda v: v in LABEL_COMPARATORS,
+      requirement=f'one of {list(LABEL_COMPARATORS)}',
+      help="The label's drift and skew measure: L-infinity or Jensen-Shannon.")
+  label_drift_threshold: float = setting(
+      0.1, check=lambda v: 0.0 <= v <= 1.0, requirement='in [0, 1]',
+      help="How far the label distribution may move from the served run's.")
+  feature_drift_threshold: float = setting(
+      0.1, check=lambda v: 0.0 <= v <= 1.0, requirement='in [0, 1]',
+      help='Jensen-Shannon divergence allowed for image width, height and '
+      "text length against the served run's.")
+  split_skew_threshold: float = setting(
+      0.15, check=lambda v: 0.0 <= v <= 1.0, requirement='in [0, 1]',
+      help='Train against eval: the label and the same features.')
+  warn_anomalies: List[str] = setting(
+      help='Anomalies reported as warnings instead of stopping the run: a '
+      "check ('drift') or check:feature ('drift:label').",
+      check=lambda v: all(isinstance(n, str) and n.split(':')[0] in
+                          VALIDATION_CHECKS for n in v),
+      requirement=f'checks or check:feature; checks: {list(VALIDATION_CHECKS)}',
+      factory=list)
 
   def __post_init__(self):
     if isinstance(self.trainer, Mapping):

@@ -97,6 +97,7 @@ def test_served_models_and_statistics_live_in_durable_storage(workflow):
   steps = workflow['jobs']['retrain']['steps']
   runs = '\n'.join(step.get('run', '') for step in steps)
   assert 'vars.TFX_TRANSFER_STATE_URI' in yaml.safe_dump(workflow)
+  assert '--expect-baseline' in _script(workflow, 'retrain')
   assert 'gcloud storage rsync' in runs and 'aws s3 sync' in runs
   cache = [step for step in steps
            if step.get('uses', '').startswith('actions/cache/')]

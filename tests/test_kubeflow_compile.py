@@ -486,6 +486,7 @@ def test_code_in_the_ir_is_in_the_image(compiled):
   assert in_project == {
       'components.image_example_gen.ImageExampleGenExecutor',
       'components.atomic_pusher.AtomicPusherExecutor',
+      'components.data_validator.DataValidatorExecutor',
       'components.serving_baseline_evaluator.'
       'ServingBaselineEvaluatorExecutor',
       pipeline_lib.PREPROCESSING_FN, pipeline_lib.RUN_FN,
