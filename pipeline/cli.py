@@ -229,7 +229,8 @@ def _print_summary(report) -> None:
     print(f'  gate failed: {failure}')
   for kind in ('anomalies', 'warnings'):
     for entry in report['data_validation'][kind]:
-      print(f'  data {kind[:-1]}: {entry["check"]} {entry["feature"]} '
+      print(f'  data {kind.replace("ies", "y").rstrip("s")}: '
+            f'{entry["check"]} {entry["feature"]} '
             f'({entry["split"]}): expected {entry["expected"]}; found '
             f'{entry["found"]}')
 

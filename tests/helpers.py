@@ -105,7 +105,8 @@ def artifact_rows(examples: str, split: str) -> List[Dict[str, str]]:
   for record in records:
     feature = tf.train.Example.FromString(record.numpy()).features.feature
     rows.append({name: value.bytes_list.value[0].decode()
-                 for name, value in feature.items() if name != 'image'})
+                 for name, value in feature.items()
+                 if name != 'image' and value.WhichOneof('kind') == 'bytes_list'})
   return rows
 
 

@@ -72,8 +72,17 @@ def _read_split(out: pathlib.Path, split: str) -> List[Dict[str, bytes]]:
   rows = []
   for record in tf.data.TFRecordDataset(files, compression_type='GZIP'):
     features = tf.train.Example.FromString(record.numpy()).features.feature
-    assert set(features) == {'image', 'label', 'path'}
-    rows.append({k: f.bytes_list.value[0] for k, f in features.items()})
+    assert set(features) == {'image', 'label', 'path', 'image_width',
+                             'image_height', 'image_format', 'image_byte_size'}
+    data = features['image'].bytes_list.value[0]
+    with Image.open(io.BytesIO(data)) as image:  # The header's properties.
+      assert (features['image_width'].int64_list.value[0],
+              features['image_height'].int64_list.value[0],
+              features['image_format'].bytes_list.value[0].decode(),
+              features['image_byte_size'].int64_list.value[0]) == (
+                  *image.size, image.format, len(data))
+    rows.append({k: f.bytes_list.value[0] for k, f in features.items()
+                 if f.WhichOneof('kind') == 'bytes_list'})
   return rows
 
 

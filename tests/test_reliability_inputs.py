@@ -75,7 +75,8 @@ def _examples(out) -> List[Dict[str, bytes]]:
     files = tf.io.gfile.glob(os.path.join(out, f'Split-{split}', '*.gz'))
     for record in tf.data.TFRecordDataset(files, compression_type='GZIP'):
       feature = tf.train.Example.FromString(record.numpy()).features.feature
-      rows.append({k: f.bytes_list.value[0] for k, f in feature.items()})
+      rows.append({k: f.bytes_list.value[0] for k, f in feature.items()
+                   if f.WhichOneof('kind') == 'bytes_list'})
   return rows
 
 

@@ -38,7 +38,8 @@ def _rows(out: pathlib.Path) -> List[Dict[str, bytes]]:
     for record in tf.data.TFRecordDataset(files, compression_type='GZIP'):
       features = tf.train.Example.FromString(record.numpy()).features.feature
       rows.append({'split': split, **{
-          k: f.bytes_list.value[0] for k, f in features.items()}})
+          k: f.bytes_list.value[0] for k, f in features.items()
+          if f.WhichOneof('kind') == 'bytes_list'}})
   return rows
 
 
