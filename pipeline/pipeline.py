@@ -166,8 +166,9 @@ def create_pipeline(config: settings_lib.PipelineConfig,
       `RUN_FN`) rather than by file, for container images that hold the
       project. TFX then packages no user-module wheel under the pipeline root
       at compile time, and cache keys no longer see code changes.
-    with_runtime_parameters: Make data_root, the Evaluator's gate and the
-      Trainer's settings `runtime_parameters(config)` (KubeflowV2DagRunner).
+    with_runtime_parameters: Make data_root, the Evaluator's gate, the
+      Trainer's settings, the data validation settings and (if set) the
+      schema file `runtime_parameters(config)` (KubeflowV2DagRunner).
   """
   if with_runtime_parameters:
     parameters = runtime_parameters(config)

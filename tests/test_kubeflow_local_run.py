@@ -30,8 +30,8 @@ from tfx.utils import proto_utils
 DATA = os.path.join(config_lib.PROJECT_ROOT, 'data')
 DEMO_DATA = os.path.join(DATA, 'fashion_demo')
 IMAGE = 'registry.example.com/tfx-transfer:test'
-TASKS = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform',
-         'Trainer', 'Evaluator', 'Pusher')
+TASKS = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen',
+         'ExampleValidator', 'Transform', 'Trainer', 'Evaluator', 'Pusher')
 TEXT_TRAINER = {'phase1_epochs': 10, 'phase2_epochs': 0}
 
 

@@ -31,7 +31,7 @@ def _run(root: pathlib.Path, out: pathlib.Path, data_file: str, **kwargs):
 
 
 def _rows(out: pathlib.Path) -> List[Dict[str, bytes]]:
-  """Every Example of both splits, features as bytes, with its split."""
+  """Every Example of both splits: its bytes features, text_length, split."""
   rows = []
   for split in ('train', 'eval'):
     files = tf.io.gfile.glob(os.path.join(out, f'Split-{split}', '*.gz'))
@@ -39,7 +39,8 @@ def _rows(out: pathlib.Path) -> List[Dict[str, bytes]]:
       features = tf.train.Example.FromString(record.numpy()).features.feature
       rows.append({'split': split, **{
           k: f.bytes_list.value[0] for k, f in features.items()
-          if f.WhichOneof('kind') == 'bytes_list'}})
+          if f.WhichOneof('kind') == 'bytes_list'},
+                   'text_length': features['text_length'].int64_list.value[0]})
   return rows
 
 
@@ -70,7 +71,8 @@ def test_csv_columns_ids_and_text_splits(tmp_path):
   assert report['ingested_per_class'] == {'neg': 15, 'pos': 15}
   rows = _rows(tmp_path / 'out')
   assert {r['id'].decode(): r['text'].decode() for r in rows} == texts
-  assert set(rows[0]) == {'split', 'id', 'text', 'label'}
+  assert set(rows[0]) == {'split', 'id', 'text', 'label', 'text_length'}
+  assert all(r['text_length'] == len(r['text'].decode()) for r in rows)
   assert 0 < report['ingested_per_split']['eval'] < 15
   # Rerunning with the rows reordered and renamed keeps each text's split.
   reordered = [lines[0]] + [l.replace(',r', ',x') for l in lines[:0:-1]]
@@ -154,7 +156,8 @@ def test_image_text_manifest(tmp_path):
         color=(200, 0, 0) if label == 'red' else (0, 200, 0))
     (tmp_path / path).parent.mkdir(exist_ok=True)
     (tmp_path / path).write_bytes(images[path])
-    lines.append(f'./{path},a {label} square,{label}')
+    # An image+text row may have an empty text: the image is an example.
+    lines.append(f'./{path},{"" if i == 11 else f"a {label} square"},{label}')
   (tmp_path / 'img/zero.png').write_bytes(b'')
   lines += ['img/zero.png,empty file,red', 'img/missing.png,gone,red',
             '../escape.png,outside,green', ',no image,green']
@@ -174,7 +177,10 @@ def test_image_text_manifest(tmp_path):
   rows = _rows(tmp_path / 'out')
   assert {r['path'].decode(): r['image'] for r in rows} == images
   for row in rows:
-    assert row['text'].decode() == f'a {row["label"].decode()} square'
+    expected = ('' if row['path'] == b'img/green_11.png' else
+                f'a {row["label"].decode()} square')
+    assert row['text'].decode() == expected
+    assert row['text_length'] == len(expected)
 
 
 def test_errors(tmp_path):
