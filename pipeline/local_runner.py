@@ -244,11 +244,12 @@ def _read_last_run(connection, pipeline_name: str, seconds: float,
 def _read_output(store, artifact, result: RunResult, node_id: str) -> None:
   """Fills in `result` from one output artifact of the run."""
   kind = store.get_artifact_types_by_id([artifact.type_id])[0].name
-  if kind == 'ExampleStatistics':
+  # Transform outputs statistics, schemas and anomalies too.
+  if kind == 'ExampleStatistics' and node_id == 'StatisticsGen':
     result.statistics = artifact.uri
   elif kind == 'Schema' and node_id == 'SchemaGen':
     result.schema = artifact.uri
-  elif kind == 'ExampleAnomalies':
+  elif kind == 'ExampleAnomalies' and node_id == 'ExampleValidator':
     path = os.path.join(artifact.uri, data_validator.RESULT_FILE)
     if os.path.exists(path):
       with open(path) as f:
