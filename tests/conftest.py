@@ -156,10 +156,10 @@ def s3_bucket(s3_server, monkeypatch):
 
 def fusion_run(tmp_path_factory):
   """One real image+text run on data/fashion_text, shared by the tests."""
-  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
+  from pipeline import settings as settings_lib  # pylint: disable=g-import-not-at-top
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   import helpers  # pylint: disable=g-import-not-at-top
-  config = config_lib.PipelineConfig(
+  config = settings_lib.PipelineConfig(
       output_dir=str(tmp_path_factory.mktemp('fusion_run')),
       modality='image_text', data_root=os.path.join(PROJECT_ROOT, 'data'),
       manifest='fashion_text/manifest.csv',

@@ -37,6 +37,7 @@ from PIL import Image
 import pytest
 
 from pipeline import cli
+import helpers
 from pipeline import report as report_lib
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +117,7 @@ def test_unchanged_data_passes(demo_run, tmp_path):
   code = cli.main(['run', '--output-dir', config.output_dir,
                    '--schema-file', str(schema_file),
                    *(f'--{k.replace("_", "-")}={v}'
-                     for k, v in config.trainer.items())])
+                     for k, v in helpers.E2E_TRAINER.items())])
   with open(os.path.join(report_lib.find(config.output_dir),
                          report_lib.JSON_FILE)) as f:
     report = json.load(f)
