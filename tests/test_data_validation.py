@@ -36,8 +36,8 @@ import sys
 from PIL import Image
 import pytest
 
-from pipeline import cli
 import helpers
+from pipeline import cli
 from pipeline import report as report_lib
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
