@@ -168,6 +168,9 @@ def _add_run_flags(parser) -> None:
 # Settings a run cannot change: they are compiled into the pipeline.
 _COMPILE_TIME_KEYS = (
     'modality', 'output_dir', 'pipeline_name', 'manifest',
+    # Whether an ImportSchemaGen is compiled in (its path is the schema_file
+    # runtime parameter, settable in KFP itself).
+    'schema_file',
     *(f'trainer.{key}' for key in settings_lib.COMPILE_TIME_TRAINER_KEYS))
 
 

@@ -193,7 +193,12 @@ def test_every_setting_is_reachable_from_a_file_and_each_cli(tmp_path):
   compile_time = {'modality', 'output_dir', 'pipeline_name', 'manifest',
                   'split_folders', 'text_columns', 'label_column',
                   'id_column', 'image_column', 'max_rejected_fraction',
-                  'allow_paths_outside_data_root', 'beam_pipeline_args'}
+                  'allow_paths_outside_data_root', 'beam_pipeline_args',
+                  # Data validation: compiled in (KFP may set the
+                  # schema_file and data_validation parameters itself).
+                  'schema_file', 'label_drift_comparator',
+                  'label_drift_threshold', 'feature_drift_threshold',
+                  'split_skew_threshold', 'warn_anomalies'}
   for key, sample in samples.items():
     given = _ALTERNATIVES.get(key) or {key: sample}
     if key.startswith('trainer.domain_adaptation.') and key != (
@@ -273,7 +278,8 @@ def test_compile_takes_the_run_settings_file_for_text(tmp_path, capsys):
   assert parameters['data_root'] == 'gs://bucket/reviews'
   assert json.loads(parameters['trainer_config']) == {
       'phase1_epochs': 3, 'phase2_epochs': 1, 'max_length': 32}
-  assert set(parameters) == {'data_root', 'eval_config', 'trainer_config'}
+  assert set(parameters) == {'data_root', 'eval_config', 'trainer_config',
+                             'data_validation'}
   tasks = spec['root']['dag']['tasks']
   assert json.loads(tasks['Transform']['inputs']['parameters'][
       'custom_config']['runtimeValue']['constant']) == {
