@@ -1,0 +1,80 @@
+"""Phase 1 to convergence and the choice of the exported phase.
+
+The closed-form start is scikit-learn's logistic regression; the validation
+part is carved from the train split the same way on every call; a
+fine-tuning phase that hurts on validation is not exported (the classifier
+ends with phase 1's weights). tests/test_pipeline_e2e.py checks the same
+through the real pipeline, with the Tuner.
+"""
+
+import numpy as np
+import pytest
+from sklearn import linear_model
+import tensorflow as tf
+import tf_keras as keras
+
+from modules import linear_probe
+from modules import model as model_lib
+from modules import trainer
+from pipeline import settings as settings_lib
+import test_training_options as tiny
+
+
+def test_closed_form_start_is_sklearns_logistic_regression():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 120)
+  embeddings = rng.normal(size=(120, 8)) + labels[:, None] * 0.8
+  weight_decay = 1e-2
+  kernel, bias = linear_probe.fit(embeddings, labels, 3, weight_decay)
+  # scikit-learn minimizes C * sum(CE) + sum(W**2) / 2: the same objective
+  # for C = 1 / (2 n lambda).
+  reference = linear_model.LogisticRegression(
+      C=1 / (2 * 120 * weight_decay), tol=1e-10, max_iter=10_000).fit(
+          embeddings, labels)
+  logits = embeddings @ kernel + bias
+  probabilities = np.exp(logits - logits.max(1, keepdims=True))
+  probabilities /= probabilities.sum(1, keepdims=True)
+  np.testing.assert_allclose(
+      probabilities, reference.predict_proba(embeddings), atol=1e-4)
+
+
+def test_validation_part_is_fixed_disjoint_and_about_its_fraction():
+  serialized = tf.constant([f'example {i}'.encode() for i in range(2000)])
+  parts = {part: trainer.in_part(serialized, part, 0.2).numpy()
+           for part in (trainer.FIT, trainer.VALIDATION)}
+  assert not np.any(parts[trainer.FIT] & parts[trainer.VALIDATION])
+  assert np.all(parts[trainer.FIT] | parts[trainer.VALIDATION])
+  assert 0.17 < parts[trainer.VALIDATION].mean() < 0.23
+  again = trainer.in_part(serialized, trainer.VALIDATION, 0.2).numpy()
+  np.testing.assert_array_equal(again, parts[trainer.VALIDATION])
+
+
+def test_a_fine_tuning_phase_that_hurts_is_not_exported():
+  keras.utils.set_random_seed(0)
+  backbone = tiny._tiny_backbone()
+  classifier = model_lib.build_classifier(backbone, tiny.IMAGE_SIZE, 2, 0.0)
+  # Phase 2 at a learning rate that wrecks the unfrozen convolutions.
+  config = settings_lib.TrainerConfig.from_dict({
+      'phase1_epochs': 3, 'phase1_learning_rate': 1e-2, 'batch_size': 8,
+      'phase2_epochs': 2, 'phase2_learning_rate': 5.0,
+      'fine_tune_layers': 11})
+  datasets = trainer.Datasets(tiny._images(64), tiny._images(32, seed=1),
+                              tiny._images(32, seed=2))
+  strategy = tf.distribute.get_strategy()
+  results = trainer.train_phases(classifier, backbone, strategy, datasets,
+                                 config)
+
+  phase1, phase2 = results['phase1'], results['phase2']
+  print(f"validation accuracy: phase 1 {phase1['validation_accuracy']:.3f}, "
+        f"phase 2 {phase2['validation_accuracy']:.3f}")
+  assert phase1['start']['method'] == 'logistic_regression'
+  assert phase2['validation_loss'] > phase1['validation_loss']
+  assert (phase1['chosen'], phase2['chosen']) == (True, False)
+  # The classifier ends with phase 1's weights: it scores what phase 1
+  # scored, on validation and on eval.
+  model_lib.compile_for_phase(classifier, 1e-3)
+  loss, accuracy = classifier.evaluate(datasets.validation, verbose=0)
+  assert accuracy == pytest.approx(phase1['validation_accuracy'], abs=1e-6)
+  assert loss == pytest.approx(phase1['validation_loss'], rel=1e-4)
+  _, eval_accuracy = classifier.evaluate(datasets.eval, verbose=0)
+  assert eval_accuracy == pytest.approx(phase1['eval_accuracy'], abs=1e-6)
