@@ -22,6 +22,7 @@ from typing import List, Optional
 import tensorflow as tf
 import tf_keras as keras
 
+from modules import linear_probe
 from modules import model as model_lib
 
 _EMBEDDINGS, _LABELS = 'embeddings', 'labels'
@@ -101,11 +102,16 @@ def run_cached_phase1(
     batch_size: int,
     seed: int,
     callbacks=None,
-    options: Optional[model_lib.FitOptions] = None) -> dict:
+    options: Optional[model_lib.FitOptions] = None,
+    closed_form_start: bool = False) -> dict:
   """Phase 1 with the embedding cache; returns what model_lib.run_phase does.
 
   `options` (schedule, early stopping, class weights) apply to the head's fit
-  as they would to the plain path's. The phase's eval accuracy is the head's
+  as they would to the plain path's. With `closed_form_start`, the dense
+  layer starts at modules/linear_probe.py's solution (the head's own L2
+  penalty and the class weights), and the phase keeps that start when no
+  epoch ends with a lower eval loss; the result's `start` says what it
+  scored and whether it was kept. The phase's eval accuracy is the head's
   on the cached eval embeddings: what the assembled classifier scores on the
   eval inputs (the same layers; tests/test_embedding_cache.py checks it),
   without a second backbone pass.
@@ -120,12 +126,67 @@ def run_cached_phase1(
     options = dataclasses.replace(
         options or model_lib.FitOptions(),
         steps_per_epoch=math.ceil(train_count / batch_size))
+    start = (_start_from_closed_form(head, strategy, train_cache, eval_cache,
+                                     learning_rate, options.class_weight)
+             if closed_form_start and epochs > 0 else None)
     fitted = model_lib.fit_phase('phase1', head, strategy, train_cache,
                                  eval_cache, epochs, learning_rate, callbacks,
                                  options)
-    return model_lib.evaluate_phase('phase1', head, eval_cache, epochs,
-                                    learning_rate, fitted['history'], [],
-                                    fitted['early_stopping'])
+    if start and 'loss' in start:
+      _keep_start_if_better(head, strategy, eval_cache, start)
+    result = model_lib.evaluate_phase('phase1', head, eval_cache, epochs,
+                                      learning_rate, fitted['history'], [],
+                                      fitted['early_stopping'])
+    if start:
+      start.pop('weights', None)
+      result['start'] = start
+    return result
+
+
+def _start_from_closed_form(head, strategy, train_cache, eval_cache,
+                            learning_rate, class_weight) -> dict:
+  """Loads linear_probe.fit's solution into the head's dense layer.
+
+  Returns:
+    `method`, `seconds`, and the start's eval `loss` and `accuracy` with its
+    `weights`; or `skipped` (why) when the embeddings do not fit in memory.
+  """
+  started = time.time()
+  try:
+    embeddings, labels = linear_probe.load(train_cache)
+  except MemoryError as error:
+    print(f'[trainer] phase1: no closed-form start: {error}', flush=True)
+    return {'method': 'logistic_regression', 'skipped': str(error)}
+  dense = head.get_layer(model_lib.LOGITS)
+  regularizer = dense.kernel_regularizer
+  weight_decay = float(regularizer.l2) if regularizer is not None else 0.0
+  kernel, bias = linear_probe.fit(embeddings, labels, dense.units,
+                                  weight_decay, class_weight)
+  with strategy.scope():
+    dense.kernel.assign(kernel)
+    dense.bias.assign(bias)
+    model_lib.compile_for_phase(head, learning_rate)
+  loss, accuracy = head.evaluate(eval_cache, verbose=0)
+  seconds = time.time() - started
+  print(f'[trainer] phase1: closed-form start (logistic regression, L2 '
+        f'{weight_decay:g}, {len(labels)} examples) in {seconds:.1f} s: eval '
+        f'accuracy {accuracy:.4f} (loss {loss:.4f})', flush=True)
+  return {'method': 'logistic_regression', 'weight_decay': weight_decay,
+          'seconds': round(seconds, 3), 'loss': float(loss),
+          'accuracy': float(accuracy), 'weights': (kernel, bias)}
+
+
+def _keep_start_if_better(head, strategy, eval_cache, start) -> None:
+  """Restores the closed-form start when the trained head's loss is higher."""
+  loss, _ = head.evaluate(eval_cache, verbose=0)
+  start['kept'] = bool(loss > start['loss'])
+  if start['kept']:
+    dense = head.get_layer(model_lib.LOGITS)
+    with strategy.scope():
+      dense.kernel.assign(start['weights'][0])
+      dense.bias.assign(start['weights'][1])
+    print('[trainer] phase1: no epoch beat the closed-form start on the eval '
+          'loss; the start is kept', flush=True)
 
 
 def _cache_embeddings(model, strategy, train_dataset, eval_dataset,

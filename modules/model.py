@@ -60,24 +60,27 @@ def loss() -> keras.losses.Loss:
 
 def build_classifier(backbone: backbones.Backbone, image_size: int,
                      num_classes: int, dropout: float,
-                     augmentation: Optional[keras.layers.Layer] = None
-                     ) -> keras.Model:
+                     augmentation: Optional[keras.layers.Layer] = None,
+                     weight_decay: float = 0.0) -> keras.Model:
   """Backbone + dropout + dense head; inputs are [0, 255] float images.
 
-  `augmentation` (modules/augmentation.py) goes before the backbone.
+  `augmentation` (modules/augmentation.py) goes before the backbone;
+  `weight_decay` is the head kernel's L2 penalty (see `head`).
   """
   inputs = keras.Input((image_size, image_size, 3), name=features.IMAGE_XF)
   features_ = _image_features(backbone, inputs, augmentation)
-  return keras.Model(inputs, _head(features_, num_classes, dropout),
-                     name=f'{backbone.name}_classifier')
+  return keras.Model(
+      inputs, head(features_, num_classes, dropout, weight_decay),
+      name=f'{backbone.name}_classifier')
 
 
 def build_text_classifier(backbone: backbones.TextBackbone, max_length: int,
-                          num_classes: int, dropout: float) -> keras.Model:
+                          num_classes: int, dropout: float,
+                          weight_decay: float = 0.0) -> keras.Model:
   """Text encoder + dropout + dense head; inputs are transformed text."""
   inputs = backbone.inputs(max_length)
   return keras.Model(
-      inputs, _head(backbone.embed(inputs), num_classes, dropout),
+      inputs, head(backbone.embed(inputs), num_classes, dropout, weight_decay),
       name='text_classifier')
 
 
@@ -85,15 +88,15 @@ def build_fusion_classifier(image_backbone: backbones.Backbone,
                             text_backbone: backbones.TextBackbone,
                             image_size: int, max_length: int,
                             num_classes: int, dropout: float,
-                            augmentation: Optional[keras.layers.Layer] = None
-                            ) -> keras.Model:
+                            augmentation: Optional[keras.layers.Layer] = None,
+                            weight_decay: float = 0.0) -> keras.Model:
   """Both towers' pooled features, concatenated, + dropout + dense head."""
   image = keras.Input((image_size, image_size, 3), name=features.IMAGE_XF)
   inputs = {features.IMAGE_XF: image, **text_backbone.inputs(max_length)}
   fused = keras.layers.Concatenate(name=FUSION, dtype='float32')([
       _image_features(image_backbone, image, augmentation),
       text_backbone.embed(inputs)])
-  return keras.Model(inputs, _head(fused, num_classes, dropout),
+  return keras.Model(inputs, head(fused, num_classes, dropout, weight_decay),
                      name='image_text_classifier')
 
 
@@ -104,10 +107,17 @@ def _image_features(backbone: backbones.Backbone, images, augmentation):
   return backbone.network(x, training=False)
 
 
-def _head(x, num_classes: int, dropout: float):
+def head(x, num_classes: int, dropout: float, weight_decay: float = 0.0):
+  """Dropout, then the dense logits layer.
+
+  `weight_decay` (lambda) adds lambda * sum(kernel**2) to the training loss,
+  the penalty modules/linear_probe.py's closed-form start minimizes too.
+  """
   x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
+  regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
   # float32 logits under mixed precision: a stable softmax and loss.
-  return keras.layers.Dense(num_classes, name=LOGITS, dtype='float32')(x)
+  return keras.layers.Dense(num_classes, name=LOGITS, dtype='float32',
+                            kernel_regularizer=regularizer)(x)
 
 
 def as_list(towers: Towers) -> List[AnyBackbone]:
@@ -334,9 +344,13 @@ def evaluate_phase(name: str, model: keras.Model,
                    learning_rate: float, history: dict,
                    unfrozen: List[str],
                    early_stopping: Optional[dict] = None) -> dict:
-  """Evaluates the compiled classifier; the per-phase result."""
+  """Evaluates the compiled classifier; the per-phase result.
+
+  `eval_dataset` is what the phase validated on (the Trainer's validation
+  part of the train split).
+  """
   eval_loss, eval_accuracy = model.evaluate(eval_dataset, verbose=0)
-  print(f'[trainer] {name}: eval accuracy {eval_accuracy:.4f} '
+  print(f'[trainer] {name}: validation accuracy {eval_accuracy:.4f} '
         f'(loss {eval_loss:.4f}) after {epochs} epochs', flush=True)
   return {
       'epochs': epochs,

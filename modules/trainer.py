@@ -20,7 +20,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -36,11 +36,13 @@ from modules import embedding_cache
 from modules import features
 from modules import model as model_lib
 from modules import preprocessing
-from modules import schedules
 from modules import serving
 from pipeline import settings as settings_lib
 
 TRAINING_SUMMARY_FILE = 'training_summary.json'
+FIT, VALIDATION = 'fit', 'validation'  # The parts of the train split.
+# Settings the Tuner's best hyperparameters may override (modules/tuner.py).
+TUNABLE = ('phase1_learning_rate', 'dropout', 'head_weight_decay')
 
 
 def modality(tf_transform_output: tft.TFTransformOutput) -> str:
@@ -57,15 +59,38 @@ def model_inputs(transformed: Dict[str, tf.Tensor], kind: str):
   return {k: v for k, v in transformed.items() if k in names}
 
 
+def in_part(serialized: tf.Tensor, part: Optional[str],
+            validation_fraction: float) -> tf.Tensor:
+  """Whether a serialized train example is in `part` of the train split.
+
+  'validation': the examples whose fingerprint hash falls in the first
+  `validation_fraction` of 1000 buckets (the same examples on every run and
+  machine); 'fit': the others; None: all.
+  """
+  if part is None:
+    return tf.constant(True)
+  held_out = (tf.strings.to_hash_bucket_fast(serialized, 1000) <
+              int(round(validation_fraction * 1000)))
+  return held_out if part == VALIDATION else tf.logical_not(held_out)
+
+
 def make_dataset(file_pattern: List[str],
                  tf_transform_output: tft.TFTransformOutput,
                  batch_size: int,
                  shuffle: bool,
-                 seed: int = 42) -> tf.data.Dataset:
-  """(model inputs, label_xf) batches from raw GZIP'd tf.Examples, one pass."""
+                 seed: int = 42,
+                 part: Optional[str] = None,
+                 validation_fraction: float = 0.0) -> tf.data.Dataset:
+  """(model inputs, label_xf) batches from raw GZIP'd tf.Examples, one pass.
+
+  `part` selects 'fit' or 'validation' examples of a train split (in_part).
+  """
   files = tf.data.Dataset.list_files(file_pattern, shuffle=False)
   dataset = tf.data.TFRecordDataset(
       files, compression_type='GZIP', num_parallel_reads=tf.data.AUTOTUNE)
+  if part is not None:
+    dataset = dataset.filter(
+        lambda serialized: in_part(serialized, part, validation_fraction))
   if shuffle:
     dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
   kind = modality(tf_transform_output)
@@ -188,54 +213,120 @@ def build_model(kind: str, config: settings_lib.TrainerConfig,
   if kind == features.IMAGE:
     classifier = model_lib.build_classifier(
         towers[0], config.image_size, num_classes, config.dropout,
-        augmentation)
+        augmentation, config.head_weight_decay)
   elif kind == features.TEXT:
     classifier = model_lib.build_text_classifier(
-        towers[0], config.max_length, num_classes, config.dropout)
+        towers[0], config.max_length, num_classes, config.dropout,
+        config.head_weight_decay)
   else:
     classifier = model_lib.build_fusion_classifier(
         *towers, config.image_size, config.max_length, num_classes,
-        config.dropout, augmentation)
+        config.dropout, augmentation, config.head_weight_decay)
   return classifier, towers
 
 
-def train_two_phases(
+@dataclasses.dataclass
+class Datasets:
+  """What the phases read: (inputs, label index) batches.
+
+  Attributes:
+    train: the examples the phases fit on (the train split less validation).
+    validation: held out from the train split (in_part): early stopping and
+      the choice of the exported phase read only this.
+    eval: the split the Evaluator's gate judges; only reported per phase,
+      never used for a training decision. None: not reported.
+  """
+  train: tf.data.Dataset
+  validation: tf.data.Dataset
+  eval: Optional[tf.data.Dataset] = None
+
+
+def train_phases(
     classifier: keras.Model,
     backbone: model_lib.Towers,
     strategy: tf.distribute.Strategy,
-    train_dataset: tf.data.Dataset,
-    eval_dataset: tf.data.Dataset,
+    datasets: Datasets,
     config: settings_lib.TrainerConfig,
     callbacks: Optional[list] = None,
     options: Optional[model_lib.FitOptions] = None) -> Dict[str, dict]:
   """Feature extraction, then the fine-tuning phase(s); results in order.
 
   The keys are 'phase1', 'phase2', ... (config.fine_tuning_phases()). Each
-  tower unfreezes what its phase says for its kind (image or text).
-  `options` default to the config's schedule and early stopping, with no
-  class weights.
+  tower unfreezes what its phase says for its kind (image or text). Each
+  phase's result holds its `validation_accuracy` and `validation_loss`
+  (and with `datasets.eval`, `eval_accuracy` and `eval_loss`); `chosen` is
+  True for the one phase whose weights the classifier ends with: the best
+  on validation (accuracy, then loss; the earlier phase on a tie), so a
+  fine-tuning phase that hurts is not exported. `options` default to the
+  config's schedule and early stopping, with no class weights.
   """
   options = options or model_lib.FitOptions.from_config(config)
   towers = model_lib.as_list(backbone)
-  data = (classifier, towers, strategy, train_dataset, eval_dataset)
+  data = (classifier, towers, strategy, datasets.train, datasets.validation)
+  phase1_options = dataclasses.replace(
+      options, early_stopping_patience=config.phase1_patience)
   cache = phase1_cache_use(config)
   if cache == 'used':
     phase1 = embedding_cache.run_cached_phase1(
         *data, config.phase1_epochs, config.phase1_learning_rate,
         config.batch_size * strategy.num_replicas_in_sync, config.seed,
-        callbacks, options)
+        callbacks, phase1_options,
+        closed_form_start=config.phase1_start == 'logistic_regression')
   else:
     logging.info('phase1 without the embedding cache: %s', cache)
     phase1 = model_lib.run_phase('phase1', *data, config.phase1_epochs,
                                  config.phase1_learning_rate, 0, callbacks,
-                                 options)
-  results = {'phase1': {**phase1, 'embedding_cache': cache}}
+                                 phase1_options)
+  candidates = _Candidates(classifier, strategy, datasets.eval)
+  results = {'phase1': candidates.add('phase1', {**phase1,
+                                                 'embedding_cache': cache})}
   fine_tune = domain_adaptation.fine_tuning_runner(config, strategy)
   for phase in config.fine_tuning_phases():
-    results[phase.name] = fine_tune(
+    results[phase.name] = candidates.add(phase.name, fine_tune(
         phase.name, *data, phase.epochs, phase.learning_rate,
-        phase.tower_settings(towers), callbacks, options)
+        phase.tower_settings(towers), callbacks, options))
+  candidates.restore_best(results)
   return results
+
+
+class _Candidates:
+  """Each phase's end as a candidate for export; keeps the best's weights."""
+
+  def __init__(self, classifier: keras.Model,
+               strategy: tf.distribute.Strategy,
+               eval_dataset: Optional[tf.data.Dataset]):
+    self.classifier, self.strategy = classifier, strategy
+    self.eval_dataset = eval_dataset
+    self.best, self.best_score, self.best_weights = None, None, None
+
+  def add(self, name: str, result: dict) -> dict:
+    """The phase's result, its metrics named for the split they were on."""
+    # The phase validated (and reported) on the validation part.
+    result['validation_accuracy'] = result.pop('eval_accuracy')
+    result['validation_loss'] = result.pop('eval_loss')
+    if self.eval_dataset is not None:
+      with self.strategy.scope():
+        model_lib.compile_for_phase(self.classifier, 1e-3)  # For evaluate.
+      loss, accuracy = self.classifier.evaluate(self.eval_dataset, verbose=0)
+      result['eval_accuracy'], result['eval_loss'] = float(accuracy), float(
+          loss)
+    score = (result['validation_accuracy'], -result['validation_loss'])
+    if self.best is None or score > self.best_score:
+      self.best, self.best_score = name, score
+      self.best_weights = [(v, v.numpy()) for v in self.classifier.weights]
+    return result
+
+  def restore_best(self, results: Dict[str, dict]) -> None:
+    """Marks the chosen phase; loads its weights unless it was the last."""
+    for name, result in results.items():
+      result['chosen'] = name == self.best
+    if self.best != list(results)[-1]:
+      with self.strategy.scope():
+        for variable, value in self.best_weights:
+          variable.assign(value)
+    print(f'[trainer] exported: {self.best} (validation accuracy '
+          f'{self.best_score[0]:.4f}, loss {-self.best_score[1]:.4f}; the '
+          f'best of {list(results)})', flush=True)
 
 
 def phase1_cache_use(config: settings_lib.TrainerConfig) -> str:
@@ -250,15 +341,18 @@ def phase1_cache_use(config: settings_lib.TrainerConfig) -> str:
 
 def label_counts(file_pattern: List[str],
                  tf_transform_output: tft.TFTransformOutput,
-                 num_classes: int) -> np.ndarray:
-  """Examples per label index: one pass that parses the labels only."""
+                 num_classes: int, part: Optional[str] = None,
+                 validation_fraction: float = 0.0) -> np.ndarray:
+  """Examples per label index (of `part`, see in_part): one pass that parses
+  the labels only."""
   label_spec = {features.LABEL_KEY:
                 tf_transform_output.raw_feature_spec()[features.LABEL_KEY]}
   transform_layer = tf_transform_output.transform_features_layer()
   labels = tf.data.TFRecordDataset(
       tf.data.Dataset.list_files(file_pattern, shuffle=False),
       compression_type='GZIP', num_parallel_reads=tf.data.AUTOTUNE
-  ).batch(1024).map(lambda serialized: transform_layer(
+  ).filter(lambda serialized: in_part(serialized, part, validation_fraction)
+          ).batch(1024).map(lambda serialized: transform_layer(
       tf.io.parse_example(serialized, label_spec))[features.LABEL_XF])
   counts = np.zeros(num_classes, np.int64)
   for batch in labels:
@@ -288,9 +382,46 @@ def class_weights(setting, names: List[str],
   return {i: float(setting.get(name, 1.0)) for i, name in enumerate(names)}
 
 
+def tuned_config(custom_config: Dict[str, Any],
+                 hyperparameters: Optional[Dict[str, Any]]
+                 ) -> Tuple[settings_lib.TrainerConfig, Dict[str, Any]]:
+  """The settings, with the Tuner's best values (TUNABLE) over them.
+
+  `hyperparameters` is a KerasTuner HyperParameters config (TFX's Tuner ->
+  Trainer `best_hyperparameters`), or None without a Tuner.
+  """
+  tuned = {key: value for key, value in
+           ((hyperparameters or {}).get('values') or {}).items()
+           if key in TUNABLE}
+  return settings_lib.TrainerConfig.from_dict(
+      {**(custom_config or {}), **tuned}), tuned
+
+
+def validation_summary(config: settings_lib.TrainerConfig,
+                       fit_counts: np.ndarray,
+                       validation_counts: np.ndarray) -> Dict[str, Any]:
+  """How the train split was divided; raises when validation is empty."""
+  if not validation_counts.sum() or not fit_counts.sum():
+    raise ValueError(
+        f'trainer.validation_fraction {config.validation_fraction} left '
+        f'{int(fit_counts.sum())} examples to fit on and '
+        f'{int(validation_counts.sum())} to validate on; the train split is '
+        'too small to hold out a validation part, add examples.')
+  return {
+      'method': 'hash of each serialized train example into 1000 buckets; '
+                'the first validation_fraction of them validate',
+      'fraction': config.validation_fraction,
+      'fit_examples': int(fit_counts.sum()),
+      'validation_examples': int(validation_counts.sum()),
+      'used_for': 'phase early stopping and the choice of the exported '
+                  'phase; the eval split is never used for either',
+  }
+
+
 def run_fn(fn_args: tfx.components.FnArgs):
   """TFX Trainer entry point."""
-  config = settings_lib.TrainerConfig.from_dict(fn_args.custom_config)
+  config, tuned = tuned_config(fn_args.custom_config,
+                               getattr(fn_args, 'hyperparameters', None))
   keras.utils.set_random_seed(config.seed)
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   names = class_names(tf_transform_output)
@@ -301,27 +432,33 @@ def run_fn(fn_args: tfx.components.FnArgs):
                'global batch %d', kind, len(names), names,
                strategy.num_replicas_in_sync, global_batch)
 
-  train_dataset = make_dataset(fn_args.train_files, tf_transform_output,
-                               global_batch, shuffle=True, seed=config.seed)
-  eval_dataset = make_dataset(fn_args.eval_files, tf_transform_output,
-                              global_batch, shuffle=False)
-  counts = None
-  if (config.class_weights == 'balanced' or
-      config.lr_schedule != schedules.CONSTANT or config.domain_adaptation):
-    counts = label_counts(fn_args.train_files, tf_transform_output,
-                          len(names))
+  counts = {part: label_counts(fn_args.train_files, tf_transform_output,
+                               len(names), part, config.validation_fraction)
+            for part in (FIT, VALIDATION)}
+  validation = validation_summary(config, counts[FIT], counts[VALIDATION])
+  print(f"[trainer] train split: {validation['fit_examples']} to fit, "
+        f"{validation['validation_examples']} to validate on", flush=True)
+  datasets = Datasets(
+      train=make_dataset(fn_args.train_files, tf_transform_output,
+                         global_batch, shuffle=True, seed=config.seed,
+                         part=FIT,
+                         validation_fraction=config.validation_fraction),
+      validation=make_dataset(fn_args.train_files, tf_transform_output,
+                              global_batch, shuffle=False, part=VALIDATION,
+                              validation_fraction=config.validation_fraction),
+      eval=make_dataset(fn_args.eval_files, tf_transform_output,
+                        global_batch, shuffle=False))
   options = model_lib.FitOptions.from_config(
-      config, class_weight=class_weights(config.class_weights, names, counts),
-      steps_per_epoch=(None if counts is None else
-                       math.ceil(int(counts.sum()) / global_batch)))
+      config,
+      class_weight=class_weights(config.class_weights, names, counts[FIT]),
+      steps_per_epoch=math.ceil(int(counts[FIT].sum()) / global_batch))
   with model_lib.precision_policy(config.precision):
     with strategy.scope():
       classifier, towers = build_model(kind, config, len(names))
     tensorboard = keras.callbacks.TensorBoard(
         log_dir=fn_args.model_run_dir, update_freq='epoch')
-    results = train_two_phases(classifier, towers, strategy, train_dataset,
-                               eval_dataset, config, callbacks=[tensorboard],
-                               options=options)
+    results = train_phases(classifier, towers, strategy, datasets, config,
+                           callbacks=[tensorboard], options=options)
     signatures = make_serving_signatures(
         classifier, tf_transform_output, names,
         max_pixels=serving.ingestion_max_pixels(fn_args.train_files))
@@ -334,7 +471,11 @@ def run_fn(fn_args: tfx.components.FnArgs):
       'replicas': strategy.num_replicas_in_sync,
       'global_batch_size': global_batch,
       'class_weight': options.class_weight,
+      'validation': validation,
+      'hyperparameters': tuned or None,
       'phases': list(results),
+      'chosen': next(name for name, result in results.items()
+                     if result['chosen']),
       **results,
   }
   tf.io.gfile.makedirs(fn_args.model_run_dir)

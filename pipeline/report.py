@@ -61,8 +61,8 @@ def build(config: settings_lib.PipelineConfig,
     precision, recall, F1 and support from that matrix, see
     `classification_report`; None without a model); `training` (per phase:
     epochs, learning rate, eval accuracy and loss, per-epoch `history`);
-    `components` (node -> state and seconds) and the run's total `seconds`;
-    `config`.
+    `selection` (see `selection`); `components` (node -> state and
+    seconds) and the run's total `seconds`; `config`.
   """
   training = result.training
   evaluation = _evaluation(result.evaluation) if result.evaluation else {}
@@ -110,6 +110,7 @@ def build(config: settings_lib.PipelineConfig,
               'history')}
           for phase in _phase_names(training) if phase in training
       },
+      'selection': selection(training),
       'components': {
           node: {'state': state,
                  'seconds': round(result.component_seconds.get(node, 0.0), 3)}
@@ -119,6 +120,29 @@ def build(config: settings_lib.PipelineConfig,
       # The trainer settings as given (the Trainer's custom_config).
       'config': {**dataclasses.asdict(config),
                  'trainer': config.trainer.to_dict()},
+  }
+
+
+def selection(training: Dict[str, Any]) -> Dict[str, Any]:
+  """How the Trainer chose the exported model (modules/trainer.py).
+
+  Returns:
+    `validation` (how the train split was divided), `hyperparameters` (the
+    Tuner's best values, None without a Tuner), `chosen` (the exported
+    phase) and `candidates`: per phase its `validation_accuracy`,
+    `validation_loss`, `eval_accuracy` (reported, never used to choose) and
+    `chosen`. Empty values for a summary without them.
+  """
+  return {
+      'validation': training.get('validation'),
+      'hyperparameters': training.get('hyperparameters'),
+      'chosen': training.get('chosen'),
+      'candidates': [
+          {'phase': phase, **{key: training[phase].get(key) for key in (
+              'validation_accuracy', 'validation_loss', 'eval_accuracy',
+              'chosen')}}
+          for phase in _phase_names(training) if phase in training
+      ] if training.get('chosen') else [],
   }
 
 
@@ -289,6 +313,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
   ]
   lines += [f'- failed: {failure}' for failure in gate['failures']]
   lines += _validation_markdown(validation)
+  lines += _selection_markdown(report.get('selection') or {})
   if report['per_class']:
     lines += ['', '## Per class', '',
               '| class | examples | accuracy | latest blessed model |',
@@ -338,6 +363,30 @@ def _validation_markdown(validation: Dict[str, Any]) -> List[str]:
 
 def _cell(text: str) -> str:
   return text.replace('|', '\\|').replace('\n', ' ')
+
+
+def _selection_markdown(chosen: Dict[str, Any]) -> List[str]:
+  """The candidates for export and the choice, as a markdown section."""
+  if not chosen.get('candidates'):
+    return []
+  validation = chosen['validation'] or {}
+  lines = ['', '## Exported model', '',
+           f'The best phase on the validation part of the train split '
+           f'({validation.get("validation_examples", "?")} examples held out, '
+           f'{validation.get("fit_examples", "?")} fitted on); the eval split '
+           'is reported, never used to choose.', '',
+           '| phase | validation accuracy | validation loss | '
+           'eval accuracy | exported |', '|---|---:|---:|---:|---|']
+  lines += [f'| {c["phase"]} | {_number(c["validation_accuracy"])} | '
+            f'{_number(c["validation_loss"])} | {_number(c["eval_accuracy"])} '
+            f'| {"**yes**" if c["chosen"] else ""} |'
+            for c in chosen['candidates']]
+  if chosen.get('hyperparameters'):
+    lines += ['', 'Tuned (Tuner component): ' + ', '.join(
+        f'{key} = {value:.3g}' if isinstance(value, float) else
+        f'{key} = {value}'
+        for key, value in sorted(chosen['hyperparameters'].items())) + '.']
+  return lines
 
 
 def _classification_markdown(classification: Dict[str, Any]) -> List[str]:

@@ -65,6 +65,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 LR_SCHEDULES = ('constant', 'exponential', 'cosine')
 DANN_SCHEDULES = ('ganin', 'constant')
 PRECISIONS = ('float32', 'mixed_float16')
+PHASE1_STARTS = ('logistic_regression', 'random')
 UNFREEZE_KEYS = ('fine_tune_layers', 'fine_tune_from', 'fine_tune_fraction')
 AUGMENTATION_FLIPS = ('horizontal', 'vertical', 'horizontal_and_vertical')
 
@@ -452,11 +453,28 @@ class TrainerConfig(_Section):
       DEFAULT_MAX_LENGTH, check=lambda v: v >= 2, requirement='>= 2',
       help='Tokens per text, [CLS]/[SEP] included.')
   phase1_epochs: int = setting(
-      5, flag=True, check=lambda v: v >= 0, requirement='>= 0',
-      help='Epochs with the backbone frozen.')
+      100, flag=True, check=lambda v: v >= 0, requirement='>= 0',
+      help='Epochs with the backbone frozen: the cap (phase1_patience '
+      'stops it earlier); 0 skips phase 1.')
   phase1_learning_rate: float = setting(
       1e-3, check=lambda v: v > 0, requirement='> 0',
       help="Phase 1's learning rate.")
+  phase1_patience: int = setting(
+      10, check=lambda v: v >= 0, requirement='an integer >= 0',
+      help='Phase 1 stops after N epochs without a lower validation loss; '
+      '0: runs every epoch.')
+  phase1_start: str = setting(
+      PHASE1_STARTS[0], check=lambda v: v in PHASE1_STARTS,
+      requirement=f'one of {list(PHASE1_STARTS)}',
+      help='Where the head starts: the closed-form logistic regression on '
+      'the cached embeddings, or random.')
+  head_weight_decay: float = setting(
+      1e-4, check=lambda v: v >= 0, requirement='a number >= 0',
+      help="L2 penalty on the head's kernel (the start and every phase).")
+  validation_fraction: float = setting(
+      0.2, check=lambda v: 0 < v <= 0.5, requirement='a number in (0, 0.5]',
+      help='The part of the train split held out to stop phases early and '
+      'choose the exported phase; never the eval split.')
   phase2_epochs: int = setting(
       2, flag=True, check=lambda v: v >= 0, requirement='>= 0',
       help='Fine-tuning epochs (0 skips fine-tuning).')
@@ -490,7 +508,8 @@ class TrainerConfig(_Section):
       help='cosine: linear warm-up from 0.')
   early_stopping_patience: int = setting(
       0, check=lambda v: v >= 0, requirement='an integer >= 0',
-      help='Epochs without a better val_loss before stopping; 0: off.')
+      help='Fine-tuning phases: epochs without a lower validation loss '
+      'before stopping; 0: off.')
   class_weights: Union[str, Dict[str, float]] = setting(
       'none', check=lambda v: v in ('none', 'balanced') or (
           isinstance(v, dict) and all(

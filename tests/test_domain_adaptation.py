@@ -306,9 +306,10 @@ def test_trainer_settings_turn_dann_on_for_fine_tuning(tmp_path):
       'domain_adaptation': {'target_data_root': target_root}})
   classifier, backbone = tiny_classifier()
 
-  results = trainer.train_two_phases(
+  results = trainer.train_phases(
       classifier, backbone, tf.distribute.get_strategy(),
-      labelled(8, seed=8, batch=4), labelled(4, seed=9, batch=4), config)
+      trainer.Datasets(labelled(8, seed=8, batch=4),
+                       labelled(4, seed=9, batch=4)), config)
 
   assert 'domain_adaptation' not in results['phase1']
   assert results['phase2']['domain_adaptation']['target_images'] == 3

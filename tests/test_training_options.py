@@ -91,9 +91,10 @@ def test_progressive_unfreezing_changes_exactly_each_phases_layers():
           {'epochs': 1, 'learning_rate': 1e-2, 'fine_tune_fraction': 0.9},
       ]})
   recorder = _SnapshotAfterEachFit(classifier)
-  results = trainer.train_two_phases(
-      classifier, backbone, tf.distribute.get_strategy(), _images(),
-      _images(seed=1), config, callbacks=[recorder])
+  results = trainer.train_phases(
+      classifier, backbone, tf.distribute.get_strategy(),
+      trainer.Datasets(_images(), _images(seed=1)), config,
+      callbacks=[recorder])
 
   assert list(results) == ['phase1', 'phase2', 'phase3', 'phase4']
   assert results['phase1']['embedding_cache'] == 'used'
@@ -286,8 +287,9 @@ def test_mixed_precision_trains_with_float32_outputs(tmp_path):
       backbone = _tiny_backbone()
       classifier = model_lib.build_classifier(backbone, IMAGE_SIZE, 2, 0.0)
     # Phase 1 on cached (float16 -> float32) embeddings, then phase 2.
-    results = trainer.train_two_phases(classifier, backbone, strategy,
-                                       _images(), _images(seed=1), config)
+    results = trainer.train_phases(
+        classifier, backbone, strategy,
+        trainer.Datasets(_images(), _images(seed=1)), config)
     conv = backbone.network.get_layer('block3_conv')
     assert conv.compute_dtype == 'float16' and conv.kernel.dtype == 'float32'
     assert all(w.dtype == tf.float32 for w in classifier.weights)

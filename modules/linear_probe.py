@@ -1,0 +1,73 @@
+"""The closed-form start of phase 1: a multinomial logistic regression.
+
+Phase 1 trains the head (dropout + dense logits, modules/model.py `head`) on
+frozen embeddings. Its loss, without dropout, is convex in the dense
+layer's weights, so its minimum is found directly: L-BFGS (scipy) on
+
+  (1/N) sum_i w_i CE(softmax(x_i W + b), y_i) + lambda * sum(W**2)
+
+which is exactly what Keras minimizes for that layer (sum-over-batch
+cross-entropy with class weights w, the kernel's L2 regularizer lambda,
+no penalty on the bias). Loading the solution into the dense layer starts
+phase 1 where a linear probe on the same embeddings ends; phase 1 then
+trains with dropout, and keeps whichever of its start and its epochs has
+the lower validation loss (modules/embedding_cache.py).
+"""
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+from scipy import optimize
+from scipy import special
+import tensorflow as tf
+
+# Embedding matrices above this many floats are not loaded into memory; the
+# head then starts from Keras' random initialization.
+MAX_FLOATS = 1 << 28  # 1 GiB of float32.
+
+
+def fit(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
+        weight_decay: float,
+        class_weight: Optional[Dict[int, float]] = None,
+        max_iterations: int = 500) -> Tuple[np.ndarray, np.ndarray]:
+  """The (kernel [D, C], bias [C]) minimizing the objective above."""
+  x = embeddings.astype(np.float64)
+  n, dims = x.shape
+  onehot = np.eye(num_classes)[labels]
+  weights = (np.ones(n) if class_weight is None else
+             np.array([class_weight.get(int(y), 1.0) for y in labels]))
+
+  def objective(params):
+    kernel = params[:dims * num_classes].reshape(dims, num_classes)
+    bias = params[dims * num_classes:]
+    logits = x @ kernel + bias
+    log_probs = logits - special.logsumexp(logits, axis=1, keepdims=True)
+    loss = -np.sum(weights * np.sum(onehot * log_probs, axis=1)) / n
+    loss += weight_decay * np.sum(kernel ** 2)
+    grad_logits = (np.exp(log_probs) - onehot) * weights[:, None] / n
+    grad_kernel = x.T @ grad_logits + 2 * weight_decay * kernel
+    return loss, np.concatenate([grad_kernel.ravel(), grad_logits.sum(0)])
+
+  result = optimize.minimize(
+      objective, np.zeros(dims * num_classes + num_classes), jac=True,
+      method='L-BFGS-B',
+      options={'maxiter': max_iterations, 'ftol': 1e-12, 'gtol': 1e-7})
+  params = result.x
+  return (params[:dims * num_classes].reshape(dims, num_classes)
+          .astype(np.float32), params[dims * num_classes:].astype(np.float32))
+
+
+def load(dataset: tf.data.Dataset) -> Tuple[np.ndarray, np.ndarray]:
+  """(embeddings, labels) of a dataset of such batches, as numpy arrays.
+
+  Raises:
+    MemoryError: when the embeddings exceed MAX_FLOATS.
+  """
+  embeddings, labels, floats = [], [], 0
+  for batch_embeddings, batch_labels in dataset:
+    floats += int(np.prod(batch_embeddings.shape))
+    if floats > MAX_FLOATS:
+      raise MemoryError(f'the embeddings exceed {MAX_FLOATS} floats')
+    embeddings.append(batch_embeddings.numpy())
+    labels.append(batch_labels.numpy().reshape(-1))
+  return np.concatenate(embeddings), np.concatenate(labels)
