@@ -491,3 +491,24 @@ def test_code_in_the_ir_is_in_the_image(compiled):
       'ServingBaselineEvaluatorExecutor',
       pipeline_lib.PREPROCESSING_FN, pipeline_lib.RUN_FN,
   }
+
+
+def test_tuning_adds_a_tuner_whose_best_values_feed_the_trainer(tmp_path):
+  config = settings_lib.PipelineConfig(
+      data_root=DATA_ROOT, output_dir=OUTPUT_DIR, tuning={'trials': 3},
+      trainer={'phase1_epochs': 50})
+  spec = runner.compile_pipeline(config, IMAGE, str(tmp_path / 'ir.json'))
+  json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
+  tasks = _tasks(spec)
+  assert set(tasks) == CONTAINER_TASKS | {'Tuner'}
+  tuner = _executor(spec, 'Tuner')['container']
+  assert tuner['image'] == IMAGE
+  assert tasks['Trainer']['inputs']['artifacts']['hyperparameters'] == {
+      'taskOutputArtifact': {'producerTask': 'Tuner',
+                             'outputArtifactKey': 'best_hyperparameters'}}
+  parameters = tasks['Tuner']['inputs']['parameters']
+  assert parameters['tuner_fn']['runtimeValue']['constant'] == (
+      pipeline_lib.TUNER_FN)
+  custom_config = parameters['custom_config']['runtimeValue']['constant']
+  assert json.loads(custom_config) == {
+      'trainer': {'phase1_epochs': 50}, 'tuning': {'trials': 3}}

@@ -9,16 +9,21 @@ previous model still serves. The run uses the pipeline's default Beam
 settings: the multi-process DirectRunner, one Fn API worker process per
 core, so every DoFn of ExampleGen, StatisticsGen, Transform and the
 Evaluator is pickled into worker processes as on the portable runners.
+A run with the Tuner (tuning on) whose fine-tuning phase is made to hurt:
+the Tuner's values reach the Trainer and phase 1 is exported.
 """
 
 import os
 
 import numpy as np
+import pytest
 import tensorflow_model_analysis as tfma
 
 import helpers
-from pipeline import settings as settings_lib
+from modules import trainer as trainer_module
 from pipeline import local_runner
+from pipeline import report as report_lib
+from pipeline import settings as settings_lib
 
 UPSTREAM = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform',
             'Trainer')
@@ -117,3 +122,42 @@ def test_the_run_used_one_beam_worker_process_per_core(demo_run):
   config, _ = demo_run
   assert config.beam_pipeline_args == [
       '--direct_running_mode=multi_processing', '--direct_num_workers=0']
+
+
+def test_tuner_feeds_the_trainer_and_a_hurting_phase_is_not_exported(
+    demo_run):
+  """Tuning on; phase 2 at a learning rate that wrecks the backbone."""
+  config, _ = demo_run
+  tuned = settings_lib.PipelineConfig(
+      output_dir=config.output_dir, tuning={'trials': 2},
+      trainer={**config.trainer.to_dict(), 'phase2_learning_rate': 0.05})
+  result = local_runner.run(tuned)
+  assert result.components['Tuner'] == 'ran'
+  assert result.components['Transform'] == 'cached'
+  training = result.training
+  hyperparameters = training['hyperparameters']
+  assert sorted(hyperparameters) == sorted(trainer_module.TUNABLE)
+  for key, value in hyperparameters.items():
+    assert training['config'][key] == value  # What the Trainer trained with.
+  phase1, phase2 = training['phase1'], training['phase2']
+  print(f"tuned {hyperparameters}; validation accuracy: phase 1 "
+        f"{phase1['validation_accuracy']:.3f}, phase 2 "
+        f"{phase2['validation_accuracy']:.3f}")
+  assert phase2['validation_accuracy'] < phase1['validation_accuracy']
+  assert training['chosen'] == 'phase1' and phase1['chosen']
+  # The exported SavedModel is phase 1's: on raw eval bytes it scores what
+  # phase 1 scored on the eval split.
+  eval_examples = helpers.split_examples(config.pipeline_root, 'eval')
+  exported = helpers.accuracy(os.path.join(result.model, 'Format-Serving'),
+                              config.data_root, eval_examples)
+  assert exported == pytest.approx(phase1['eval_accuracy'], abs=1e-6)
+  validation = training['validation']
+  assert validation['fit_examples'] + validation['validation_examples'] == (
+      len(helpers.split_examples(config.pipeline_root, 'train')))
+  report = report_lib.build(tuned, result)
+  assert report['selection']['chosen'] == 'phase1'
+  assert [c['phase'] for c in report['selection']['candidates']] == [
+      'phase1', 'phase2']
+  markdown = report_lib.render_markdown(report)
+  assert '## Exported model' in markdown and 'Tuned (Tuner component)' in (
+      markdown)
