@@ -5,7 +5,8 @@ ExampleGen (images, text or image+text rows) -> StatisticsGen -> SchemaGen ->
 validation gate: schema, label coverage, drift against the served model's run,
 train/eval skew; an anomaly stops the run, see components/data_validator.py) ->
 Transform (label vocabulary; the decode/resize and tokenization graph, not
-materialized) -> Trainer (two-phase transfer learning) -> Evaluator (accuracy
+materialized) -> [Tuner, with `tuning`: the head's hyperparameters on cached
+embeddings] -> Trainer (transfer learning in phases) -> Evaluator (accuracy
 bound + no regression against the model being served, see
 components/serving_baseline_evaluator.py) -> Pusher (only when blessed;
 atomic, see components/atomic_pusher.py).
@@ -30,9 +31,11 @@ from pipeline import settings as settings_lib
 PREPROCESSING_MODULE = os.path.join(settings_lib.MODULES_DIR,
                                     'preprocessing.py')
 TRAINER_MODULE = os.path.join(settings_lib.MODULES_DIR, 'trainer.py')
+TUNER_MODULE = os.path.join(settings_lib.MODULES_DIR, 'tuner.py')
 # The same user code by import path, for images that contain the project.
 PREPROCESSING_FN = 'modules.preprocessing.preprocessing_fn'
 RUN_FN = 'modules.trainer.run_fn'
+TUNER_FN = 'modules.tuner.tuner_fn'
 
 # Settings a KubeflowV2DagRunner run can override (pipeline/settings.py).
 # All are strings: V2 only substitutes whole execution properties, never
@@ -186,9 +189,11 @@ def create_pipeline(config: settings_lib.PipelineConfig,
   if modules_in_image:
     transform_code = {'preprocessing_fn': PREPROCESSING_FN}
     trainer_code = {'run_fn': RUN_FN}
+    tuner_code = {'tuner_fn': TUNER_FN}
   else:
     transform_code = {'module_file': PREPROCESSING_MODULE}
     trainer_code = {'module_file': TRAINER_MODULE}
+    tuner_code = {'module_file': TUNER_MODULE}
 
   example_gen = example_gen_component(config, data_root)
   statistics_gen = tfx.components.StatisticsGen(
@@ -211,9 +216,21 @@ def create_pipeline(config: settings_lib.PipelineConfig,
       # Only the vocabulary is analyzed; images are decoded on the fly.
       materialize=False,
       splits_config=tfx.proto.SplitsConfig(analyze=['train', 'eval']),
-
       **transform_code)
   transform.add_upstream_node(validator)  # The gate: no anomaly, or no run.
+  tuner, tuned = None, {}
+  if config.tuning:
+    # Settings fixed at compile time: the Tuner's custom_config is one JSON
+    # property, with no room for a runtime parameter inside it.
+    tuner = tfx.components.Tuner(
+        examples=example_gen.outputs['examples'],
+        transform_graph=transform.outputs['transform_graph'],
+        train_args=tfx.proto.TrainArgs(splits=['train']),
+        eval_args=tfx.proto.EvalArgs(splits=['eval']),  # Never read.
+        custom_config={'trainer': config.trainer.to_dict(),
+                       'tuning': config.tuning},
+        **tuner_code)
+    tuned = {'hyperparameters': tuner.outputs['best_hyperparameters']}
   trainer = tfx.components.Trainer(
       examples=example_gen.outputs['examples'],
       transform_graph=transform.outputs['transform_graph'],
@@ -221,6 +238,7 @@ def create_pipeline(config: settings_lib.PipelineConfig,
       train_args=tfx.proto.TrainArgs(splits=['train']),
       eval_args=tfx.proto.EvalArgs(splits=['eval']),
       custom_config=trainer_config,
+      **tuned,
       **trainer_code)
   evaluator = serving_baseline_evaluator.ServingBaselineEvaluator(
       examples=example_gen.outputs['examples'],
@@ -246,7 +264,7 @@ def create_pipeline(config: settings_lib.PipelineConfig,
       components=[
           example_gen, statistics_gen, schema_gen,
           *([import_schema] if import_schema else []), validator, transform,
-          trainer, evaluator, pusher
+          *([tuner] if tuner else []), trainer, evaluator, pusher
       ],
       enable_cache=True,
       metadata_connection_config=metadata_connection_config,

@@ -647,6 +647,13 @@ class PipelineConfig(_Section):
       'path', help="image_text: the column holding each row's image path.")
   trainer: TrainerConfig = setting(help="The Trainer's settings.",
                                    factory=TrainerConfig)
+  tuning: Optional[Dict[str, int]] = setting(
+      None, check=lambda v: isinstance(v, dict) and set(v) == {'trials'} and
+      _is_int(v['trials']) and v['trials'] >= 1,
+      requirement='a mapping {trials: N}, N an integer >= 1',
+      help='A Tuner component searches the head\'s learning rate, dropout '
+      'and weight decay in N trials on cached embeddings (modules/tuner.py); '
+      'its best values override the trainer\'s. Unset: off.')
   accuracy_threshold: float = setting(
       0.6, flag=True, check=lambda v: 0.0 <= v <= 1.0,
       requirement='in [0, 1]',

@@ -131,6 +131,9 @@ def _sample_values(tmp_path) -> dict:
       'trainer.text_encoder': 'bert:/models/bert',
       'trainer.text_weights': 'none', 'trainer.max_length': 32,
       'trainer.phase1_epochs': 3, 'trainer.phase1_learning_rate': 0.01,
+      'trainer.phase1_patience': 4, 'trainer.phase1_start': 'random',
+      'trainer.head_weight_decay': 0.001,
+      'trainer.validation_fraction': 0.25, 'tuning': {'trials': 3},
       'trainer.phase2_epochs': 1, 'trainer.phase2_learning_rate': 1e-5,
       'trainer.fine_tune_layers': 10, 'trainer.fine_tune_from': None,
       'trainer.fine_tune_fraction': None,
@@ -198,7 +201,8 @@ def test_every_setting_is_reachable_from_a_file_and_each_cli(tmp_path):
                   # schema_file and data_validation parameters itself).
                   'schema_file', 'label_drift_comparator',
                   'label_drift_threshold', 'feature_drift_threshold',
-                  'split_skew_threshold', 'warn_anomalies'}
+                  'split_skew_threshold', 'warn_anomalies',
+                  'tuning'}
   for key, sample in samples.items():
     given = _ALTERNATIVES.get(key) or {key: sample}
     if key.startswith('trainer.domain_adaptation.') and key != (
