@@ -19,7 +19,6 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PROJECT_ROOT)
 sys.path.insert(1, os.path.join(PROJECT_ROOT, 'tests'))  # tests/helpers.py
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 from PIL import Image
 import tensorflow as tf
@@ -30,7 +29,6 @@ from tfx.utils import proto_utils
 
 from components import image_example_gen
 from modules import preprocessing
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 DEMO_DATA = os.path.join(PROJECT_ROOT, 'data', 'fashion_demo')
 SEED = 42
@@ -50,11 +48,14 @@ def metric(name: str, value) -> None:
 
 def load_average(when: str) -> None:
   """Prints `uptime` and its 1/5/15-minute load average as a metric line."""
-  uptime = subprocess.run(['uptime'], capture_output=True, text=True,
-                          check=True).stdout.strip()
+  uptime = subprocess.run(
+    ['uptime'], capture_output=True, text=True, check=True
+  ).stdout.strip()
   print(f'# uptime ({when}): {uptime}', flush=True)
-  metric(f'load_average_{when}',
-         uptime.rsplit('load average:', 1)[-1].strip().replace(',', ''))
+  metric(
+    f'load_average_{when}',
+    uptime.rsplit('load average:', 1)[-1].strip().replace(',', ''),
+  )
 
 
 class Timer:
@@ -76,8 +77,9 @@ def list_images(data_root: str) -> List[Example]:
     for directory, _, names in os.walk(folder):
       sub = os.path.relpath(directory, folder).replace(os.sep, '/')
       for name in names:
-        result.append((posixpath.normpath(posixpath.join(label, sub, name)),
-                       label))
+        result.append(
+          (posixpath.normpath(posixpath.join(label, sub, name)), label)
+        )
   return sorted(result)
 
 
@@ -89,26 +91,37 @@ def pipeline_split(data_root: str) -> Dict[str, List[Example]]:
   """
   component = image_example_gen.image_example_gen(data_root)
   split_config = proto_utils.json_to_proto(
-      component.exec_properties['output_config'],
-      example_gen_pb2.Output()).split_config
+    component.exec_properties['output_config'], example_gen_pb2.Output()
+  ).split_config
   buckets = np.cumsum([s.hash_buckets for s in split_config.splits]).tolist()
   names = [s.name for s in split_config.splits]
   result = {name: [] for name in names}
   for path, label in list_images(data_root):
-    example = tf.train.Example(features=tf.train.Features(feature={
-        image_example_gen.PATH_FEATURE: tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[path.encode()]))}))
-    # pylint: disable-next=protected-access
+    example = tf.train.Example(
+      features=tf.train.Features(
+        feature={
+          image_example_gen.PATH_FEATURE: tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[path.encode()])
+          )
+        }
+      )
+    )
     index = base_example_gen_executor._PartitionFn(
-        example, len(buckets), buckets, split_config)
+      example, len(buckets), buckets, split_config
+    )
     result[names[index]].append((path, label))
   return result
 
 
-def image_dataset(data_root: str, examples: List[Example],
-                  class_names: List[str], batch_size: int, shuffle: bool,
-                  image_size: int = IMAGE_SIZE,
-                  seed: int = SEED) -> tf.data.Dataset:
+def image_dataset(
+  data_root: str,
+  examples: List[Example],
+  class_names: List[str],
+  batch_size: int,
+  shuffle: bool,
+  image_size: int = IMAGE_SIZE,
+  seed: int = SEED,
+) -> tf.data.Dataset:
   """(image, label index) batches decoded in a parallel map, like the Trainer.
 
   The structure of modules/trainer.make_dataset (shuffle, batch, parallel
@@ -118,21 +131,27 @@ def image_dataset(data_root: str, examples: List[Example],
   labels = [class_names.index(label) for _, label in examples]
   dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
   if shuffle:
-    dataset = dataset.shuffle(len(paths), seed=seed,
-                              reshuffle_each_iteration=True)
+    dataset = dataset.shuffle(
+      len(paths), seed=seed, reshuffle_each_iteration=True
+    )
 
   def _load(batch_paths, batch_labels):
     encoded = tf.map_fn(tf.io.read_file, batch_paths)
-    return (preprocessing.decode_and_resize(encoded, image_size),
-            tf.cast(batch_labels, tf.int64))
+    return (
+      preprocessing.decode_and_resize(encoded, image_size),
+      tf.cast(batch_labels, tf.int64),
+    )
 
-  return (dataset.batch(batch_size)
-          .map(_load, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
+  return (
+    dataset.batch(batch_size)
+    .map(_load, num_parallel_calls=tf.data.AUTOTUNE)
+    .prefetch(tf.data.AUTOTUNE)
+  )
 
 
-def replicate_tree(source: str, target: str, copies: int,
-                   pixels: Optional[int] = None) -> int:
+def replicate_tree(
+  source: str, target: str, copies: int, pixels: Optional[int] = None
+) -> int:
   """Writes `copies` distinct versions of every image of `source` to `target`.
 
   Copy 0 is the original file; copy c > 0 is the image rolled by c // 28
@@ -159,15 +178,19 @@ def replicate_tree(source: str, target: str, copies: int,
         shutil.copyfile(os.path.join(source, path), out)
       else:
         Image.fromarray(np.roll(original, (c // 28, c % 28), axis=(0, 1))).save(
-            out, format=fmt, **({'quality': 95} if fmt == 'JPEG' else {}))
+          out, format=fmt, **({'quality': 95} if fmt == 'JPEG' else {})
+        )
       total += os.path.getsize(out)
   return total
 
 
 def tree_bytes(root: str) -> int:
   """Total size of the files below root."""
-  return sum(os.path.getsize(os.path.join(d, n))
-             for d, _, names in os.walk(root) for n in names)
+  return sum(
+    os.path.getsize(os.path.join(d, n))
+    for d, _, names in os.walk(root)
+    for n in names
+  )
 
 
 def set_seed(seed: int = SEED) -> None:

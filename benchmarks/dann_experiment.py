@@ -34,7 +34,7 @@ import os
 import statistics
 import tempfile
 
-import common  # pylint: disable=g-bad-import-order
+import common
 import numpy as np
 from PIL import Image
 import tensorflow as tf
@@ -64,8 +64,9 @@ def shift(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   v -> 0.6 v + N(60, 50) per pixel and channel, clipped to [0, 255]: a
   noisy colour sensor instead of clean greyscale scans.
   """
-  noisy = (0.6 * grey.astype(np.float32)[..., None] +
-           rng.normal(60.0, 50.0, size=grey.shape + (3,)))
+  noisy = 0.6 * grey.astype(np.float32)[..., None] + rng.normal(
+    60.0, 50.0, size=grey.shape + (3,)
+  )
   return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
 
 
@@ -91,47 +92,78 @@ def run_seed(seed, args, data, target_root, strategy):
   batch = _CONFIG.batch_size * strategy.num_replicas_in_sync
   common.set_seed(seed)
   with strategy.scope():
-    backbone = backbones.build_backbone(common.BACKBONE, common.IMAGE_SIZE,
-                                        common.WEIGHTS)
+    backbone = backbones.build_backbone(
+      common.BACKBONE, common.IMAGE_SIZE, common.WEIGHTS
+    )
     classifier = model_lib.build_classifier(
-        backbone, common.IMAGE_SIZE, len(data['class_names']), _CONFIG.dropout)
+      backbone, common.IMAGE_SIZE, len(data['class_names']), _CONFIG.dropout
+    )
   embedding_cache.run_cached_phase1(
-      classifier, backbone, strategy, data['train'], data['source_eval'],
-      _CONFIG.phase1_epochs, _CONFIG.phase1_learning_rate, batch, seed)
+    classifier,
+    backbone,
+    strategy,
+    data['train'],
+    data['source_eval'],
+    _CONFIG.phase1_epochs,
+    _CONFIG.phase1_learning_rate,
+    batch,
+    seed,
+  )
   after_phase1 = classifier.get_weights()
   figures = {
-      'phase1_source_accuracy': accuracy(classifier, data['source_eval']),
-      'phase1_target_accuracy': accuracy(classifier, data['target_eval']),
+    'phase1_source_accuracy': accuracy(classifier, data['source_eval']),
+    'phase1_target_accuracy': accuracy(classifier, data['target_eval']),
   }
-  for arm, weight in [('plain', None)] + [(f'dann_w{w:g}', w)
-                                          for w in args.weights]:
+  for arm, weight in [('plain', None)] + [
+    (f'dann_w{w:g}', w) for w in args.weights
+  ]:
     classifier.set_weights(after_phase1)
     common.set_seed(seed)
     with common.Timer() as timer:
       if weight is None:
         model_lib.run_phase(
-            'phase2', classifier, backbone, strategy, data['train'],
-            data['source_eval'], args.phase2_epochs,
-            _CONFIG.phase2_learning_rate, _CONFIG.fine_tune_layers)
+          'phase2',
+          classifier,
+          backbone,
+          strategy,
+          data['train'],
+          data['source_eval'],
+          args.phase2_epochs,
+          _CONFIG.phase2_learning_rate,
+          _CONFIG.fine_tune_layers,
+        )
       else:
         settings = settings_lib.DomainAdaptationConfig(
-            target_data_root=target_root, weight=weight)
+          target_data_root=target_root, weight=weight
+        )
         result = domain_adaptation.run_adapted_phase(
-            'phase2', classifier, backbone, strategy, data['train'],
-            data['source_eval'], args.phase2_epochs,
-            _CONFIG.phase2_learning_rate, _CONFIG.fine_tune_layers,
-            settings=settings, image_size=common.IMAGE_SIZE, batch_size=batch,
-            seed=seed)
+          'phase2',
+          classifier,
+          backbone,
+          strategy,
+          data['train'],
+          data['source_eval'],
+          args.phase2_epochs,
+          _CONFIG.phase2_learning_rate,
+          _CONFIG.fine_tune_layers,
+          settings=settings,
+          image_size=common.IMAGE_SIZE,
+          batch_size=batch,
+          seed=seed,
+        )
         # The domain head's training accuracy in the last epoch: 0.5 is a
         # confused head (aligned features), 1.0 a head that still wins.
-        figures[f'{arm}_last_epoch_domain_accuracy'] = (
-            result['history']['domain_accuracy'][-1])
+        figures[f'{arm}_last_epoch_domain_accuracy'] = result['history'][
+          'domain_accuracy'
+        ][-1]
     with strategy.scope():
       model_lib.compile_for_phase(classifier, _CONFIG.phase2_learning_rate)
-    figures[f'{arm}_source_accuracy'] = accuracy(classifier,
-                                                 data['source_eval'])
-    figures[f'{arm}_target_accuracy'] = accuracy(classifier,
-                                                 data['target_eval'])
+    figures[f'{arm}_source_accuracy'] = accuracy(
+      classifier, data['source_eval']
+    )
+    figures[f'{arm}_target_accuracy'] = accuracy(
+      classifier, data['target_eval']
+    )
     figures[f'{arm}_phase2_seconds'] = timer.seconds
   return figures
 
@@ -140,8 +172,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--seeds', default='42,43')
   parser.add_argument('--phase2-epochs', type=int, default=10)
-  parser.add_argument('--weights', default='0.1,1.0',
-                      help='domain_adaptation.weight of each DANN arm')
+  parser.add_argument(
+    '--weights',
+    default='0.1,1.0',
+    help='domain_adaptation.weight of each DANN arm',
+  )
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(',')]
   args.weights = [float(w) for w in args.weights.split(',')]
@@ -154,13 +189,16 @@ def main():
   with tempfile.TemporaryDirectory(prefix='dann_target_') as target_root:
     target = write_target(held_out, target_root, common.SEED)
     data = {
-        'class_names': class_names,
-        'train': common.image_dataset(common.DEMO_DATA, source, class_names,
-                                      batch, shuffle=True),
-        'source_eval': common.image_dataset(common.DEMO_DATA, held_out,
-                                            class_names, batch, shuffle=False),
-        'target_eval': common.image_dataset(target_root, target, class_names,
-                                            batch, shuffle=False),
+      'class_names': class_names,
+      'train': common.image_dataset(
+        common.DEMO_DATA, source, class_names, batch, shuffle=True
+      ),
+      'source_eval': common.image_dataset(
+        common.DEMO_DATA, held_out, class_names, batch, shuffle=False
+      ),
+      'target_eval': common.image_dataset(
+        target_root, target, class_names, batch, shuffle=False
+      ),
     }
     common.metric('source_images', len(source))
     common.metric('target_images', len(target))
@@ -171,8 +209,7 @@ def main():
         common.metric(f'seed{seed}_{name}', value)
       results.append(figures)
   for name in results[0]:
-    common.metric(f'mean_{name}',
-                  statistics.mean(r[name] for r in results))
+    common.metric(f'mean_{name}', statistics.mean(r[name] for r in results))
   common.load_average('end')
 
 

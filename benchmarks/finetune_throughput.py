@@ -24,7 +24,7 @@ import argparse
 import statistics
 import time
 
-import common  # pylint: disable=g-bad-import-order
+import common
 import tensorflow as tf
 import tf_keras as keras
 
@@ -37,16 +37,17 @@ _CONFIG = settings_lib.TrainerConfig()  # The demo's defaults.
 
 def phase2_classifier(num_classes: int) -> keras.Model:
   common.set_seed()
-  backbone = backbones.build_backbone(common.BACKBONE, common.IMAGE_SIZE,
-                                      common.WEIGHTS)
-  model = model_lib.build_classifier(backbone, common.IMAGE_SIZE, num_classes,
-                                     _CONFIG.dropout)
+  backbone = backbones.build_backbone(
+    common.BACKBONE, common.IMAGE_SIZE, common.WEIGHTS
+  )
+  model = model_lib.build_classifier(
+    backbone, common.IMAGE_SIZE, num_classes, _CONFIG.dropout
+  )
   model_lib.unfreeze_top(backbone, _CONFIG.fine_tune_layers)
   return model
 
 
 class _EpochClock(keras.callbacks.Callback):
-
   def __init__(self):
     super().__init__()
     self.seconds = []
@@ -96,20 +97,33 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--epochs', type=int, default=3, help='per timed round')
   parser.add_argument('--rounds', type=int, default=5)
-  parser.add_argument('--strategy', choices=('mirrored', 'default'),
-                      default='mirrored')
+  parser.add_argument(
+    '--strategy', choices=('mirrored', 'default'), default='mirrored'
+  )
   args = parser.parse_args()
   common.load_average('start')
   split = common.pipeline_split(common.DEMO_DATA)
   class_names = sorted({label for _, label in split['train']})
-  images, labels = next(iter(common.image_dataset(
-      common.DEMO_DATA, split['train'], class_names, len(split['train']),
-      shuffle=False)))
+  images, labels = next(
+    iter(
+      common.image_dataset(
+        common.DEMO_DATA,
+        split['train'],
+        class_names,
+        len(split['train']),
+        shuffle=False,
+      )
+    )
+  )
   dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(
-      _CONFIG.batch_size)
+    _CONFIG.batch_size
+  )
 
-  strategy = (tf.distribute.MirroredStrategy() if args.strategy == 'mirrored'
-              else tf.distribute.get_strategy())
+  strategy = (
+    tf.distribute.MirroredStrategy()
+    if args.strategy == 'mirrored'
+    else tf.distribute.get_strategy()
+  )
   with strategy.scope():
     model = phase2_classifier(len(class_names))
     model_lib.compile_for_phase(model, _CONFIG.phase2_learning_rate)
@@ -137,15 +151,19 @@ def main():
   common.metric('images_per_epoch', count)
   common.metric('epochs_per_round', args.epochs)
   common.metric('trainable_weights', len(model.trainable_weights))
-  speed = {side: [count / statistics.median(s) for s in rounds]
-           for side, rounds in epochs.items()}
+  speed = {
+    side: [count / statistics.median(s) for s in rounds]
+    for side, rounds in epochs.items()
+  }
   for side, values in speed.items():
     common.metric(f'{side}_img_per_s', statistics.median(values))
-    common.metric(f'{side}_img_per_s_each',
-                  ','.join(f'{v:.1f}' for v in values))
+    common.metric(
+      f'{side}_img_per_s_each', ','.join(f'{v:.1f}' for v in values)
+    )
   ratios = [k / b for k, b in zip(speed['keras_fit'], speed['bare_step'])]
-  common.metric('ratio_keras_over_bare_each',
-                ','.join(f'{r:.3f}' for r in ratios))
+  common.metric(
+    'ratio_keras_over_bare_each', ','.join(f'{r:.3f}' for r in ratios)
+  )
   common.metric('ratio_keras_over_bare', statistics.median(ratios))
   common.metric('keras_fit_call_setup_seconds', statistics.median(setup))
 

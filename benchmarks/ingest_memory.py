@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 
-import common  # pylint: disable=g-bad-import-order
+import common
 
 _INGEST = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform')
 
@@ -83,15 +83,15 @@ class _RssByComponent(logging.Filter):
 
 def ingest(data_root: str, output_dir: str) -> dict:
   """Runs the four components once (child process); returns sizes, times."""
-  # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   from tfx import v1 as tfx
   from pipeline import settings as settings_lib
   from pipeline import pipeline as pipeline_lib
-  # pylint: enable=g-import-not-at-top
+
   rss_after_imports = rss_mib('VmRSS')
-  config = settings_lib.PipelineConfig(data_root=data_root,
-                                     output_dir=output_dir)
+  config = settings_lib.PipelineConfig(
+    data_root=data_root, output_dir=output_dir
+  )
   full = pipeline_lib.create_pipeline(config)
   nodes = [node for node in full.components if node.id in _INGEST]
   for node in nodes:  # Detach the Trainer, Evaluator, ... that read them.
@@ -99,34 +99,52 @@ def ingest(data_root: str, output_dir: str) -> dict:
       if down.id not in _INGEST:
         node.remove_downstream_node(down)
   with common.Timer() as timer, _RssByComponent() as by_component:
-    tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
-        pipeline_name='ingest', pipeline_root=config.pipeline_root,
-        components=nodes, enable_cache=False,
+    tfx.orchestration.LocalDagRunner().run(
+      tfx.dsl.Pipeline(
+        pipeline_name='ingest',
+        pipeline_root=config.pipeline_root,
+        components=nodes,
+        enable_cache=False,
         metadata_connection_config=(
-            tfx.orchestration.metadata.sqlite_metadata_connection_config(
-                config.metadata_path)),
-        beam_pipeline_args=config.beam_pipeline_args))
-  examples = glob.glob(os.path.join(config.pipeline_root,
-                                    'FileBasedExampleGen', 'examples', '*',
-                                    'Split-*', '*'))
+          tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path
+          )
+        ),
+        beam_pipeline_args=config.beam_pipeline_args,
+      )
+    )
+  examples = glob.glob(
+    os.path.join(
+      config.pipeline_root,
+      'FileBasedExampleGen',
+      'examples',
+      '*',
+      'Split-*',
+      '*',
+    )
+  )
   records = tf.data.TFRecordDataset(examples, compression_type='GZIP')
   return {
-      'images': sum(1 for _ in records),
-      'seconds': timer.seconds,
-      'rss_after_imports_mib': rss_after_imports,
-      'peak_rss_mib_by_component': by_component.peaks,
-      'examples_file_bytes': sum(os.path.getsize(p) for p in examples),
-      'examples_record_bytes': sum(len(r.numpy()) for r in records),
-      'transform_graph_bytes': common.tree_bytes(glob.glob(os.path.join(
-          config.pipeline_root, 'Transform', 'transform_graph', '*'))[0]),
+    'images': sum(1 for _ in records),
+    'seconds': timer.seconds,
+    'rss_after_imports_mib': rss_after_imports,
+    'peak_rss_mib_by_component': by_component.peaks,
+    'examples_file_bytes': sum(os.path.getsize(p) for p in examples),
+    'examples_record_bytes': sum(len(r.numpy()) for r in records),
+    'transform_graph_bytes': common.tree_bytes(
+      glob.glob(
+        os.path.join(config.pipeline_root, 'Transform', 'transform_graph', '*')
+      )[0]
+    ),
   }
 
 
 def measure(data_root: str, work: str) -> dict:
   """Runs `ingest` in a child process; adds its peak RSS."""
   result_path = os.path.join(work, 'result.json')
-  child = subprocess.Popen([sys.executable, __file__, '--child', data_root,
-                            work])
+  child = subprocess.Popen(
+    [sys.executable, __file__, '--child', data_root, work]
+  )
   _, status, usage = os.wait4(child.pid, 0)
   child.returncode = os.waitstatus_to_exitcode(status)
   if child.returncode:
@@ -140,11 +158,19 @@ def measure(data_root: str, work: str) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--copies', type=int, default=1,
-                      help='N = this many versions of each demo image')
+  parser.add_argument(
+    '--copies',
+    type=int,
+    default=1,
+    help='N = this many versions of each demo image',
+  )
   parser.add_argument('--factor', type=int, default=4)
-  parser.add_argument('--pixels', type=int, default=0,
-                      help='resize the images to this size (larger files)')
+  parser.add_argument(
+    '--pixels',
+    type=int,
+    default=0,
+    help='resize the images to this size (larger files)',
+  )
   parser.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -169,25 +195,35 @@ def main():
     common.metric(f'{name}_images', result['images'])
     common.metric(f'{name}_input_bytes', result['input_bytes'])
     common.metric(f'{name}_seconds', result['seconds'])
-    common.metric(f'{name}_rss_after_imports_mib',
-                  result['rss_after_imports_mib'])
+    common.metric(
+      f'{name}_rss_after_imports_mib', result['rss_after_imports_mib']
+    )
     common.metric(f'{name}_peak_rss_mib', result['peak_rss_mib'])
     for node, peak in result['peak_rss_mib_by_component'].items():
       common.metric(f'{name}_peak_rss_mib_{node}', peak)
     common.metric(f'{name}_examples_file_bytes', result['examples_file_bytes'])
-    common.metric(f'{name}_examples_record_bytes',
-                  result['examples_record_bytes'])
-    common.metric(f'{name}_examples_file_over_input',
-                  result['examples_file_bytes'] / result['input_bytes'])
-    common.metric(f'{name}_examples_records_over_input',
-                  result['examples_record_bytes'] / result['input_bytes'])
-    common.metric(f'{name}_transform_graph_bytes',
-                  result['transform_graph_bytes'])
+    common.metric(
+      f'{name}_examples_record_bytes', result['examples_record_bytes']
+    )
+    common.metric(
+      f'{name}_examples_file_over_input',
+      result['examples_file_bytes'] / result['input_bytes'],
+    )
+    common.metric(
+      f'{name}_examples_records_over_input',
+      result['examples_record_bytes'] / result['input_bytes'],
+    )
+    common.metric(
+      f'{name}_transform_graph_bytes', result['transform_graph_bytes']
+    )
   small, large = results['n'], results[f'{args.factor}n']
-  common.metric('peak_rss_ratio_large_over_small',
-                large['peak_rss_mib'] / small['peak_rss_mib'])
-  common.metric('peak_rss_growth_mib',
-                large['peak_rss_mib'] - small['peak_rss_mib'])
+  common.metric(
+    'peak_rss_ratio_large_over_small',
+    large['peak_rss_mib'] / small['peak_rss_mib'],
+  )
+  common.metric(
+    'peak_rss_growth_mib', large['peak_rss_mib'] - small['peak_rss_mib']
+  )
 
 
 if __name__ == '__main__':

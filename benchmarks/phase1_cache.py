@@ -31,7 +31,7 @@ import statistics
 import tempfile
 import time
 
-import common  # pylint: disable=g-bad-import-order
+import common
 import tensorflow as tf
 import tf_keras as keras
 
@@ -40,7 +40,9 @@ from modules import embedding_cache
 from modules import model as model_lib
 from pipeline import settings as settings_lib
 
-_CONFIG = settings_lib.TrainerConfig()  # The demo's defaults: batch, lr, dropout.
+_CONFIG = (
+  settings_lib.TrainerConfig()
+)  # The demo's defaults: batch, lr, dropout.
 
 
 class _Clock(keras.callbacks.Callback):
@@ -60,51 +62,86 @@ class _Clock(keras.callbacks.Callback):
     self.times['end'] = time.perf_counter()
 
 
-def run_side(side: str, data_root: str, split, class_names, image_size: int,
-             epochs: int, strategy, seed: int) -> dict:
+def run_side(
+  side: str,
+  data_root: str,
+  split,
+  class_names,
+  image_size: int,
+  epochs: int,
+  strategy,
+  seed: int,
+) -> dict:
   """Builds a fresh classifier, runs one phase-1 variant; times, accuracy."""
   common.set_seed(seed)
-  datasets = [common.image_dataset(data_root, split[name], class_names,
-                                   _CONFIG.batch_size, shuffle=name == 'train',
-                                   image_size=image_size, seed=seed)
-              for name in ('train', 'eval')]
+  datasets = [
+    common.image_dataset(
+      data_root,
+      split[name],
+      class_names,
+      _CONFIG.batch_size,
+      shuffle=name == 'train',
+      image_size=image_size,
+      seed=seed,
+    )
+    for name in ('train', 'eval')
+  ]
   with strategy.scope():
-    backbone = backbones.build_backbone(common.BACKBONE, image_size,
-                                        common.WEIGHTS)
+    backbone = backbones.build_backbone(
+      common.BACKBONE, image_size, common.WEIGHTS
+    )
     classifier = model_lib.build_classifier(
-        backbone, image_size, len(class_names), _CONFIG.dropout)
+      backbone, image_size, len(class_names), _CONFIG.dropout
+    )
   data = (classifier, backbone, strategy, *datasets)
   clock = _Clock()
   start = time.perf_counter()
   if side == 'exact':
-    result = model_lib.run_phase('phase1', *data, epochs,
-                                 _CONFIG.phase1_learning_rate, 0, [clock])
+    result = model_lib.run_phase(
+      'phase1', *data, epochs, _CONFIG.phase1_learning_rate, 0, [clock]
+    )
   else:
     result = embedding_cache.run_cached_phase1(
-        *data, epochs, _CONFIG.phase1_learning_rate, _CONFIG.batch_size, seed,
-        [clock])
+      *data,
+      epochs,
+      _CONFIG.phase1_learning_rate,
+      _CONFIG.batch_size,
+      seed,
+      [clock],
+    )
   end, times = time.perf_counter(), clock.times
   run = {
-      'seconds': end - start,
-      'accuracy': result['eval_accuracy'],
-      'before_fit': times['begin'] - start,
-      'first_epoch': times['epochs'][0] - times['begin'],
-      'later_epoch': ((times['epochs'][-1] - times['epochs'][0]) /
-                      max(1, epochs - 1)),
-      'after_fit': end - times['end'],
+    'seconds': end - start,
+    'accuracy': result['eval_accuracy'],
+    'before_fit': times['begin'] - start,
+    'first_epoch': times['epochs'][0] - times['begin'],
+    'later_epoch': (
+      (times['epochs'][-1] - times['epochs'][0]) / max(1, epochs - 1)
+    ),
+    'after_fit': end - times['end'],
   }
-  print(f'# {side} seed {seed}: ' + ', '.join(
-      f'{k} {v:.4f}' for k, v in run.items()), flush=True)
+  print(
+    f'# {side} seed {seed}: '
+    + ', '.join(f'{k} {v:.4f}' for k, v in run.items()),
+    flush=True,
+  )
   return run
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--epochs', type=int, default=10)
-  parser.add_argument('--seeds', default='42,43,44',
-                      help='comma-separated; both sides run once per seed')
-  parser.add_argument('--scale', type=int, default=1,
-                      help='K versions of each image (common.replicate_tree)')
+  parser.add_argument(
+    '--seeds',
+    default='42,43,44',
+    help='comma-separated; both sides run once per seed',
+  )
+  parser.add_argument(
+    '--scale',
+    type=int,
+    default=1,
+    help='K versions of each image (common.replicate_tree)',
+  )
   parser.add_argument('--image-size', type=int, default=common.IMAGE_SIZE)
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(',')]
@@ -118,13 +155,16 @@ def main():
     class_names = sorted({label for _, label in split['train']})
     strategy = tf.distribute.MirroredStrategy()
     side_args = (data_root, split, class_names, args.image_size)
-    warmup = {side: run_side(side, *side_args, 1, strategy, seeds[0])
-              for side in ('exact', 'cached')}
+    warmup = {
+      side: run_side(side, *side_args, 1, strategy, seeds[0])
+      for side in ('exact', 'cached')
+    }
     runs = {'exact': [], 'cached': []}
     for i, seed in enumerate(seeds):
       for side in sorted(runs, reverse=i % 2 == 1):
-        runs[side].append(run_side(side, *side_args, args.epochs, strategy,
-                                   seed))
+        runs[side].append(
+          run_side(side, *side_args, args.epochs, strategy, seed)
+        )
   common.load_average('end')
 
   common.metric('scale', args.scale)
@@ -135,21 +175,30 @@ def main():
   common.metric('seeds', args.seeds)
   for side in ('exact', 'cached'):
     common.metric(f'warmup_{side}_1_epoch_seconds', warmup[side]['seconds'])
-  mean = {side: {key: statistics.mean(r[key] for r in results)
-                 for key in results[0]}
-          for side, results in runs.items()}
+  mean = {
+    side: {key: statistics.mean(r[key] for r in results) for key in results[0]}
+    for side, results in runs.items()
+  }
   for side in ('exact', 'cached'):
     common.metric(f'{side}_wall_seconds', mean[side]['seconds'])
-    common.metric(f'{side}_wall_seconds_each',
-                  ','.join(f'{r["seconds"]:.1f}' for r in runs[side]))
-  common.metric('speedup_exact_over_cached',
-                mean['exact']['seconds'] / mean['cached']['seconds'])
+    common.metric(
+      f'{side}_wall_seconds_each',
+      ','.join(f'{r["seconds"]:.1f}' for r in runs[side]),
+    )
+  common.metric(
+    'speedup_exact_over_cached',
+    mean['exact']['seconds'] / mean['cached']['seconds'],
+  )
   for side in ('exact', 'cached'):
     common.metric(f'{side}_eval_accuracy', mean[side]['accuracy'])
-    common.metric(f'{side}_eval_accuracy_each',
-                  ','.join(f'{r["accuracy"]:.4f}' for r in runs[side]))
-  common.metric('accuracy_difference_points',
-                100 * (mean['cached']['accuracy'] - mean['exact']['accuracy']))
+    common.metric(
+      f'{side}_eval_accuracy_each',
+      ','.join(f'{r["accuracy"]:.4f}' for r in runs[side]),
+    )
+  common.metric(
+    'accuracy_difference_points',
+    100 * (mean['cached']['accuracy'] - mean['exact']['accuracy']),
+  )
   for part in ('before_fit', 'first_epoch', 'later_epoch', 'after_fit'):
     for side in ('exact', 'cached'):
       common.metric(f'{side}_seconds_{part}', mean[side][part])

@@ -41,16 +41,25 @@ import sys
 import threading
 import time
 
-import common  # pylint: disable=g-bad-import-order
+import common
 import numpy as np
 from PIL import Image
 
 _FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
-_CLASSES = ('t-shirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal',
-            'shirt', 'sneaker', 'bag', 'ankle-boot')
+_CLASSES = (
+  't-shirt',
+  'trouser',
+  'pullover',
+  'dress',
+  'coat',
+  'sandal',
+  'shirt',
+  'sneaker',
+  'bag',
+  'ankle-boot',
+)
 _SIZE = 224
-_DATA_NODES = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen',
-               'Transform')
+_DATA_NODES = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform')
 _WHOLE_TRAINER = {'image_size': 96, 'phase2_epochs': 0}
 
 
@@ -63,8 +72,9 @@ def _fashion_mnist():
       sys.exit(f'{path} not found: apt-get install dataset-fashion-mnist')
     with gzip.open(path) as f:
       images.append(np.frombuffer(f.read(), np.uint8, offset=16))
-    with gzip.open(os.path.join(_FASHION_MNIST,
-                                f'{prefix}-labels-idx1-ubyte.gz')) as f:
+    with gzip.open(
+      os.path.join(_FASHION_MNIST, f'{prefix}-labels-idx1-ubyte.gz')
+    ) as f:
       labels.append(np.frombuffer(f.read(), np.uint8, offset=8))
   return np.concatenate(images).reshape(-1, 28, 28), np.concatenate(labels)
 
@@ -75,12 +85,13 @@ def _backgrounds(rng, count: int = 32):
   bank = []
   for _ in range(count):
     blobs = rng.uniform(40, 215, (7, 7, 3)).astype(np.uint8)
-    field = np.asarray(Image.fromarray(blobs).resize((_SIZE, _SIZE),
-                                                     Image.BILINEAR),
-                       np.float32)
+    field = np.asarray(
+      Image.fromarray(blobs).resize((_SIZE, _SIZE), Image.BILINEAR), np.float32
+    )
     theta, freq = rng.uniform(0, np.pi), rng.uniform(0.3, 1.2)
-    field += (22 * np.sin(freq * (np.cos(theta) * xx +
-                                  np.sin(theta) * yy)))[..., None]
+    field += (22 * np.sin(freq * (np.cos(theta) * xx + np.sin(theta) * yy)))[
+      ..., None
+    ]
     field += rng.normal(0, 10, field.shape).astype(np.float32)
     bank.append(field)
   return bank
@@ -88,17 +99,25 @@ def _backgrounds(rng, count: int = 32):
 
 def _jpeg(garment, backgrounds, rng) -> bytes:
   """One 224x224 JPEG: the garment, tinted, on a shifted background."""
-  mask = np.asarray(Image.fromarray(garment).resize((_SIZE, _SIZE),
-                                                    Image.BICUBIC),
-                    np.float32)[..., None] / 255
-  background = np.roll(backgrounds[rng.integers(len(backgrounds))],
-                       (rng.integers(_SIZE), rng.integers(_SIZE)), (0, 1))
+  mask = (
+    np.asarray(
+      Image.fromarray(garment).resize((_SIZE, _SIZE), Image.BICUBIC), np.float32
+    )[..., None]
+    / 255
+  )
+  background = np.roll(
+    backgrounds[rng.integers(len(backgrounds))],
+    (rng.integers(_SIZE), rng.integers(_SIZE)),
+    (0, 1),
+  )
   tint = rng.uniform(30, 255, 3).astype(np.float32)
   pixels = background * (1 - mask) + mask * (
-      tint * (0.6 + 0.4 * mask) + 0.5 * (background - background.mean()))
+    tint * (0.6 + 0.4 * mask) + 0.5 * (background - background.mean())
+  )
   buf = io.BytesIO()
   Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-      buf, 'JPEG', quality=90)
+    buf, 'JPEG', quality=90
+  )
   return buf.getvalue()
 
 
@@ -122,8 +141,10 @@ def generate(root: str, count: int) -> None:
     os.replace(part, path)
     made += 1
     if made % 5000 == 0:
-      print(f'# generated {made} images in {time.time() - started:.0f} s',
-            flush=True)
+      print(
+        f'# generated {made} images in {time.time() - started:.0f} s',
+        flush=True,
+      )
 
 
 def subset(source: str, target: str, count: int) -> str:
@@ -134,8 +155,10 @@ def subset(source: str, target: str, count: int) -> str:
     os.makedirs(os.path.join(target, name))
     for file_name in os.listdir(os.path.join(source, name)):
       if file_name.endswith('.jpg') and int(file_name[:-4]) < count:
-        os.link(os.path.join(source, name, file_name),
-                os.path.join(target, name, file_name))
+        os.link(
+          os.path.join(source, name, file_name),
+          os.path.join(target, name, file_name),
+        )
   return target
 
 
@@ -199,26 +222,25 @@ class _ByComponent(logging.Filter):
   def filter(self, record):
     if record.msg == 'Component %s is running.':
       self._node, self._started = record.args[0], time.time()
-      self.components[self._node] = {'peak_rss_mib': 0.0,
-                                     'peak_pss_mib': 0.0}
+      self.components[self._node] = {'peak_rss_mib': 0.0, 'peak_pss_mib': 0.0}
     elif record.msg == 'Component %s is finished.':
-      self.components[record.args[0]]['seconds'] = (time.time() -
-                                                     self._started)
+      self.components[record.args[0]]['seconds'] = time.time() - self._started
       self._node = None
     return record.levelno >= self._level
 
 
 def run_child(spec: dict) -> dict:
   """Runs the nodes `spec` names on its data root; returns the figures."""
-  # pylint: disable=g-import-not-at-top
   from tfx import v1 as tfx
   from pipeline import settings as settings_lib
   from pipeline import pipeline as pipeline_lib
-  # pylint: enable=g-import-not-at-top
+
   config = settings_lib.PipelineConfig(
-      data_root=spec['data_root'], output_dir=spec['output_dir'],
-      trainer=spec.get('trainer', {}),
-      **({'beam_pipeline_args': spec['beam']} if spec.get('beam') else {}))
+    data_root=spec['data_root'],
+    output_dir=spec['output_dir'],
+    trainer=spec.get('trainer', {}),
+    **({'beam_pipeline_args': spec['beam']} if spec.get('beam') else {}),
+  )
   full = pipeline_lib.create_pipeline(config)
   nodes = full.components
   if spec.get('nodes'):
@@ -228,30 +250,45 @@ def run_child(spec: dict) -> dict:
         if down.id not in spec['nodes']:
           node.remove_downstream_node(down)
   with common.Timer() as timer, _ByComponent() as by_component:
-    tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
-        pipeline_name='scale', pipeline_root=config.pipeline_root,
-        components=nodes, enable_cache=False,
+    tfx.orchestration.LocalDagRunner().run(
+      tfx.dsl.Pipeline(
+        pipeline_name='scale',
+        pipeline_root=config.pipeline_root,
+        components=nodes,
+        enable_cache=False,
         metadata_connection_config=(
-            tfx.orchestration.metadata.sqlite_metadata_connection_config(
-                config.metadata_path)),
-        beam_pipeline_args=config.beam_pipeline_args))
-  return {'seconds': timer.seconds, 'components': by_component.components,
-          'beam_pipeline_args': config.beam_pipeline_args}
+          tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path
+          )
+        ),
+        beam_pipeline_args=config.beam_pipeline_args,
+      )
+    )
+  return {
+    'seconds': timer.seconds,
+    'components': by_component.components,
+    'beam_pipeline_args': config.beam_pipeline_args,
+  }
 
 
-def measure(name: str, work: str, data_root: str, images: int,
-            **spec) -> dict:
+def measure(name: str, work: str, data_root: str, images: int, **spec) -> dict:
   """Runs `run_child` in a child process; prints and returns its figures."""
   run_dir = os.path.join(work, 'runs', name)
   shutil.rmtree(run_dir, ignore_errors=True)
   os.makedirs(run_dir)
-  spec = {'data_root': data_root, 'output_dir': os.path.join(run_dir, 'out'),
-          **spec}
+  spec = {
+    'data_root': data_root,
+    'output_dir': os.path.join(run_dir, 'out'),
+    **spec,
+  }
   result_path = os.path.join(run_dir, 'result.json')
   with open(os.path.join(run_dir, 'log.txt'), 'w') as log:
     child = subprocess.run(
-        [sys.executable, __file__, '--child', json.dumps(spec), result_path],
-        stdout=log, stderr=subprocess.STDOUT, check=False)
+      [sys.executable, __file__, '--child', json.dumps(spec), result_path],
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      check=False,
+    )
   if child.returncode:
     common.metric(f'{name}_failed_exit_code', child.returncode)
     print(f'# {name}: failed, log in {run_dir}/log.txt', flush=True)
@@ -264,26 +301,32 @@ def measure(name: str, work: str, data_root: str, images: int,
   common.metric(f'{name}_seconds', result['seconds'])
   for node, figures in result['components'].items():
     common.metric(f'{name}_{node}_seconds', figures['seconds'])
-    common.metric(f'{name}_{node}_images_per_second',
-                  images / figures['seconds'])
+    common.metric(
+      f'{name}_{node}_images_per_second', images / figures['seconds']
+    )
     common.metric(f'{name}_{node}_peak_tree_rss_mib', figures['peak_rss_mib'])
     common.metric(f'{name}_{node}_peak_tree_pss_mib', figures['peak_pss_mib'])
   return result
 
 
 def _peak(result: dict, key: str, nodes=None) -> float:
-  return max(figures[key] for node, figures in result['components'].items()
-             if nodes is None or node in nodes)
+  return max(
+    figures[key]
+    for node, figures in result['components'].items()
+    if nodes is None or node in nodes
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('part', nargs='?', choices=('data', 'workers', 'whole'))
   parser.add_argument('--sizes', help='comma-separated image counts')
-  parser.add_argument('--size', type=int, default=10_000,
-                      help='images for the workers part')
-  parser.add_argument('--work', default=os.path.join(common.PROJECT_ROOT,
-                                                     '.scale_work'))
+  parser.add_argument(
+    '--size', type=int, default=10_000, help='images for the workers part'
+  )
+  parser.add_argument(
+    '--work', default=os.path.join(common.PROJECT_ROOT, '.scale_work')
+  )
   parser.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -293,48 +336,65 @@ def main():
     return
   if not args.part:
     parser.error('choose a part: data, workers or whole')
-  default_sizes = {'data': '2500,10000,40000', 'whole': '5000,20000',
-                   'workers': str(args.size)}[args.part]
+  default_sizes = {
+    'data': '2500,10000,40000',
+    'whole': '5000,20000',
+    'workers': str(args.size),
+  }[args.part]
   sizes = [int(s) for s in (args.sizes or default_sizes).split(',')]
   images = os.path.join(args.work, 'images')
   common.load_average('start')
   results = {}
   for size in sizes:
     generate(images, size)
-    data_root = subset(images, os.path.join(args.work, f'data_{args.part}',
-                                            str(size)), size)
+    data_root = subset(
+      images, os.path.join(args.work, f'data_{args.part}', str(size)), size
+    )
     common.metric(f'n{size}_input_bytes', common.tree_bytes(data_root))
     if args.part == 'data':
-      results[size] = measure(f'n{size}', args.work, data_root, size,
-                              nodes=list(_DATA_NODES))
+      results[size] = measure(
+        f'n{size}', args.work, data_root, size, nodes=list(_DATA_NODES)
+      )
     elif args.part == 'whole':
-      results[size] = measure(f'whole_n{size}', args.work, data_root, size,
-                              trainer=_WHOLE_TRAINER)
+      results[size] = measure(
+        f'whole_n{size}', args.work, data_root, size, trainer=_WHOLE_TRAINER
+      )
     else:
       for workers in (1, 2):
         results[workers] = measure(
-            f'examplegen_{workers}_workers', args.work, data_root, size,
-            nodes=['FileBasedExampleGen'],
-            beam=['--direct_running_mode=multi_processing',
-                  f'--direct_num_workers={workers}'])
+          f'examplegen_{workers}_workers',
+          args.work,
+          data_root,
+          size,
+          nodes=['FileBasedExampleGen'],
+          beam=[
+            '--direct_running_mode=multi_processing',
+            f'--direct_num_workers={workers}',
+          ],
+        )
     shutil.rmtree(data_root)
   common.load_average('end')
   if not all(results.values()):
     return
   if args.part == 'workers':
-    one, two = (results[w]['components']['FileBasedExampleGen']['seconds']
-                for w in (1, 2))
+    one, two = (
+      results[w]['components']['FileBasedExampleGen']['seconds'] for w in (1, 2)
+    )
     common.metric('examplegen_throughput_2_over_1_workers', one / two)
     return
   small, large = results[min(sizes)], results[max(sizes)]
   nodes = _DATA_NODES if args.part == 'data' else small['components']
   for node in nodes:
     for key in ('peak_rss_mib', 'peak_pss_mib'):
-      common.metric(f'{node}_{key}_n{max(sizes)}_over_n{min(sizes)}',
-                    _peak(large, key, [node]) / _peak(small, key, [node]))
+      common.metric(
+        f'{node}_{key}_n{max(sizes)}_over_n{min(sizes)}',
+        _peak(large, key, [node]) / _peak(small, key, [node]),
+      )
   for key in ('peak_rss_mib', 'peak_pss_mib'):
-    common.metric(f'all_{key}_n{max(sizes)}_over_n{min(sizes)}',
-                  _peak(large, key, nodes) / _peak(small, key, nodes))
+    common.metric(
+      f'all_{key}_n{max(sizes)}_over_n{min(sizes)}',
+      _peak(large, key, nodes) / _peak(small, key, nodes),
+    )
 
 
 if __name__ == '__main__':

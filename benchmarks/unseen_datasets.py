@@ -41,8 +41,7 @@ import tarfile
 import time
 import zipfile
 
-import common  # pylint: disable=unused-import  (sets TF_USE_LEGACY_KERAS)
-# pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
+import common  # noqa: F401 (sets TF_USE_LEGACY_KERAS)
 import numpy as np
 from PIL import Image
 from sklearn import linear_model
@@ -57,13 +56,27 @@ from modules import trainer
 from pipeline import settings as settings_lib
 from pipeline import local_runner
 from pipeline import report as report_lib
-# pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 FASHION = '/usr/share/datasets/fashion-mnist'
-FASHION_CLASSES = ('t_shirt', 'trouser', 'pullover', 'dress', 'coat',
-                   'sandal', 'shirt', 'sneaker', 'bag', 'ankle_boot')
-DATASETS = ('fashion_mnist', 'digits', 'lfw_subset', 'amazon_reviews',
-            'spam_assassin')
+FASHION_CLASSES = (
+  't_shirt',
+  'trouser',
+  'pullover',
+  'dress',
+  'coat',
+  'sandal',
+  'shirt',
+  'sneaker',
+  'bag',
+  'ankle_boot',
+)
+DATASETS = (
+  'fashion_mnist',
+  'digits',
+  'lfw_subset',
+  'amazon_reviews',
+  'spam_assassin',
+)
 
 
 def _write_images(root, images, labels):
@@ -76,9 +89,12 @@ def _balanced(labels, total, rng):
   """Indices of about `total` examples, as many per class as there are."""
   classes = sorted(set(labels))
   per_class = total // len(classes)
-  return np.concatenate([
+  return np.concatenate(
+    [
       rng.permutation(np.flatnonzero(np.asarray(labels) == c))[:per_class]
-      for c in classes])
+      for c in classes
+    ]
+  )
 
 
 def fashion_mnist(root, assets, total, rng):
@@ -95,7 +111,8 @@ def fashion_mnist(root, assets, total, rng):
 
 def digits(root, assets, total, rng):
   del assets
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets
+
   data = datasets.load_digits()
   images = (data.images * 255 / 16).astype(np.uint8)
   names = [f'digit_{y}' for y in data.target]
@@ -106,7 +123,7 @@ def digits(root, assets, total, rng):
 
 def lfw_subset(root, assets, total, rng):
   del total, rng  # All 200.
-  wheel, = glob.glob(os.path.join(assets, 'scikit_image-*.whl'))
+  (wheel,) = glob.glob(os.path.join(assets, 'scikit_image-*.whl'))
   with zipfile.ZipFile(wheel) as z:
     images = np.load(io.BytesIO(z.read('skimage/data/lfw_subset.npy')))
   images = (images * 255).clip(0, 255).astype(np.uint8)
@@ -124,56 +141,74 @@ def _write_rows(root, rows):
 
 
 def amazon_reviews(root, assets, total, rng):
-  archive = os.path.join(assets, 'vaderSentiment-3.3.2', 'additional_resources',
-                         'hutto_ICWSM_2014.tar.gz')
+  archive = os.path.join(
+    assets,
+    'vaderSentiment-3.3.2',
+    'additional_resources',
+    'hutto_ICWSM_2014.tar.gz',
+  )
   with tarfile.open(archive) as tar:
-    member, = [m for m in tar.getmembers()
-               if m.name.endswith('amazonReviewSnippets_GroundTruth.txt')]
+    (member,) = [
+      m
+      for m in tar.getmembers()
+      if m.name.endswith('amazonReviewSnippets_GroundTruth.txt')
+    ]
     lines = tar.extractfile(member).read().decode('utf-8', 'replace')
   rows = []
   for line in lines.splitlines():
     parts = line.split('\t')
     if len(parts) == 3 and float(parts[1]) != 0:
-      rows.append({'text': parts[2].strip(),
-                   'label': 'positive' if float(parts[1]) > 0 else 'negative'})
+      rows.append(
+        {
+          'text': parts[2].strip(),
+          'label': 'positive' if float(parts[1]) > 0 else 'negative',
+        }
+      )
   keep = _balanced([r['label'] for r in rows], total, rng)
   return _write_rows(root, [rows[i] for i in rng.permutation(keep)])
 
 
 def spam_assassin(root, assets, total, rng):
   rows = []
-  for path in sorted(glob.glob(os.path.join(assets, 'package', 'data', '*',
-                                            '*.json'))):
+  for path in sorted(
+    glob.glob(os.path.join(assets, 'package', 'data', '*', '*.json'))
+  ):
     with open(path) as f:
       text = json.load(f)['text']
-    label = 'spam' if 'spam' in os.path.basename(os.path.dirname(path)) else (
-        'ham')
+    label = (
+      'spam' if 'spam' in os.path.basename(os.path.dirname(path)) else ('ham')
+    )
     rows.append({'text': ' '.join(text.split())[:2000], 'label': label})
   keep = rng.permutation(len(rows))[:total]  # Natural ham/spam mix.
   return _write_rows(root, [rows[i] for i in keep])
 
 
 def _examples(pipeline_root, split):
-  examples = helpers.latest_artifact(pipeline_root, 'FileBasedExampleGen',
-                                     'examples')
+  examples = helpers.latest_artifact(
+    pipeline_root, 'FileBasedExampleGen', 'examples'
+  )
   return glob.glob(os.path.join(examples, f'Split-{split}', '*'))
 
 
 def linear_probe_accuracy(pipeline_root):
   """LogisticRegression (defaults) on the default backbone's embeddings."""
-  transform = tft.TFTransformOutput(helpers.latest_artifact(
-      pipeline_root, 'Transform', 'transform_graph'))
+  transform = tft.TFTransformOutput(
+    helpers.latest_artifact(pipeline_root, 'Transform', 'transform_graph')
+  )
   names = trainer.class_names(transform)
   config = settings_lib.TrainerConfig()
-  classifier, _ = trainer.build_model(trainer.modality(transform), config,
-                                      len(names))
+  classifier, _ = trainer.build_model(
+    trainer.modality(transform), config, len(names)
+  )
   embedder = embedding_cache.embedding_model(classifier)
   data = {}
   for split in ('train', 'eval'):
-    dataset = trainer.make_dataset(_examples(pipeline_root, split), transform,
-                                   32, shuffle=False)
+    dataset = trainer.make_dataset(
+      _examples(pipeline_root, split), transform, 32, shuffle=False
+    )
     data[split] = linear_probe.load(
-        (embedder(inputs, training=False), label) for inputs, label in dataset)
+      (embedder(inputs, training=False), label) for inputs, label in dataset
+    )
   probe = linear_model.LogisticRegression(max_iter=5000).fit(*data['train'])
   return probe.score(*data['eval'])
 
@@ -182,16 +217,19 @@ def raw_accuracy(pipeline_root, modality):
   """Raw pixels (LogisticRegression) or TF-IDF text."""
   if modality == 'text':
     return helpers.bag_of_words_accuracy(
-        helpers.split_rows(pipeline_root, 'train'),
-        helpers.split_rows(pipeline_root, 'eval'))
+      helpers.split_rows(pipeline_root, 'train'),
+      helpers.split_rows(pipeline_root, 'eval'),
+    )
   data = {}
   for split in ('train', 'eval'):
     pixels, labels = [], []
-    for record in tf.data.TFRecordDataset(_examples(pipeline_root, split),
-                                          compression_type='GZIP'):
+    for record in tf.data.TFRecordDataset(
+      _examples(pipeline_root, split), compression_type='GZIP'
+    ):
       feature = tf.train.Example.FromString(record.numpy()).features.feature
-      image = Image.open(io.BytesIO(
-          feature[features.IMAGE_KEY].bytes_list.value[0])).convert('L')
+      image = Image.open(
+        io.BytesIO(feature[features.IMAGE_KEY].bytes_list.value[0])
+      ).convert('L')
       pixels.append(np.asarray(image, np.float32).ravel() / 255)
       labels.append(feature[features.LABEL_KEY].bytes_list.value[0])
     data[split] = (np.stack(pixels), labels)
@@ -201,19 +239,27 @@ def raw_accuracy(pipeline_root, modality):
 
 def run_pipeline(data_root, output_dir, settings, tuning):
   config = settings_lib.PipelineConfig(
-      data_root=data_root, output_dir=output_dir, modality=settings['modality'],
-      manifest=settings.get('manifest'), accuracy_threshold=0.0,
-      max_accuracy_drop=1.0, tuning=tuning)
+    data_root=data_root,
+    output_dir=output_dir,
+    modality=settings['modality'],
+    manifest=settings.get('manifest'),
+    accuracy_threshold=0.0,
+    max_accuracy_drop=1.0,
+    tuning=tuning,
+  )
   started = time.time()
   result = local_runner.run(config)
-  accuracy = report_lib._evaluation(result.evaluation)['accuracy']  # pylint: disable=protected-access
+  accuracy = report_lib._evaluation(result.evaluation)['accuracy']
   training = result.training
-  print(f'# {os.path.basename(data_root)} tuning={tuning}: eval accuracy '
-        f'{accuracy:.4f}, pushed={bool(result.pushed_to)}, chosen '
-        f"{training.get('chosen')}, hyperparameters "
-        f"{training.get('hyperparameters')}, validation "
-        f"{training.get('validation', {}).get('validation_examples')}, "
-        f'{time.time() - started:.0f} s', flush=True)
+  print(
+    f'# {os.path.basename(data_root)} tuning={tuning}: eval accuracy '
+    f'{accuracy:.4f}, pushed={bool(result.pushed_to)}, chosen '
+    f'{training.get("chosen")}, hyperparameters '
+    f'{training.get("hyperparameters")}, validation '
+    f'{training.get("validation", {}).get("validation_examples")}, '
+    f'{time.time() - started:.0f} s',
+    flush=True,
+  )
   return config, accuracy, result
 
 
@@ -232,31 +278,52 @@ def main():
     data_root = os.path.join(args.work, 'data', name)
     # Written once: the same files keep a re-run's ExampleGen..Transform cached.
     settings = globals()[name](
-        data_root if not os.path.exists(data_root) else os.path.join(
-            args.work, 'unused', name), args.assets, args.examples, rng)
+      data_root
+      if not os.path.exists(data_root)
+      else os.path.join(args.work, 'unused', name),
+      args.assets,
+      args.examples,
+      rng,
+    )
     output_dir = os.path.join(args.work, 'runs', name)
     config, default, _ = run_pipeline(data_root, output_dir, settings, None)
-    _, tuned, _ = run_pipeline(data_root, output_dir, settings,
-                               {'trials': args.trials})
+    _, tuned, _ = run_pipeline(
+      data_root, output_dir, settings, {'trials': args.trials}
+    )
     probe = linear_probe_accuracy(config.pipeline_root)
     raw = raw_accuracy(config.pipeline_root, settings['modality'])
-    eval_count = sum(1 for _ in tf.data.TFRecordDataset(
-        _examples(config.pipeline_root, 'eval'), compression_type='GZIP'))
-    row = dict(dataset=name, eval_examples=eval_count, pushed_default=default,
-               pushed_tuned=tuned, linear_probe=probe, raw=raw)
+    eval_count = sum(
+      1
+      for _ in tf.data.TFRecordDataset(
+        _examples(config.pipeline_root, 'eval'), compression_type='GZIP'
+      )
+    )
+    row = dict(
+      dataset=name,
+      eval_examples=eval_count,
+      pushed_default=default,
+      pushed_tuned=tuned,
+      linear_probe=probe,
+      raw=raw,
+    )
     rows.append(row)
     for key in ('pushed_default', 'pushed_tuned', 'linear_probe', 'raw'):
       common.metric(f'{name}_{key}', row[key])
-    common.metric(f'{name}_default_vs_probe',
-                  'hit' if default >= probe else 'MISS')
-  print('\n| dataset | eval examples | pushed, default | pushed, tuned | '
-        'linear probe | raw (pixels / TF-IDF) | default >= probe |')
+    common.metric(
+      f'{name}_default_vs_probe', 'hit' if default >= probe else 'MISS'
+    )
+  print(
+    '\n| dataset | eval examples | pushed, default | pushed, tuned | '
+    'linear probe | raw (pixels / TF-IDF) | default >= probe |'
+  )
   print('|---|---:|---:|---:|---:|---:|---|')
   for r in rows:
-    print(f"| {r['dataset']} | {r['eval_examples']} | "
-          f"{r['pushed_default']:.3f} | {r['pushed_tuned']:.3f} | "
-          f"{r['linear_probe']:.3f} | {r['raw']:.3f} | "
-          f"{'yes' if r['pushed_default'] >= r['linear_probe'] else 'MISS'} |")
+    print(
+      f'| {r["dataset"]} | {r["eval_examples"]} | '
+      f'{r["pushed_default"]:.3f} | {r["pushed_tuned"]:.3f} | '
+      f'{r["linear_probe"]:.3f} | {r["raw"]:.3f} | '
+      f'{"yes" if r["pushed_default"] >= r["linear_probe"] else "MISS"} |'
+    )
   common.load_average('end')
 
 

@@ -53,15 +53,24 @@ def _numbered_dirs(base_directory: str) -> List[str]:
   """Every numbered entry under `base_directory`, complete or not, sorted."""
   if not fileio.exists(base_directory):
     return []
-  return sorted((v.rstrip('/') for v in fileio.listdir(base_directory)
-                 if v.rstrip('/').isdigit()), key=int)
+  return sorted(
+    (
+      v.rstrip('/')
+      for v in fileio.listdir(base_directory)
+      if v.rstrip('/').isdigit()
+    ),
+    key=int,
+  )
 
 
 def pushed_versions(base_directory: str) -> List[str]:
   """Finished versions (with their saved_model.pb) under `base_directory`,
   oldest first."""
-  return [v for v in _numbered_dirs(base_directory) if fileio.exists(
-      os.path.join(base_directory, v, _SAVED_MODEL))]
+  return [
+    v
+    for v in _numbered_dirs(base_directory)
+    if fileio.exists(os.path.join(base_directory, v, _SAVED_MODEL))
+  ]
 
 
 def _same_model(model_path: str, version_path: str) -> bool:
@@ -69,7 +78,8 @@ def _same_model(model_path: str, version_path: str) -> bool:
   if not all(fileio.exists(p) for p in paths):
     return False
   return io_utils.read_bytes_file(paths[0]) == io_utils.read_bytes_file(
-      paths[1])
+    paths[1]
+  )
 
 
 DATA_SUFFIX = '.data'  # components/data_validator.py reads it.
@@ -80,9 +90,9 @@ def _stage_and_rename(copy, destination: str, staging: str) -> None:
   fileio.rename(staging, destination)
 
 
-def _record_data(data: Dict[str, str], destination: str,
-                 staging: str) -> None:
+def _record_data(data: Dict[str, str], destination: str, staging: str) -> None:
   """Copies `data` (name in `.data/` -> source file or folder) into place."""
+
   def copy(target):
     fileio.makedirs(target)
     for name, source in data.items():
@@ -90,11 +100,13 @@ def _record_data(data: Dict[str, str], destination: str,
         io_utils.copy_dir(source, os.path.join(target, name))
       else:
         fileio.copy(source, os.path.join(target, name))
+
   _stage_and_rename(copy, destination, staging)
 
 
-def push_atomically(model_path: str, base_directory: str,
-                    data: Optional[Dict[str, str]] = None) -> str:
+def push_atomically(
+  model_path: str, base_directory: str, data: Optional[Dict[str, str]] = None
+) -> str:
   """Pushes `model_path` to `base_directory`/<version>, whole or not at all.
 
   Locally it is staged beside the destination and renamed in; on an object
@@ -115,8 +127,11 @@ def push_atomically(model_path: str, base_directory: str,
     if _same_model(model_path, newest):
       logging.info('%s already serves this model; not pushing a copy.', newest)
       if data and not fileio.exists(newest + DATA_SUFFIX):
-        _record_data(data, newest + DATA_SUFFIX,
-                     f'{newest}{DATA_SUFFIX}{STAGING_PREFIX}{os.getpid()}')
+        _record_data(
+          data,
+          newest + DATA_SUFFIX,
+          f'{newest}{DATA_SUFFIX}{STAGING_PREFIX}{os.getpid()}',
+        )
       return newest
   version = int(time.time())
   numbered = _numbered_dirs(base_directory)
@@ -125,19 +140,27 @@ def push_atomically(model_path: str, base_directory: str,
   destination = os.path.join(base_directory, str(version))
   fileio.makedirs(base_directory)
   if data:  # Before the version: a served version always has its data.
-    _record_data(data, destination + DATA_SUFFIX,
-                 f'{destination}{DATA_SUFFIX}{STAGING_PREFIX}{os.getpid()}')
+    _record_data(
+      data,
+      destination + DATA_SUFFIX,
+      f'{destination}{DATA_SUFFIX}{STAGING_PREFIX}{os.getpid()}',
+    )
   if object_store.is_remote(base_directory):
     saved_model = os.path.join(model_path.rstrip('/'), _SAVED_MODEL)
-    io_utils.copy_dir(model_path, destination,
-                      deny_regex_patterns=[re.escape(saved_model) + '$'])
+    io_utils.copy_dir(
+      model_path,
+      destination,
+      deny_regex_patterns=[re.escape(saved_model) + '$'],
+    )
     fileio.copy(saved_model, os.path.join(destination, _SAVED_MODEL))
     logging.info('Model pushed to %s (saved_model.pb last).', destination)
     return destination
-  staging = os.path.join(base_directory,
-                         f'{STAGING_PREFIX}{version}-{os.getpid()}')
-  _stage_and_rename(lambda target: io_utils.copy_dir(model_path, target),
-                    destination, staging)
+  staging = os.path.join(
+    base_directory, f'{STAGING_PREFIX}{version}-{os.getpid()}'
+  )
+  _stage_and_rename(
+    lambda target: io_utils.copy_dir(model_path, target), destination, staging
+  )
   logging.info('Model pushed atomically to %s.', destination)
   return destination
 
@@ -145,35 +168,47 @@ def push_atomically(model_path: str, base_directory: str,
 class AtomicPusherExecutor(pusher_executor.Executor):
   """Pusher executor for `PushDestination.filesystem` with atomic pushes."""
 
-  def Do(self, input_dict: Dict[str, List[types.Artifact]],
-         output_dict: Dict[str, List[types.Artifact]],
-         exec_properties: Dict[str, Any]) -> Optional[Any]:
+  def Do(
+    self,
+    input_dict: Dict[str, List[types.Artifact]],
+    output_dict: Dict[str, List[types.Artifact]],
+    exec_properties: Dict[str, Any],
+  ) -> Optional[Any]:
     self._log_startup(input_dict, output_dict, exec_properties)
     model_push = artifact_utils.get_single_instance(
-        output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+      output_dict[standard_component_specs.PUSHED_MODEL_KEY]
+    )
     if not self.CheckBlessing(input_dict):
       self._MarkNotPushed(model_push)
       return None
     destination = pusher_pb2.PushDestination()
     proto_utils.json_to_proto(
-        exec_properties[standard_component_specs.PUSH_DESTINATION_KEY],
-        destination)
+      exec_properties[standard_component_specs.PUSH_DESTINATION_KEY],
+      destination,
+    )
     if destination.WhichOneof('destination') != 'filesystem':
-      raise NotImplementedError('AtomicPusherExecutor pushes to a filesystem '
-                                'destination only.')
+      raise NotImplementedError(
+        'AtomicPusherExecutor pushes to a filesystem destination only.'
+      )
     model_path = self.GetModelPath(input_dict)
     data = {}
     if input_dict.get(STATISTICS_KEY):
       data['statistics'] = artifact_utils.get_single_uri(
-          input_dict[STATISTICS_KEY])
+        input_dict[STATISTICS_KEY]
+      )
     if input_dict.get(SCHEMA_KEY):
       data[SCHEMA_FILE] = os.path.join(
-          artifact_utils.get_single_uri(input_dict[SCHEMA_KEY]), SCHEMA_FILE)
+        artifact_utils.get_single_uri(input_dict[SCHEMA_KEY]), SCHEMA_FILE
+      )
     serving_path = push_atomically(
-        model_path, destination.filesystem.base_directory, data)
+      model_path, destination.filesystem.base_directory, data
+    )
     io_utils.copy_dir(model_path, model_push.uri)
-    self._MarkPushed(model_push, pushed_destination=serving_path,
-                     pushed_version=os.path.basename(serving_path))
+    self._MarkPushed(
+      model_push,
+      pushed_destination=serving_path,
+      pushed_version=os.path.basename(serving_path),
+    )
     return None
 
 
@@ -183,12 +218,15 @@ SCHEMA_FILE = 'schema.pbtxt'  # In a Schema artifact.
 
 class AtomicPusherSpec(standard_component_specs.PusherSpec):
   """PusherSpec plus the run's statistics and schema, recorded if given."""
+
   INPUTS = {
-      **standard_component_specs.PusherSpec.INPUTS,
-      STATISTICS_KEY: component_spec.ChannelParameter(
-          type=standard_artifacts.ExampleStatistics, optional=True),
-      SCHEMA_KEY: component_spec.ChannelParameter(
-          type=standard_artifacts.Schema, optional=True),
+    **standard_component_specs.PusherSpec.INPUTS,
+    STATISTICS_KEY: component_spec.ChannelParameter(
+      type=standard_artifacts.ExampleStatistics, optional=True
+    ),
+    SCHEMA_KEY: component_spec.ChannelParameter(
+      type=standard_artifacts.Schema, optional=True
+    ),
   }
 
 
@@ -206,14 +244,22 @@ class AtomicPusher(base_component.BaseComponent):
   SPEC_CLASS = AtomicPusherSpec
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(AtomicPusherExecutor)
 
-  def __init__(self, model: types.BaseChannel,
-               model_blessing: types.BaseChannel,
-               push_destination: pusher_pb2.PushDestination,
-               statistics: Optional[types.BaseChannel] = None,
-               schema: Optional[types.BaseChannel] = None):
-    super().__init__(spec=AtomicPusherSpec(
-        model=model, model_blessing=model_blessing,
+  def __init__(
+    self,
+    model: types.BaseChannel,
+    model_blessing: types.BaseChannel,
+    push_destination: pusher_pb2.PushDestination,
+    statistics: Optional[types.BaseChannel] = None,
+    schema: Optional[types.BaseChannel] = None,
+  ):
+    super().__init__(
+      spec=AtomicPusherSpec(
+        model=model,
+        model_blessing=model_blessing,
         push_destination=push_destination,
         custom_config=json_utils.dumps(None),
-        statistics=statistics, schema=schema,
-        pushed_model=channel.Channel(type=standard_artifacts.PushedModel)))
+        statistics=statistics,
+        schema=schema,
+        pushed_model=channel.Channel(type=standard_artifacts.PushedModel),
+      )
+    )

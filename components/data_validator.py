@@ -12,7 +12,8 @@ anomaly not named in `warn_anomalies`:
                   examples in each split (TFDV flags new values, not missing
                   ones)
   drift           this run's train split against the served run's
-                  (`previous_statistics`): the label with `label_drift_comparator`
+                  (`previous_statistics`): the label with
+                  `label_drift_comparator`
                   (L-infinity or Jensen-Shannon divergence), image width and
                   height and text length with Jensen-Shannon divergence
   skew            train against eval (`serving_statistics`), the same
@@ -66,9 +67,9 @@ SCHEMA_FILE = 'schema.pbtxt'
 STATISTICS_DIR = 'statistics'
 STATS_FILE = 'FeatureStats.pb'
 _COMPARATOR_REASONS = (
-    anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
-    anomalies_pb2.AnomalyInfo.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH,
-    anomalies_pb2.AnomalyInfo.COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH,
+  anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
+  anomalies_pb2.AnomalyInfo.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH,
+  anomalies_pb2.AnomalyInfo.COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH,
 )
 
 
@@ -76,6 +77,7 @@ _COMPARATOR_REASONS = (
 class Settings:
   """The gate's thresholds (PipelineConfig's fields of the same names,
   checked there)."""
+
   label_drift_comparator: str = 'infinity_norm'
   label_drift_threshold: float = 0.1
   feature_drift_threshold: float = 0.1
@@ -83,15 +85,17 @@ class Settings:
   warn_anomalies: Sequence[str] = ()
 
   def to_json(self) -> str:
-    return json.dumps({**dataclasses.asdict(self),
-                       'warn_anomalies': list(self.warn_anomalies)},
-                      sort_keys=True)
+    return json.dumps(
+      {**dataclasses.asdict(self), 'warn_anomalies': list(self.warn_anomalies)},
+      sort_keys=True,
+    )
 
   @classmethod
   def of(cls, config) -> 'Settings':
     """The settings of a PipelineConfig."""
-    return cls(**{f.name: getattr(config, f.name)
-                  for f in dataclasses.fields(cls)})
+    return cls(
+      **{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}
+    )
 
   @classmethod
   def from_json(cls, text: str) -> 'Settings':
@@ -107,19 +111,25 @@ class DataAnomaliesError(RuntimeError):
   """
 
   def __init__(self, outcome: Dict[str, Any]):
-    lines = [f'  {a["check"]} {a["feature"]} ({a["split"]}): expected '
-             f'{a["expected"]}; found {a["found"]}'
-             for a in outcome['anomalies']]
-    super().__init__(f'{len(lines)} data anomalies; the run stops before '
-                     'Transform, nothing is pushed:\n' + '\n'.join(lines))
+    lines = [
+      f'  {a["check"]} {a["feature"]} ({a["split"]}): expected '
+      f'{a["expected"]}; found {a["found"]}'
+      for a in outcome['anomalies']
+    ]
+    super().__init__(
+      f'{len(lines)} data anomalies; the run stops before '
+      'Transform, nothing is pushed:\n' + '\n'.join(lines)
+    )
     self.outcome = outcome
     self.run_result = None
 
 
-def load_statistics(statistics_dir: str,
-                    split: str) -> statistics_pb2.DatasetFeatureStatisticsList:
+def load_statistics(
+  statistics_dir: str, split: str
+) -> statistics_pb2.DatasetFeatureStatisticsList:
   return tfdv.load_stats_binary(
-      os.path.join(statistics_dir, f'Split-{split}', STATS_FILE))
+    os.path.join(statistics_dir, f'Split-{split}', STATS_FILE)
+  )
 
 
 def load_schema(path: str) -> schema_pb2.Schema:
@@ -134,10 +144,17 @@ def recorded_data(version_dir: str) -> str:
   return version_dir.rstrip('/') + '.data'
 
 
-def _entry(check: str, feature: str, split: str, reason: str, expected: str,
-           found: str) -> Dict[str, str]:
-  return {'check': check, 'feature': feature, 'split': split,
-          'reason': reason, 'expected': expected, 'found': found}
+def _entry(
+  check: str, feature: str, split: str, reason: str, expected: str, found: str
+) -> Dict[str, str]:
+  return {
+    'check': check,
+    'feature': feature,
+    'split': split,
+    'reason': reason,
+    'expected': expected,
+    'found': found,
+  }
 
 
 def _features(schema: schema_pb2.Schema) -> Dict[str, schema_pb2.Feature]:
@@ -158,26 +175,34 @@ def _expected(feature: Optional[schema_pb2.Feature]) -> str:
     high = domain.max if domain.HasField('max') else 'inf'
     parts.append(f'values in [{low}, {high}]')
   if feature.presence.min_fraction:
-    parts.append(f'present in >= {feature.presence.min_fraction:g} of the '
-                 'examples')
+    parts.append(
+      f'present in >= {feature.presence.min_fraction:g} of the examples'
+    )
   parts.append(f'type {schema_pb2.FeatureType.Name(feature.type)}')
   return ', '.join(parts)
 
 
-def _schema_entries(anomalies: anomalies_pb2.Anomalies,
-                    schema: schema_pb2.Schema, split: str):
+def _schema_entries(
+  anomalies: anomalies_pb2.Anomalies, schema: schema_pb2.Schema, split: str
+):
   features = _features(schema)
   for name, info in sorted(anomalies.anomaly_info.items()):
     for reason in info.reason:
       if reason.type in _COMPARATOR_REASONS:
         continue
-      yield _entry('schema', name, split,
-                   anomalies_pb2.AnomalyInfo.Type.Name(reason.type),
-                   _expected(features.get(name)), reason.description)
+      yield _entry(
+        'schema',
+        name,
+        split,
+        anomalies_pb2.AnomalyInfo.Type.Name(reason.type),
+        _expected(features.get(name)),
+        reason.description,
+      )
 
 
-def _label_values(statistics: statistics_pb2.DatasetFeatureStatisticsList
-                  ) -> Optional[List[str]]:
+def _label_values(
+  statistics: statistics_pb2.DatasetFeatureStatisticsList,
+) -> Optional[List[str]]:
   for feature in statistics.datasets[0].features:
     if feature.path.step == [LABEL] or feature.name == LABEL:
       buckets = feature.string_stats.rank_histogram.buckets
@@ -195,9 +220,14 @@ def _coverage_entries(statistics, schema: schema_pb2.Schema, split: str):
     domain = list(tfdv.get_domain(schema, LABEL).value)
   missing = sorted(set(domain) - set(seen))
   if missing:
-    yield _entry('label_coverage', LABEL, split, 'CLASS_MISSING',
-                 f'examples of every class in the label domain {domain}',
-                 f'no examples of {missing}')
+    yield _entry(
+      'label_coverage',
+      LABEL,
+      split,
+      'CLASS_MISSING',
+      f'examples of every class in the label domain {domain}',
+      f'no examples of {missing}',
+    )
 
 
 def _without_comparators(schema: schema_pb2.Schema) -> schema_pb2.Schema:
@@ -209,9 +239,13 @@ def _without_comparators(schema: schema_pb2.Schema) -> schema_pb2.Schema:
   return plain
 
 
-def _with_comparators(schema: schema_pb2.Schema, kind: str,
-                      label_comparator: str, label_threshold: float,
-                      threshold: float) -> schema_pb2.Schema:
+def _with_comparators(
+  schema: schema_pb2.Schema,
+  kind: str,
+  label_comparator: str,
+  label_threshold: float,
+  threshold: float,
+) -> schema_pb2.Schema:
   """A copy of `schema` with only `kind` ('drift' | 'skew') comparators:
   the label's, and Jensen-Shannon on NUMERIC_DRIFT_FEATURES."""
   compared = _without_comparators(schema)
@@ -224,10 +258,10 @@ def _with_comparators(schema: schema_pb2.Schema, kind: str,
   return compared
 
 
-def _comparison_entries(anomalies: anomalies_pb2.Anomalies, kind: str,
-                        against: str, split: str):
-  measured = {tuple(info.path.step): info
-              for info in anomalies.drift_skew_info}
+def _comparison_entries(
+  anomalies: anomalies_pb2.Anomalies, kind: str, against: str, split: str
+):
+  measured = {tuple(info.path.step): info for info in anomalies.drift_skew_info}
   for name, info in sorted(anomalies.anomaly_info.items()):
     for reason in info.reason:
       if reason.type not in _COMPARATOR_REASONS:
@@ -236,25 +270,39 @@ def _comparison_entries(anomalies: anomalies_pb2.Anomalies, kind: str,
       expected = f'a distribution close to {against}'
       skew_info = measured.get(tuple(info.path.step))
       for measurement in (
-          list(skew_info.drift_measurements) + list(skew_info.skew_measurements)
-          if skew_info else []):
+        list(skew_info.drift_measurements) + list(skew_info.skew_measurements)
+        if skew_info
+        else []
+      ):
         kind_name = anomalies_pb2.DriftSkewInfo.Measurement.Type.Name(
-            measurement.type)
-        expected = (f'{kind_name} to {against} <= {measurement.threshold:g}')
+          measurement.type
+        )
+        expected = f'{kind_name} to {against} <= {measurement.threshold:g}'
         found = f'{measurement.value:.4g}: {reason.description}'
-      yield _entry(kind, name, split,
-                   anomalies_pb2.AnomalyInfo.Type.Name(reason.type),
-                   expected, found)
+      yield _entry(
+        kind,
+        name,
+        split,
+        anomalies_pb2.AnomalyInfo.Type.Name(reason.type),
+        expected,
+        found,
+      )
 
 
 def _is_warning(entry: Dict[str, str], warn: Sequence[str]) -> bool:
-  return (entry['check'] in warn or
-          f'{entry["check"]}:{entry["feature"]}' in warn)
+  return (
+    entry['check'] in warn or f'{entry["check"]}:{entry["feature"]}' in warn
+  )
 
 
-def validate(statistics: str, schema: str, curated_schema: Optional[str],
-             baseline_dir: str, settings: Settings,
-             schema_diff_dir: Optional[str] = None) -> Dict[str, Any]:
+def validate(
+  statistics: str,
+  schema: str,
+  curated_schema: Optional[str],
+  baseline_dir: str,
+  settings: Settings,
+  schema_diff_dir: Optional[str] = None,
+) -> Dict[str, Any]:
   """Runs the four checks; returns anomalies, warnings and the reference.
 
   Args:
@@ -270,10 +318,16 @@ def validate(statistics: str, schema: str, curated_schema: Optional[str],
   served = serving_baseline_evaluator.served_version(baseline_dir)
   recorded = recorded_data(served) if served else None
   if served and not fileio.exists(os.path.join(recorded, SCHEMA_FILE)):
-    warnings.append(_entry(
-        'baseline', '', '', 'NO_RECORDED_DATA',
+    warnings.append(
+      _entry(
+        'baseline',
+        '',
+        '',
+        'NO_RECORDED_DATA',
         f'statistics and schema recorded beside the served model {served}',
-        f'no recorded statistics in {recorded}: drift is not checked'))
+        f'no recorded statistics in {recorded}: drift is not checked',
+      )
+    )
     recorded = None
   reference = {'served_version': served, 'statistics': None}
   if curated_schema:
@@ -291,40 +345,57 @@ def validate(statistics: str, schema: str, curated_schema: Optional[str],
     anomalies = tfdv.validate_statistics(stats[split], strict)
     if schema_diff_dir:
       io_utils.write_bytes_file(
-          os.path.join(schema_diff_dir, f'Split-{split}', 'SchemaDiff.pb'),
-          anomalies.SerializeToString())
+        os.path.join(schema_diff_dir, f'Split-{split}', 'SchemaDiff.pb'),
+        anomalies.SerializeToString(),
+      )
     found.extend(_schema_entries(anomalies, reference_schema, split))
     found.extend(_coverage_entries(stats[split], reference_schema, split))
   if recorded:
     reference['statistics'] = os.path.join(recorded, STATISTICS_DIR)
     previous = load_statistics(reference['statistics'], 'train')
     drift = tfdv.validate_statistics(
-        stats['train'], _with_comparators(
-            reference_schema, 'drift', settings.label_drift_comparator,
-            settings.label_drift_threshold, settings.feature_drift_threshold),
-        previous_statistics=previous)
-    found.extend(_comparison_entries(drift, 'drift',
-                                     "the served model's train split",
-                                     'train'))
+      stats['train'],
+      _with_comparators(
+        reference_schema,
+        'drift',
+        settings.label_drift_comparator,
+        settings.label_drift_threshold,
+        settings.feature_drift_threshold,
+      ),
+      previous_statistics=previous,
+    )
+    found.extend(
+      _comparison_entries(
+        drift, 'drift', "the served model's train split", 'train'
+      )
+    )
   skew = tfdv.validate_statistics(
-      stats['train'], _with_comparators(
-          reference_schema, 'skew', settings.label_drift_comparator,
-          settings.split_skew_threshold, settings.split_skew_threshold),
-      serving_statistics=stats['eval'])
+    stats['train'],
+    _with_comparators(
+      reference_schema,
+      'skew',
+      settings.label_drift_comparator,
+      settings.split_skew_threshold,
+      settings.split_skew_threshold,
+    ),
+    serving_statistics=stats['eval'],
+  )
   found.extend(_comparison_entries(skew, 'skew', 'the eval split', 'train'))
   return {
-      'anomalies': [e for e in found
-                    if not _is_warning(e, settings.warn_anomalies)],
-      'warnings': warnings + [e for e in found
-                              if _is_warning(e, settings.warn_anomalies)],
-      'reference': reference,
-      'settings': json.loads(settings.to_json()),
+    'anomalies': [
+      e for e in found if not _is_warning(e, settings.warn_anomalies)
+    ],
+    'warnings': warnings
+    + [e for e in found if _is_warning(e, settings.warn_anomalies)],
+    'reference': reference,
+    'settings': json.loads(settings.to_json()),
   }
 
 
-def initial_schema(schema: schema_pb2.Schema,
-                   statistics: Sequence[statistics_pb2.DatasetFeatureStatisticsList]
-                   ) -> schema_pb2.Schema:
+def initial_schema(
+  schema: schema_pb2.Schema,
+  statistics: Sequence[statistics_pb2.DatasetFeatureStatisticsList],
+) -> schema_pb2.Schema:
   """A first curated schema from a run's inferred schema and statistics.
 
   The label domain and the presence of every feature are the inferred ones;
@@ -339,18 +410,23 @@ def initial_schema(schema: schema_pb2.Schema,
     for feature in stats.datasets[0].features:
       name = feature.path.step[0] if feature.path.step else feature.name
       if feature.HasField('num_stats') and feature.type == (
-          statistics_pb2.FeatureNameStatistics.INT):
-        low, high = ranges.get(name, (feature.num_stats.min,
-                                      feature.num_stats.max))
-        ranges[name] = (min(low, feature.num_stats.min),
-                        max(high, feature.num_stats.max))
+        statistics_pb2.FeatureNameStatistics.INT
+      ):
+        low, high = ranges.get(
+          name, (feature.num_stats.min, feature.num_stats.max)
+        )
+        ranges[name] = (
+          min(low, feature.num_stats.min),
+          max(high, feature.num_stats.max),
+        )
   for feature in curated.feature:
     if feature.name in ranges:
       feature.int_domain.min = int(ranges[feature.name][0])
       feature.int_domain.max = int(ranges[feature.name][1])
     if feature.name in ('text', 'path', 'id') and feature.HasField('domain'):
-      curated.string_domain[:] = [d for d in curated.string_domain
-                                  if d.name != feature.domain]
+      curated.string_domain[:] = [
+        d for d in curated.string_domain if d.name != feature.domain
+      ]
       feature.ClearField('domain')
   return curated
 
@@ -369,40 +445,47 @@ INITIAL_SCHEMA_HEADER = """\
 
 class DataValidatorSpec(component_spec.ComponentSpec):
   """Statistics and schemas in; the anomalies out."""
+
   PARAMETERS = {
-      'baseline_dir': component_spec.ExecutionParameter(type=str),
-      'validation_config': component_spec.ExecutionParameter(type=str),
+    'baseline_dir': component_spec.ExecutionParameter(type=str),
+    'validation_config': component_spec.ExecutionParameter(type=str),
   }
   INPUTS = {
-      'statistics': component_spec.ChannelParameter(
-          type=standard_artifacts.ExampleStatistics),
-      'schema': component_spec.ChannelParameter(
-          type=standard_artifacts.Schema),
-      'curated_schema': component_spec.ChannelParameter(
-          type=standard_artifacts.Schema, optional=True),
+    'statistics': component_spec.ChannelParameter(
+      type=standard_artifacts.ExampleStatistics
+    ),
+    'schema': component_spec.ChannelParameter(type=standard_artifacts.Schema),
+    'curated_schema': component_spec.ChannelParameter(
+      type=standard_artifacts.Schema, optional=True
+    ),
   }
   OUTPUTS = {
-      'anomalies': component_spec.ChannelParameter(
-          type=standard_artifacts.ExampleAnomalies),
+    'anomalies': component_spec.ChannelParameter(
+      type=standard_artifacts.ExampleAnomalies
+    ),
   }
 
 
 class DataValidatorExecutor(base_executor.BaseExecutor):
   """Runs `validate`; raises DataAnomaliesError on an anomaly."""
 
-  def Do(self, input_dict: Dict[str, List[types.Artifact]],
-         output_dict: Dict[str, List[types.Artifact]],
-         exec_properties: Dict[str, Any]) -> None:
+  def Do(
+    self,
+    input_dict: Dict[str, List[types.Artifact]],
+    output_dict: Dict[str, List[types.Artifact]],
+    exec_properties: Dict[str, Any],
+  ) -> None:
     anomalies = artifact_utils.get_single_instance(output_dict['anomalies'])
     anomalies.split_names = artifact_utils.encode_split_names(list(SPLITS))
     curated = input_dict.get('curated_schema')
     outcome = validate(
-        artifact_utils.get_single_uri(input_dict['statistics']),
-        artifact_utils.get_single_uri(input_dict['schema']),
-        os.path.join(curated[0].uri, SCHEMA_FILE) if curated else None,
-        exec_properties['baseline_dir'],
-        Settings.from_json(exec_properties['validation_config']),
-        schema_diff_dir=anomalies.uri)
+      artifact_utils.get_single_uri(input_dict['statistics']),
+      artifact_utils.get_single_uri(input_dict['schema']),
+      os.path.join(curated[0].uri, SCHEMA_FILE) if curated else None,
+      exec_properties['baseline_dir'],
+      Settings.from_json(exec_properties['validation_config']),
+      schema_diff_dir=anomalies.uri,
+    )
     with fileio.open(os.path.join(anomalies.uri, RESULT_FILE), 'w') as f:
       f.write(json.dumps(outcome, indent=2))
     for warning in outcome['warnings']:
@@ -425,10 +508,21 @@ class DataValidator(base_component.BaseComponent):
   SPEC_CLASS = DataValidatorSpec
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(DataValidatorExecutor)
 
-  def __init__(self, statistics: types.BaseChannel, schema: types.BaseChannel,
-               baseline_dir: str, validation_config,
-               curated_schema: Optional[types.BaseChannel] = None):
-    super().__init__(spec=DataValidatorSpec(
-        statistics=statistics, schema=schema, curated_schema=curated_schema,
-        baseline_dir=baseline_dir, validation_config=validation_config,
-        anomalies=channel.Channel(type=standard_artifacts.ExampleAnomalies)))
+  def __init__(
+    self,
+    statistics: types.BaseChannel,
+    schema: types.BaseChannel,
+    baseline_dir: str,
+    validation_config,
+    curated_schema: Optional[types.BaseChannel] = None,
+  ):
+    super().__init__(
+      spec=DataValidatorSpec(
+        statistics=statistics,
+        schema=schema,
+        curated_schema=curated_schema,
+        baseline_dir=baseline_dir,
+        validation_config=validation_config,
+        anomalies=channel.Channel(type=standard_artifacts.ExampleAnomalies),
+      )
+    )

@@ -39,8 +39,17 @@ import csv
 import io
 import os
 import posixpath
-from typing import (Any, Dict, Iterable, List, NamedTuple, Optional, Sequence,
-                    Tuple, Union)
+from typing import (
+  Any,
+  Dict,
+  Iterable,
+  List,
+  NamedTuple,
+  Optional,
+  Sequence,
+  Tuple,
+  Union,
+)
 
 from absl import logging
 import apache_beam as beam
@@ -77,6 +86,7 @@ _Entry = Tuple[str, str, str, Optional[str]]
 
 class Options(NamedTuple):
   """Validation options, parsed from the component's custom_config."""
+
   max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION
   max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS
   allow_paths_outside_data_root: bool = False
@@ -84,24 +94,31 @@ class Options(NamedTuple):
 
 
 def make_custom_config(
-    max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION,
-    max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS,
-    allow_paths_outside_data_root: bool = False,
-    require_every_split: bool = False) -> example_gen_pb2.CustomConfig:
+  max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION,
+  max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS,
+  allow_paths_outside_data_root: bool = False,
+  require_every_split: bool = False,
+) -> example_gen_pb2.CustomConfig:
   """Returns the FileBasedExampleGen custom_config carrying the options."""
-  return ingestion.pack_options(_validate_options(
-      {'max_rejected_fraction': max_rejected_fraction,
-       'max_pixels': max_pixels,
-       ingestion.ALLOW_OUTSIDE_KEY: allow_paths_outside_data_root,
-       ingestion.REQUIRE_EVERY_SPLIT_KEY: require_every_split}))
+  return ingestion.pack_options(
+    _validate_options(
+      {
+        'max_rejected_fraction': max_rejected_fraction,
+        'max_pixels': max_pixels,
+        ingestion.ALLOW_OUTSIDE_KEY: allow_paths_outside_data_root,
+        ingestion.REQUIRE_EVERY_SPLIT_KEY: require_every_split,
+      }
+    )
+  )
 
 
 def parse_custom_config(
-    custom_config: Optional[Union[str, example_gen_pb2.CustomConfig]]
+  custom_config: Optional[Union[str, example_gen_pb2.CustomConfig]],
 ) -> Options:
   """Parses the custom_config exec property (JSON of a CustomConfig)."""
   return _validate_options(
-      ingestion.unpack_options(custom_config, 'make_custom_config'))
+    ingestion.unpack_options(custom_config, 'make_custom_config')
+  )
 
 
 def _validate_options(values: Dict[str, Any]) -> Options:
@@ -109,9 +126,11 @@ def _validate_options(values: Dict[str, Any]) -> Options:
   ingestion.check_option_names(values, Options, 'image ExampleGen')
   options = ingestion.check_opt_ins(Options(**values))
   return options._replace(
-      max_rejected_fraction=ingestion.check_max_rejected_fraction(
-          options.max_rejected_fraction),
-      max_pixels=check_max_pixels(options.max_pixels))
+    max_rejected_fraction=ingestion.check_max_rejected_fraction(
+      options.max_rejected_fraction
+    ),
+    max_pixels=check_max_pixels(options.max_pixels),
+  )
 
 
 def check_max_pixels(value: float) -> int:
@@ -131,20 +150,24 @@ def image_problem(data: bytes, max_pixels: int) -> Optional[str]:
     return 'not an image (unrecognised file format)'
   except Image.DecompressionBombError as e:
     return f'image too large (possible decompression bomb): {e}'
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     return f'corrupt image header: {ingestion.describe(e)}'
   if image_format not in _DECODABLE_FORMATS:
-    return (f'unsupported format {image_format}: tf.io.decode_image only '
-            'decodes JPEG, PNG, GIF and BMP')
+    return (
+      f'unsupported format {image_format}: tf.io.decode_image only '
+      'decodes JPEG, PNG, GIF and BMP'
+    )
   if width * height > max_pixels:
-    return (f'image too large (possible decompression bomb): {width}x{height} '
-            f'= {width * height} pixels > max_pixels {max_pixels}')
+    return (
+      f'image too large (possible decompression bomb): {width}x{height} '
+      f'= {width * height} pixels > max_pixels {max_pixels}'
+    )
   try:
     with Image.open(io.BytesIO(data)) as image:
       image.verify()
     with Image.open(io.BytesIO(data)) as image:
       image.load()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     return f'corrupt or truncated image: {ingestion.describe(e)}'
   if image_format == 'BMP':
     return _bmp_problem(data, mode)
@@ -156,18 +179,20 @@ def image_properties(data: bytes) -> Dict[str, tf.train.Feature]:
   with Image.open(io.BytesIO(data)) as image:  # Reads the header only.
     image_format, (width, height) = image.format, image.size
   return {
-      WIDTH_FEATURE: ingestion.int64_feature(width),
-      HEIGHT_FEATURE: ingestion.int64_feature(height),
-      FORMAT_FEATURE: ingestion.bytes_feature(image_format.encode('ascii')),
-      BYTE_SIZE_FEATURE: ingestion.int64_feature(len(data)),
+    WIDTH_FEATURE: ingestion.int64_feature(width),
+    HEIGHT_FEATURE: ingestion.int64_feature(height),
+    FORMAT_FEATURE: ingestion.bytes_feature(image_format.encode('ascii')),
+    BYTE_SIZE_FEATURE: ingestion.int64_feature(len(data)),
   }
 
 
 def _bmp_problem(data: bytes, mode: str) -> Optional[str]:
   """Returns why TF's BMP decoder would fail on or misread a valid BMP."""
   if mode == 'P':
-    return ('palette BMP: tf.io.decode_image ignores the palette and would '
-            'return colour indices')
+    return (
+      'palette BMP: tf.io.decode_image ignores the palette and would '
+      'return colour indices'
+    )
   try:
     tf.io.decode_bmp(data)
   except tf.errors.OpError as e:
@@ -190,38 +215,47 @@ class _ValidateImage(beam.DoFn):
     if reason is None:
       full_path = ingestion.full_path(self._input_base, path)
       reason = ingestion.local_file_problem(
-          self._input_base, full_path,
-          self._options.allow_paths_outside_data_root)
+        self._input_base, full_path, self._options.allow_paths_outside_data_root
+      )
     if reason is None:
       data, reason = ingestion.read_file(full_path)
     if reason is None:
       reason = image_problem(data, self._options.max_pixels)
     if reason is not None:
-      yield beam.pvalue.TaggedOutput(ingestion.REJECTED_TAG, {
-          'path': path,
-          'reason': reason
-      })
+      yield beam.pvalue.TaggedOutput(
+        ingestion.REJECTED_TAG, {'path': path, 'reason': reason}
+      )
       return
-    yield class_key, tf.train.Example(
+    yield (
+      class_key,
+      tf.train.Example(
         features=tf.train.Features(
-            feature={
-                IMAGE_FEATURE: ingestion.bytes_feature(data),
-                LABEL_FEATURE: ingestion.bytes_feature(label.encode('utf-8')),
-                PATH_FEATURE: ingestion.bytes_feature(path.encode('utf-8')),
-                **image_properties(data),
-            }))
+          feature={
+            IMAGE_FEATURE: ingestion.bytes_feature(data),
+            LABEL_FEATURE: ingestion.bytes_feature(label.encode('utf-8')),
+            PATH_FEATURE: ingestion.bytes_feature(path.encode('utf-8')),
+            **image_properties(data),
+          }
+        )
+      ),
+    )
 
 
 def _split_folder(pattern: str, input_base: str) -> str:
   """Returns the folder (relative to input_base) a folder pattern names."""
   folder = '.' if pattern == '*' else pattern.removesuffix('/*')
   folder = posixpath.normpath(folder)
-  if (any(c in folder for c in '*?[') or folder.startswith('/') or
-      folder == '..' or folder.startswith('../')):
+  if (
+    any(c in folder for c in '*?[')
+    or folder.startswith('/')
+    or folder == '..'
+    or folder.startswith('../')
+  ):
     raise ValueError(
-        f'Unsupported split pattern {pattern!r} for data root {input_base}: '
-        'use a folder relative to the data root (e.g. ".", "train" or '
-        '"train/*") or a manifest ending in ".csv".')
+      f'Unsupported split pattern {pattern!r} for data root {input_base}: '
+      'use a folder relative to the data root (e.g. ".", "train" or '
+      '"train/*") or a manifest ending in ".csv".'
+    )
   return folder
 
 
@@ -238,8 +272,10 @@ def _list_folder(directory: str) -> List[Tuple[str, bool]]:
   if ingestion.is_local(directory):
     with os.scandir(directory) as entries:
       return sorted((e.name, _is_folder(e)) for e in entries)
-  return sorted((n.rstrip('/'), fileio.isdir(os.path.join(directory, n)))
-                for n in fileio.listdir(directory))
+  return sorted(
+    (n.rstrip('/'), fileio.isdir(os.path.join(directory, n)))
+    for n in fileio.listdir(directory)
+  )
 
 
 def _is_folder(entry: os.DirEntry) -> bool:
@@ -257,14 +293,17 @@ def _utf8_problem(path: str) -> Optional[str]:
   return None
 
 
-def _class_folders(input_base: str,
-                   pattern: str) -> Tuple[List[str], List[_Entry]]:
+def _class_folders(
+  input_base: str, pattern: str
+) -> Tuple[List[str], List[_Entry]]:
   """Returns the class folders of a split, and its stray files as rejections."""
   folder = _split_folder(pattern, input_base)
   directory = input_base if folder == '.' else os.path.join(input_base, folder)
   if not fileio.isdir(directory):
-    raise ValueError(f'Folder {directory} (split pattern {pattern!r}) does not '
-                     f'exist under data root {input_base}.')
+    raise ValueError(
+      f'Folder {directory} (split pattern {pattern!r}) does not '
+      f'exist under data root {input_base}.'
+    )
   class_folders, strays = [], []
   for name, is_folder in _list_folder(directory):
     path = _join(folder, name)
@@ -279,20 +318,22 @@ def _class_folders(input_base: str,
       class_folders.append(path)
   if not class_folders:
     raise ValueError(
-        f'No class folders in {directory} (data root {input_base}): expected '
-        f'one sub-folder per class, e.g. {os.path.join(directory, "cat")}/'
-        '1.jpg.')
+      f'No class folders in {directory} (data root {input_base}): expected '
+      f'one sub-folder per class, e.g. {os.path.join(directory, "cat")}/'
+      '1.jpg.'
+    )
   return class_folders, strays
 
 
-def _list_class_files(class_folder: str, input_base: str,
-                      allow_outside: bool) -> Iterable[_Entry]:
+def _list_class_files(
+  class_folder: str, input_base: str, allow_outside: bool
+) -> Iterable[_Entry]:
   """Yields every file below a class folder."""
   top = os.path.join(input_base, class_folder)
   label = ingestion.normalize_label(posixpath.basename(class_folder))
   if not ingestion.is_local(top):
     for directory, _, filenames in fileio.walk(top):
-      subfolder = directory[len(top):].strip('/')
+      subfolder = directory[len(top) :].strip('/')
       for name in filenames:
         path = posixpath.join(class_folder, subfolder, name)
         yield path, label, class_folder, None
@@ -305,8 +346,9 @@ def _inside(path: str, folder: str) -> bool:
   return os.path.commonpath([path, folder]) == folder
 
 
-def _walk_local(input_base: str, class_folder: str,
-                allow_outside: bool) -> Iterable[Tuple[str, Optional[str]]]:
+def _walk_local(
+  input_base: str, class_folder: str, allow_outside: bool
+) -> Iterable[Tuple[str, Optional[str]]]:
   """(path, reason or None) of each entry below a local class folder.
 
   A symlinked folder is followed once, and only when it resolves inside the
@@ -327,14 +369,20 @@ def _walk_local(input_base: str, class_folder: str,
         continue
       real = os.path.realpath(os.path.join(input_base, path))
       if real in visited:
-        reason = (f'symlinked folder already read (a symlink loop or a second '
-                  f'link to {real}): not read again')
+        reason = (
+          f'symlinked folder already read (a symlink loop or a second '
+          f'link to {real}): not read again'
+        )
       elif not _inside(real, top) and _inside(real, root):
-        reason = (f'symlinked folder points to {real}, elsewhere in the data '
-                  'root: not read, its files would count twice')
+        reason = (
+          f'symlinked folder points to {real}, elsewhere in the data '
+          'root: not read, its files would count twice'
+        )
       elif not _inside(real, top) and not allow_outside:
-        reason = (f'symlinked folder resolves outside the data root (to '
-                  f'{real}); set {ingestion.ALLOW_OUTSIDE_KEY} to read it')
+        reason = (
+          f'symlinked folder resolves outside the data root (to '
+          f'{real}); set {ingestion.ALLOW_OUTSIDE_KEY} to read it'
+        )
       if reason:
         yield path, reason
       else:
@@ -342,8 +390,9 @@ def _walk_local(input_base: str, class_folder: str,
         pending.append(path)
 
 
-def _read_manifest(input_base: str, pattern: str,
-                   allow_outside: bool) -> Tuple[List[_Entry], List[str]]:
+def _read_manifest(
+  input_base: str, pattern: str, allow_outside: bool
+) -> Tuple[List[_Entry], List[str]]:
   """Reads a `path,label` manifest.
 
   Returns:
@@ -352,19 +401,22 @@ def _read_manifest(input_base: str, pattern: str,
   manifest = os.path.join(input_base, pattern)
   if not fileio.exists(manifest):
     raise ValueError(
-        f'Manifest {pattern!r} not found under data root {input_base} '
-        f'(looked for {manifest}).')
+      f'Manifest {pattern!r} not found under data root {input_base} '
+      f'(looked for {manifest}).'
+    )
   with fileio.open(manifest, 'rb') as f:
     # surrogateescape keeps each row's invalid UTF-8 for its own rejection.
-    text = f.read().removeprefix(b'\xef\xbb\xbf').decode(
-        'utf-8', 'surrogateescape')
+    text = (
+      f.read().removeprefix(b'\xef\xbb\xbf').decode('utf-8', 'surrogateescape')
+    )
   reader = csv.reader(io.StringIO(text, newline=''))
   try:
     header = [name.strip() for name in next(reader, [])]
     if not {PATH_FEATURE, LABEL_FEATURE} <= set(header):
       raise ValueError(
-          f'Manifest {manifest} (data root {input_base}) needs a header row '
-          f'with "path" and "label" columns; found columns {header}.')
+        f'Manifest {manifest} (data root {input_base}) needs a header row '
+        f'with "path" and "label" columns; found columns {header}.'
+      )
     entries, raw_labels, first_line = [], [], {}
     line = reader.line_num + 1
     for values in reader:
@@ -372,35 +424,57 @@ def _read_manifest(input_base: str, pattern: str,
       if not values:
         continue
       row = dict(zip(header, values))
-      entries.append(_manifest_entry(row, len(values), len(header), where,
-                                     pattern, first_line, allow_outside))
+      entries.append(
+        _manifest_entry(
+          row,
+          len(values),
+          len(header),
+          where,
+          pattern,
+          first_line,
+          allow_outside,
+        )
+      )
       if entries[-1][1]:
         raw_labels.append(row[LABEL_FEATURE])
   except csv.Error as e:
-    raise ValueError(f'Manifest {manifest} (data root {input_base}) is not '
-                     f'valid CSV near line {reader.line_num}: {e}.') from e
+    raise ValueError(
+      f'Manifest {manifest} (data root {input_base}) is not '
+      f'valid CSV near line {reader.line_num}: {e}.'
+    ) from e
   return entries, raw_labels
 
 
-def _manifest_entry(row: Dict[str, str], fields: int, header_fields: int,
-                    line: int, pattern: str, first_line: Dict[str, int],
-                    allow_outside: bool) -> _Entry:
+def _manifest_entry(
+  row: Dict[str, str],
+  fields: int,
+  header_fields: int,
+  line: int,
+  pattern: str,
+  first_line: Dict[str, int],
+  allow_outside: bool,
+) -> _Entry:
   """One manifest row as an entry; records its path in first_line."""
   raw_path = row.get(PATH_FEATURE, '').strip()
   raw_label = row.get(LABEL_FEATURE, '')
   label = ingestion.normalize_label(raw_label)
   reason = None
   if fields != header_fields:
-    reason = (f'manifest line {line} has {fields} fields, the header has '
-              f'{header_fields}')
+    reason = (
+      f'manifest line {line} has {fields} fields, the header has '
+      f'{header_fields}'
+    )
   elif _utf8_problem(raw_path + raw_label):
     reason, label = f'invalid UTF-8 in manifest line {line}', ''
   elif not raw_path or not label:
     reason = f'empty path or label in manifest line {line}'
   elif not allow_outside:
     reason = ingestion.relative_path_problem(raw_path)
-  path = ingestion.printable_path(raw_path) if reason else posixpath.normpath(
-      raw_path)
+  path = (
+    ingestion.printable_path(raw_path)
+    if reason
+    else posixpath.normpath(raw_path)
+  )
   if not reason and path in first_line:
     reason = f'duplicate of manifest line {first_line[path]}'
   if not reason:
@@ -414,15 +488,20 @@ class _ImagesToExample(ingestion.SplitToExamples):
   parse_options = staticmethod(parse_custom_config)
 
   def expand(self, pipeline: beam.Pipeline) -> beam.PCollection:
-    logging.info('Reading images under %s with pattern %r.', self._input_base,
-                 self._pattern)
+    logging.info(
+      'Reading images under %s with pattern %r.',
+      self._input_base,
+      self._pattern,
+    )
     allow_outside = self._options.allow_paths_outside_data_root
     if self._pattern.endswith('.csv'):
-      rows, raw_labels = _read_manifest(self._input_base, self._pattern,
-                                        allow_outside)
+      rows, raw_labels = _read_manifest(
+        self._input_base, self._pattern, allow_outside
+      )
       expected = {
-          key: f'label {label!r} in manifest {self._pattern!r}'
-          for _, label, key, _ in rows if label
+        key: f'label {label!r} in manifest {self._pattern!r}'
+        for _, label, key, _ in rows
+        if label
       }
     else:
       class_folders, rows = _class_folders(self._input_base, self._pattern)
@@ -433,13 +512,20 @@ class _ImagesToExample(ingestion.SplitToExamples):
     # Paths only (the files are read in Beam), in hash order: Beam spreads
     # them over its workers and the shards come out unsorted by class.
     entries = pipeline | 'Candidates' >> beam.Create(
-        ingestion.hash_order(rows, lambda entry: entry[0]))
+      ingestion.hash_order(rows, lambda entry: entry[0])
+    )
     results = entries | 'Validate' >> beam.ParDo(
-        _ValidateImage(self._input_base, self._options)).with_outputs(
-            ingestion.REJECTED_TAG, main='accepted')
-    ingestion.write_split_records(pipeline, self._records_prefix, expected,
-                                  entries, results.accepted,
-                                  results[ingestion.REJECTED_TAG], raw_labels)
+      _ValidateImage(self._input_base, self._options)
+    ).with_outputs(ingestion.REJECTED_TAG, main='accepted')
+    ingestion.write_split_records(
+      pipeline,
+      self._records_prefix,
+      expected,
+      entries,
+      results.accepted,
+      results[ingestion.REJECTED_TAG],
+      raw_labels,
+    )
     return results.accepted | 'Examples' >> beam.Values()
 
 
@@ -447,11 +533,17 @@ class ImageExampleGenExecutor(ingestion.ReportingExecutor):
   """FileBasedExampleGen executor for labelled images."""
 
   ITEMS = ingestion.Items(
-      kind='Image', plural='files', key='path', valid='image',
-      valid_plural='images',
-      layout_hint=('put images in one sub-folder per class (e.g. '
-                   '{root}/cat/1.jpg) or list them in the manifest'),
-      class_hint='Add one sub-folder (or manifest label) per class.')
+    kind='Image',
+    plural='files',
+    key='path',
+    valid='image',
+    valid_plural='images',
+    layout_hint=(
+      'put images in one sub-folder per class (e.g. '
+      '{root}/cat/1.jpg) or list them in the manifest'
+    ),
+    class_hint='Add one sub-folder (or manifest label) per class.',
+  )
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
     """Returns the PTransform that turns one input split into Examples."""
@@ -459,15 +551,15 @@ class ImageExampleGenExecutor(ingestion.ReportingExecutor):
 
 
 def image_example_gen(
-    data_root: str,
-    *,
-    manifest: Optional[str] = None,
-    split_folders: Optional[Sequence[str]] = None,
-    train_eval_buckets: Tuple[int, int] = (4, 1),
-    max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION,
-    max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS,
-    allow_paths_outside_data_root: bool = False,
-    require_every_split: bool = False,
+  data_root: str,
+  *,
+  manifest: Optional[str] = None,
+  split_folders: Optional[Sequence[str]] = None,
+  train_eval_buckets: Tuple[int, int] = (4, 1),
+  max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION,
+  max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS,
+  allow_paths_outside_data_root: bool = False,
+  require_every_split: bool = False,
 ) -> component.FileBasedExampleGen:
   """Builds a FileBasedExampleGen that ingests labelled images.
 
@@ -498,28 +590,41 @@ def image_example_gen(
     raise ValueError(f'manifest must be a .csv file, got {manifest!r}.')
   if split_folders:
     if len(split_folders) < 2 or len(set(split_folders)) != len(split_folders):
-      raise ValueError('split_folders needs at least two distinct folder '
-                       f'names, got {split_folders!r}.')
+      raise ValueError(
+        'split_folders needs at least two distinct folder '
+        f'names, got {split_folders!r}.'
+      )
     # 'train/*' rather than 'train': the driver fingerprints the files the
     # pattern matches, so this way the class folders' mtimes count.
-    input_config = example_gen_pb2.Input(splits=[
+    input_config = example_gen_pb2.Input(
+      splits=[
         example_gen_pb2.Input.Split(name=name, pattern=f'{name}/*')
         for name in split_folders
-    ])
+      ]
+    )
     output_config = example_gen_pb2.Output()
   else:
-    output_config = ingestion.hash_split_config(train_eval_buckets,
-                                                PATH_FEATURE)
-    input_config = example_gen_pb2.Input(splits=[
+    output_config = ingestion.hash_split_config(
+      train_eval_buckets, PATH_FEATURE
+    )
+    input_config = example_gen_pb2.Input(
+      splits=[
         example_gen_pb2.Input.Split(
-            name='single_split', pattern=manifest or '*')
-    ])
+          name='single_split', pattern=manifest or '*'
+        )
+      ]
+    )
   return component.FileBasedExampleGen(
-      input_base=data_root,
-      input_config=input_config,
-      output_config=output_config,
-      custom_config=make_custom_config(max_rejected_fraction, max_pixels,
-                                       allow_paths_outside_data_root,
-                                       require_every_split),
-      custom_executor_spec=executor_spec.BeamExecutorSpec(
-          ImageExampleGenExecutor))
+    input_base=data_root,
+    input_config=input_config,
+    output_config=output_config,
+    custom_config=make_custom_config(
+      max_rejected_fraction,
+      max_pixels,
+      allow_paths_outside_data_root,
+      require_every_split,
+    ),
+    custom_executor_spec=executor_spec.BeamExecutorSpec(
+      ImageExampleGenExecutor
+    ),
+  )

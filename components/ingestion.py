@@ -17,8 +17,17 @@ import posixpath
 import stat
 import unicodedata
 import uuid
-from typing import (Any, Callable, Dict, Iterable, List, NamedTuple,
-                    Optional, Tuple, Type)
+from typing import (
+  Any,
+  Callable,
+  Dict,
+  Iterable,
+  List,
+  NamedTuple,
+  Optional,
+  Tuple,
+  Type,
+)
 
 from absl import logging
 import apache_beam as beam
@@ -67,6 +76,7 @@ class Items:
       `{root}` is replaced by the data root.
     class_hint: how to add a class, for the "one class" error.
   """
+
   kind: str
   plural: str
   key: str
@@ -78,9 +88,11 @@ class Items:
 
 def packed_options(options: NamedTuple) -> Dict[str, Any]:
   """`options` as custom_config carries them (opt-ins only when on)."""
-  return {k: list(v) if isinstance(v, tuple) else v
-          for k, v in options._asdict().items()
-          if k not in _OPT_IN_KEYS or v}
+  return {
+    k: list(v) if isinstance(v, tuple) else v
+    for k, v in options._asdict().items()
+    if k not in _OPT_IN_KEYS or v
+  }
 
 
 def pack_options(options: NamedTuple) -> example_gen_pb2.CustomConfig:
@@ -105,26 +117,31 @@ def unpack_options(custom_config: Any, factory: str) -> Dict[str, Any]:
   if isinstance(custom_config, str):
     if 'custom_config' not in json.loads(custom_config):
       raise ValueError(
-          'custom_config must be an example_gen_pb2.CustomConfig; build it '
-          f'with {factory}(...), got {custom_config}.')
+        'custom_config must be an example_gen_pb2.CustomConfig; build it '
+        f'with {factory}(...), got {custom_config}.'
+      )
     custom_config = proto_utils.json_to_proto(
-        custom_config, example_gen_pb2.CustomConfig())
+      custom_config, example_gen_pb2.CustomConfig()
+    )
   struct = struct_pb2.Struct()
   if not custom_config.custom_config.Unpack(struct):
     raise ValueError(
-        f'custom_config must pack a google.protobuf.Struct (use {factory}), '
-        f'got {custom_config.custom_config.type_url}.')
+      f'custom_config must pack a google.protobuf.Struct (use {factory}), '
+      f'got {custom_config.custom_config.type_url}.'
+    )
   return json_format.MessageToDict(struct)
 
 
-def check_option_names(values: Dict[str, Any], options: Type[NamedTuple],
-                       what: str) -> None:
+def check_option_names(
+  values: Dict[str, Any], options: Type[NamedTuple], what: str
+) -> None:
   settings_lib.check_keys(values, options._fields, f'{what} options')
 
 
 def check_max_rejected_fraction(value: float) -> float:
-  settings_lib.check_value(settings_lib.PipelineConfig,
-                           'max_rejected_fraction', value)
+  settings_lib.check_value(
+    settings_lib.PipelineConfig, 'max_rejected_fraction', value
+  )
   return float(value)
 
 
@@ -132,13 +149,15 @@ def check_opt_ins(options: NamedTuple) -> NamedTuple:
   """Checks that the opt-in options are booleans."""
   for key in _OPT_IN_KEYS:
     if not isinstance(getattr(options, key), bool):
-      raise ValueError(f'{key} must be true or false, got '
-                       f'{getattr(options, key)!r}.')
+      raise ValueError(
+        f'{key} must be true or false, got {getattr(options, key)!r}.'
+      )
   return options
 
 
-def hash_split_config(train_eval_buckets: Tuple[int, int],
-                      partition_feature: str) -> example_gen_pb2.Output:
+def hash_split_config(
+  train_eval_buckets: Tuple[int, int], partition_feature: str
+) -> example_gen_pb2.Output:
   """The output config hashing `partition_feature` into train and eval.
 
   Args:
@@ -146,16 +165,22 @@ def hash_split_config(train_eval_buckets: Tuple[int, int],
       positive integers (checked).
     partition_feature: the feature hashed, so that a split stays put.
   """
-  if (len(train_eval_buckets) != 2 or
-      any(not isinstance(b, int) or b < 1 for b in train_eval_buckets)):
-    raise ValueError('train_eval_buckets must be two positive integers, got '
-                     f'{train_eval_buckets!r}.')
-  return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+  if len(train_eval_buckets) != 2 or any(
+    not isinstance(b, int) or b < 1 for b in train_eval_buckets
+  ):
+    raise ValueError(
+      'train_eval_buckets must be two positive integers, got '
+      f'{train_eval_buckets!r}.'
+    )
+  return example_gen_pb2.Output(
+    split_config=example_gen_pb2.SplitConfig(
       splits=[
-          example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets)
-          for name, buckets in zip(('train', 'eval'), train_eval_buckets)
+        example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets)
+        for name, buckets in zip(('train', 'eval'), train_eval_buckets)
       ],
-      partition_feature_name=partition_feature))
+      partition_feature_name=partition_feature,
+    )
+  )
 
 
 def describe(error: Exception) -> str:
@@ -176,7 +201,8 @@ def normalize_label(raw: str) -> str:
 def printable_path(path: str) -> str:
   """`path` as valid UTF-8 text; undecodable bytes of a file name as \\xNN."""
   return path.encode('utf-8', 'surrogateescape').decode(
-      'utf-8', 'backslashreplace')
+    'utf-8', 'backslashreplace'
+  )
 
 
 def full_path(input_base: str, path: str) -> str:
@@ -190,8 +216,9 @@ def is_local(path: str) -> bool:
   return '://' not in path
 
 
-def local_file_problem(input_base: str, path: str,
-                       allow_outside: bool) -> Optional[str]:
+def local_file_problem(
+  input_base: str, path: str, allow_outside: bool
+) -> Optional[str]:
   """Returns why a local file may not be read, or None.
 
   Catches what reading would hang on or misreport: symlink loops, broken
@@ -223,8 +250,10 @@ def local_file_problem(input_base: str, path: str,
   if not allow_outside:
     real, root = os.path.realpath(path), os.path.realpath(input_base)
     if os.path.commonpath([real, root]) != root:
-      return (f'resolves outside the data root (to {real}); set '
-              f'{ALLOW_OUTSIDE_KEY} to read it')
+      return (
+        f'resolves outside the data root (to {real}); set '
+        f'{ALLOW_OUTSIDE_KEY} to read it'
+      )
   return None
 
 
@@ -241,8 +270,9 @@ def read_file(path: str) -> Tuple[bytes, Optional[str]]:
 
 def relative_path_problem(path: str) -> Optional[str]:
   """Returns why a path listed in a manifest may not be read, or None."""
-  if (path.startswith(('/', '\\')) or '://' in path or
-      path[1:3] in (':\\', ':/')):
+  if (
+    path.startswith(('/', '\\')) or '://' in path or path[1:3] in (':\\', ':/')
+  ):
     return 'absolute path in manifest: paths must be relative to the data root'
   normalized = posixpath.normpath(path)
   if normalized == '..' or normalized.startswith('../'):
@@ -263,12 +293,15 @@ def records_prefix(exec_properties: Dict[str, Any]) -> str:
   return os.path.join(exec_properties[RECORDS_DIR_KEY], uuid.uuid4().hex)
 
 
-def write_split_records(pipeline: beam.Pipeline, prefix: str,
-                        expected: Dict[str, str],
-                        candidates: beam.PCollection,
-                        accepted: beam.PCollection,
-                        rejected: beam.PCollection,
-                        raw_labels: Iterable[str] = ()) -> None:
+def write_split_records(
+  pipeline: beam.Pipeline,
+  prefix: str,
+  expected: Dict[str, str],
+  candidates: beam.PCollection,
+  accepted: beam.PCollection,
+  rejected: beam.PCollection,
+  raw_labels: Iterable[str] = (),
+) -> None:
   """Writes one input split's records for the report.
 
   Args:
@@ -281,29 +314,41 @@ def write_split_records(pipeline: beam.Pipeline, prefix: str,
     raw_labels: the labels as written in the data, before `normalize_label`.
   """
   records = (
-      pipeline
-      | 'ExpectedClasses' >> beam.Create([{
-          'kind': 'expected', 'class': key, 'description': description
-      } for key, description in sorted(expected.items())]),
-      pipeline
-      | 'RawLabels' >> beam.Create([{
-          'kind': 'raw_label', 'raw': raw, 'label': normalize_label(raw)
-      } for raw in sorted(set(raw_labels))]),
-      candidates
-      | 'CountRead' >> beam.combiners.Count.Globally()
-      | 'ReadRecord' >> beam.Map(lambda n: {'kind': 'read', 'count': n}),
-      accepted
-      | 'ClassKeys' >> beam.Keys()
-      | 'CountPerClass' >> beam.combiners.Count.PerElement()
-      | 'ClassRecord' >> beam.MapTuple(lambda key, n: {
-          'kind': 'ingested_class', 'class': key, 'count': n}),
-      rejected
-      | 'RejectedRecord' >> beam.Map(lambda r: {'kind': 'rejected', **r}))
+    pipeline
+    | 'ExpectedClasses'
+    >> beam.Create(
+      [
+        {'kind': 'expected', 'class': key, 'description': description}
+        for key, description in sorted(expected.items())
+      ]
+    ),
+    pipeline
+    | 'RawLabels'
+    >> beam.Create(
+      [
+        {'kind': 'raw_label', 'raw': raw, 'label': normalize_label(raw)}
+        for raw in sorted(set(raw_labels))
+      ]
+    ),
+    candidates
+    | 'CountRead' >> beam.combiners.Count.Globally()
+    | 'ReadRecord' >> beam.Map(lambda n: {'kind': 'read', 'count': n}),
+    accepted
+    | 'ClassKeys' >> beam.Keys()
+    | 'CountPerClass' >> beam.combiners.Count.PerElement()
+    | 'ClassRecord'
+    >> beam.MapTuple(
+      lambda key, n: {'kind': 'ingested_class', 'class': key, 'count': n}
+    ),
+    rejected
+    | 'RejectedRecord' >> beam.Map(lambda r: {'kind': 'rejected', **r}),
+  )
   _ = (
-      records
-      | 'FlattenRecords' >> beam.Flatten()
-      | 'ToJson' >> beam.Map(json.dumps)
-      | 'WriteRecords' >> beam.io.WriteToText(prefix))
+    records
+    | 'FlattenRecords' >> beam.Flatten()
+    | 'ToJson' >> beam.Map(json.dumps)
+    | 'WriteRecords' >> beam.io.WriteToText(prefix)
+  )
 
 
 class SplitToExamples(beam.PTransform):
@@ -313,6 +358,7 @@ class SplitToExamples(beam.PTransform):
   options, a NamedTuple with `max_rejected_fraction`) and write each split
   with `write_split_records` in `expand`.
   """
+
   parse_options: Callable[[Any], NamedTuple]
 
   def __init__(self, exec_properties: Dict[str, Any], split_pattern: str):
@@ -320,7 +366,8 @@ class SplitToExamples(beam.PTransform):
     self._input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     self._pattern = split_pattern
     self._options = self.parse_options(
-        exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY))
+      exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY)
+    )
     self._records_prefix = records_prefix(exec_properties)
 
 
@@ -329,36 +376,49 @@ class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
   Subclasses name their items (`ITEMS`) and return a `SplitToExamples`.
   """
+
   ITEMS: Items
 
   def parse_options(self, custom_config: Any) -> NamedTuple:
     """Parses the custom_config exec property as the PTransform does."""
-    return self.GetInputSourceToExamplePTransform().parse_options(
-        custom_config)
+    return self.GetInputSourceToExamplePTransform().parse_options(custom_config)
 
   def GenerateExamplesByBeam(
-      self, pipeline: beam.Pipeline,
-      exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
+    self, pipeline: beam.Pipeline, exec_properties: Dict[str, Any]
+  ) -> Dict[str, beam.PCollection]:
     """Runs the base implementation and records output counts per split."""
     splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
     labels = [
-        examples | f'Labels[{split}]' >> beam.Map(_split_and_label, split)
-        for split, examples in splits.items()
+      examples | f'Labels[{split}]' >> beam.Map(_split_and_label, split)
+      for split, examples in splits.items()
     ]
     _ = (
-        labels
-        | 'FlattenLabels' >> beam.Flatten()
-        | 'CountPerSplitLabel' >> beam.combiners.Count.PerElement()
-        | 'SplitRecord' >> beam.MapTuple(lambda key, n: {
-            'kind': 'ingested', 'split': key[0], 'label': key[1], 'count': n})
-        | 'SplitRecordToJson' >> beam.Map(json.dumps)
-        | 'WriteSplitRecords' >> beam.io.WriteToText(
-            os.path.join(exec_properties[RECORDS_DIR_KEY], 'splits')))
+      labels
+      | 'FlattenLabels' >> beam.Flatten()
+      | 'CountPerSplitLabel' >> beam.combiners.Count.PerElement()
+      | 'SplitRecord'
+      >> beam.MapTuple(
+        lambda key, n: {
+          'kind': 'ingested',
+          'split': key[0],
+          'label': key[1],
+          'count': n,
+        }
+      )
+      | 'SplitRecordToJson' >> beam.Map(json.dumps)
+      | 'WriteSplitRecords'
+      >> beam.io.WriteToText(
+        os.path.join(exec_properties[RECORDS_DIR_KEY], 'splits')
+      )
+    )
     return splits
 
-  def Do(self, input_dict: Dict[str, List[types.Artifact]],
-         output_dict: Dict[str, List[types.Artifact]],
-         exec_properties: Dict[str, Any]) -> None:
+  def Do(
+    self,
+    input_dict: Dict[str, List[types.Artifact]],
+    output_dict: Dict[str, List[types.Artifact]],
+    exec_properties: Dict[str, Any],
+  ) -> None:
     """Generates the Examples, then writes, logs and checks the report.
 
     Args:
@@ -374,19 +434,24 @@ class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
         to the Examples artifact before raising.
     """
     options = self.parse_options(
-        exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY))
+      exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY)
+    )
     examples = artifact_utils.get_single_instance(
-        output_dict[standard_component_specs.EXAMPLES_KEY])
+      output_dict[standard_component_specs.EXAMPLES_KEY]
+    )
     records_dir = os.path.join(examples.uri, '.ingestion_records')
     if fileio.exists(records_dir):
       fileio.rmtree(records_dir)
-    self._write_splits(input_dict, output_dict,
-                       {**exec_properties, RECORDS_DIR_KEY: records_dir})
+    self._write_splits(
+      input_dict, output_dict, {**exec_properties, RECORDS_DIR_KEY: records_dir}
+    )
     report = build_report(
-        _read_records(records_dir),
-        exec_properties[standard_component_specs.INPUT_BASE_KEY],
-        artifact_utils.decode_split_names(examples.split_names), options,
-        self.ITEMS)
+      _read_records(records_dir),
+      exec_properties[standard_component_specs.INPUT_BASE_KEY],
+      artifact_utils.decode_split_names(examples.split_names),
+      options,
+      self.ITEMS,
+    )
     fileio.rmtree(records_dir)
     report_path = os.path.join(examples.uri, REPORT_FILE_NAME)
     with fileio.open(report_path, 'w') as f:
@@ -394,10 +459,12 @@ class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     _log_report(report, report_path, self.ITEMS)
     check_report(report, report_path, self.ITEMS)
 
-
-  def _write_splits(self, input_dict: Dict[str, List[types.Artifact]],
-                    output_dict: Dict[str, List[types.Artifact]],
-                    exec_properties: Dict[str, Any]) -> None:
+  def _write_splits(
+    self,
+    input_dict: Dict[str, List[types.Artifact]],
+    output_dict: Dict[str, List[types.Artifact]],
+    exec_properties: Dict[str, Any],
+  ) -> None:
     """BaseExampleGenExecutor.Do, writing each split without a shuffle.
 
     TFX's `write_split.WriteSplit` puts every split through a Reshuffle (a
@@ -410,44 +477,59 @@ class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     self._log_startup(input_dict, output_dict, exec_properties)
     input_config = example_gen_pb2.Input()
     proto_utils.json_to_proto(
-        exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
-        input_config)
+      exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config
+    )
     output_config = example_gen_pb2.Output()
     proto_utils.json_to_proto(
-        exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
-        output_config)
+      exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config
+    )
     artifacts = output_dict[standard_component_specs.EXAMPLES_KEY]
-    artifact_utils.get_single_instance(artifacts).split_names = (
-        artifact_utils.encode_split_names(
-            example_gen_utils.generate_output_split_names(
-                input_config, output_config)))
+    artifact_utils.get_single_instance(
+      artifacts
+    ).split_names = artifact_utils.encode_split_names(
+      example_gen_utils.generate_output_split_names(input_config, output_config)
+    )
     with self._make_beam_pipeline() as pipeline:
       for split, examples in self.GenerateExamplesByBeam(
-          pipeline, exec_properties).items():
-        _ = (examples
-             | f'Serialize[{split}]' >> beam.ParDo(write_split.MaybeSerialize())
-             | f'Write[{split}]' >> beam.io.WriteToTFRecord(
-                 os.path.join(artifact_utils.get_split_uri(artifacts, split),
-                              write_split.DEFAULT_TF_RECORD_FILE_NAME),
-                 file_name_suffix='.gz'))
+        pipeline, exec_properties
+      ).items():
+        _ = (
+          examples
+          | f'Serialize[{split}]' >> beam.ParDo(write_split.MaybeSerialize())
+          | f'Write[{split}]'
+          >> beam.io.WriteToTFRecord(
+            os.path.join(
+              artifact_utils.get_split_uri(artifacts, split),
+              write_split.DEFAULT_TF_RECORD_FILE_NAME,
+            ),
+            file_name_suffix='.gz',
+          )
+        )
     payload_format = exec_properties.get(
-        standard_component_specs.OUTPUT_DATA_FORMAT_KEY)
+      standard_component_specs.OUTPUT_DATA_FORMAT_KEY
+    )
     file_format = exec_properties.get(
-        standard_component_specs.OUTPUT_FILE_FORMAT_KEY)
+      standard_component_specs.OUTPUT_FILE_FORMAT_KEY
+    )
     for artifact in artifacts:
       if payload_format:
         examples_utils.set_payload_format(artifact, payload_format)
       if file_format:
         examples_utils.set_file_format(
-            artifact, write_split.to_file_format_str(file_format))
+          artifact, write_split.to_file_format_str(file_format)
+        )
 
 
 def hash_order(entries: Iterable[Any], key: Callable[[Any], str]) -> List[Any]:
   """`entries` sorted by a hash of `key(entry)`: a fixed order that mixes
   classes (listings and data files are often sorted by class), so the
   Examples need no shuffle to be written unsorted."""
-  return sorted(entries, key=lambda entry: hashlib.sha256(
-      key(entry).encode('utf-8', 'surrogateescape')).digest())
+  return sorted(
+    entries,
+    key=lambda entry: hashlib.sha256(
+      key(entry).encode('utf-8', 'surrogateescape')
+    ).digest(),
+  )
 
 
 def _split_and_label(example: tf.train.Example, split: str) -> Tuple[str, str]:
@@ -464,9 +546,13 @@ def _read_records(records_dir: str) -> List[Dict[str, Any]]:
   return records
 
 
-def build_report(records: Iterable[Dict[str, Any]], input_base: str,
-                 split_names: List[str], options: NamedTuple,
-                 items: Items) -> Dict[str, Any]:
+def build_report(
+  records: Iterable[Dict[str, Any]],
+  input_base: str,
+  split_names: List[str],
+  options: NamedTuple,
+  items: Items,
+) -> Dict[str, Any]:
   """Aggregates the records into the ingestion report."""
   by_kind = collections.defaultdict(list)
   for record in records:
@@ -479,117 +565,143 @@ def build_report(records: Iterable[Dict[str, Any]], input_base: str,
     per_class.update(counts)
   read = sum(record['count'] for record in by_kind['read'])
   ingested = sum(per_class.values())
-  rejected = sorted(({
-      items.key: r[items.key],
-      'reason': r['reason']
-  } for r in by_kind['rejected']), key=lambda r: r[items.key])
+  rejected = sorted(
+    (
+      {items.key: r[items.key], 'reason': r['reason']}
+      for r in by_kind['rejected']
+    ),
+    key=lambda r: r[items.key],
+  )
   if read != ingested + len(rejected):
-    raise RuntimeError(f'Ingestion counts do not add up for {input_base}: '
-                       f'read {read}, ingested {ingested}, rejected '
-                       f'{len(rejected)}.')
+    raise RuntimeError(
+      f'Ingestion counts do not add up for {input_base}: '
+      f'read {read}, ingested {ingested}, rejected '
+      f'{len(rejected)}.'
+    )
   ingested_classes = {record['class'] for record in by_kind['ingested_class']}
   spellings = collections.defaultdict(set)
   for record in by_kind['raw_label']:
     spellings[record['label']].add(record['raw'])
   return {
-      'data_root': input_base,
-      'counts': {'read': read, 'ingested': ingested, 'rejected': len(rejected)},
-      'rejected_fraction': len(rejected) / read if read else 0.0,
-      'ingested_per_split': {
-          split: sum(counts.values())
-          for split, counts in per_split_and_class.items()
-      },
-      'ingested_per_class': dict(sorted(per_class.items())),
-      'ingested_per_split_and_class': {
-          split: dict(sorted(counts.items()))
-          for split, counts in per_split_and_class.items()
-      },
-      f'classes_without_valid_{items.valid_plural}': sorted(
-          record['description'] for record in by_kind['expected']
-          if record['class'] not in ingested_classes),
-      f'rejected_{items.plural}': rejected,
-      # Labels written differently in the data, merged into one class.
-      'label_spellings': {
-          label: sorted(raws) for label, raws in sorted(spellings.items())
-          if label and raws != {label}
-      },
-      # Classes a split has no example of (e.g. a class with one example).
-      'classes_missing_from_split': {
-          split: sorted(set(per_class) - set(counts))
-          for split, counts in per_split_and_class.items()
-          if set(per_class) - set(counts)
-      },
-      ALLOW_OUTSIDE_KEY: getattr(options, ALLOW_OUTSIDE_KEY),
-      'options': packed_options(options),
+    'data_root': input_base,
+    'counts': {'read': read, 'ingested': ingested, 'rejected': len(rejected)},
+    'rejected_fraction': len(rejected) / read if read else 0.0,
+    'ingested_per_split': {
+      split: sum(counts.values())
+      for split, counts in per_split_and_class.items()
+    },
+    'ingested_per_class': dict(sorted(per_class.items())),
+    'ingested_per_split_and_class': {
+      split: dict(sorted(counts.items()))
+      for split, counts in per_split_and_class.items()
+    },
+    f'classes_without_valid_{items.valid_plural}': sorted(
+      record['description']
+      for record in by_kind['expected']
+      if record['class'] not in ingested_classes
+    ),
+    f'rejected_{items.plural}': rejected,
+    # Labels written differently in the data, merged into one class.
+    'label_spellings': {
+      label: sorted(raws)
+      for label, raws in sorted(spellings.items())
+      if label and raws != {label}
+    },
+    # Classes a split has no example of (e.g. a class with one example).
+    'classes_missing_from_split': {
+      split: sorted(set(per_class) - set(counts))
+      for split, counts in per_split_and_class.items()
+      if set(per_class) - set(counts)
+    },
+    ALLOW_OUTSIDE_KEY: getattr(options, ALLOW_OUTSIDE_KEY),
+    'options': packed_options(options),
   }
 
 
-def _log_report(report: Dict[str, Any], report_path: str,
-                items: Items) -> None:
+def _log_report(report: Dict[str, Any], report_path: str, items: Items) -> None:
   counts = report['counts']
   logging.info(
-      '%s ingestion from %s: read %d, ingested %d, rejected %d (%.1f%%); '
-      'per split %s; per class %s. Report: %s', items.kind,
-      report['data_root'], counts['read'], counts['ingested'],
-      counts['rejected'], 100 * report['rejected_fraction'],
-      report['ingested_per_split'], report['ingested_per_class'], report_path)
+    '%s ingestion from %s: read %d, ingested %d, rejected %d (%.1f%%); '
+    'per split %s; per class %s. Report: %s',
+    items.kind,
+    report['data_root'],
+    counts['read'],
+    counts['ingested'],
+    counts['rejected'],
+    100 * report['rejected_fraction'],
+    report['ingested_per_split'],
+    report['ingested_per_class'],
+    report_path,
+  )
   for rejected in report[f'rejected_{items.plural}']:
     logging.warning('Rejected %s: %s', rejected[items.key], rejected['reason'])
   for label, raws in report['label_spellings'].items():
-    logging.warning('Labels %s are one class, %r (labels are NFC-normalized, '
-                    'whitespace collapsed and stripped).', raws, label)
+    logging.warning(
+      'Labels %s are one class, %r (labels are NFC-normalized, '
+      'whitespace collapsed and stripped).',
+      raws,
+      label,
+    )
   for split, classes in report['classes_missing_from_split'].items():
-    logging.warning('Split %s has no example of class(es) %s.', split,
-                    classes)
+    logging.warning('Split %s has no example of class(es) %s.', split, classes)
 
 
 def _first_rejected(rejected: List[Dict[str, str]], key: str) -> str:
   listed = '; '.join(
-      f"{r[key]} ({r['reason']})" for r in rejected[:_ERROR_LISTING_LIMIT])
+    f'{r[key]} ({r["reason"]})' for r in rejected[:_ERROR_LISTING_LIMIT]
+  )
   if len(rejected) > _ERROR_LISTING_LIMIT:
     listed += f'; and {len(rejected) - _ERROR_LISTING_LIMIT} more'
   return listed
 
 
-def check_report(report: Dict[str, Any], report_path: str,
-                 items: Items) -> None:
+def check_report(
+  report: Dict[str, Any], report_path: str, items: Items
+) -> None:
   """Raises ValueError when the ingested data is unusable for training."""
   root, counts = report['data_root'], report['counts']
   rejected = _first_rejected(report[f'rejected_{items.plural}'], items.key)
   empty_classes = report[f'classes_without_valid_{items.valid_plural}']
   if not counts['read']:
     raise ValueError(
-        f'No {items.plural} found under data root {root}: '
-        f'{items.layout_hint.format(root=root)}.')
+      f'No {items.plural} found under data root {root}: '
+      f'{items.layout_hint.format(root=root)}.'
+    )
   if not counts['ingested']:
     raise ValueError(
-        f'All {counts["read"]} {items.plural} under data root {root} were '
-        f'rejected: {rejected}. Full list in {report_path}.')
+      f'All {counts["read"]} {items.plural} under data root {root} were '
+      f'rejected: {rejected}. Full list in {report_path}.'
+    )
   if empty_classes:
     raise ValueError(
-        f'No valid {items.valid} for {", ".join(empty_classes)} under data '
-        f'root {root}: it is empty or all its {items.plural} were rejected '
-        f'(see {report_path}). Add valid {items.valid_plural} or remove the '
-        'class.')
+      f'No valid {items.valid} for {", ".join(empty_classes)} under data '
+      f'root {root}: it is empty or all its {items.plural} were rejected '
+      f'(see {report_path}). Add valid {items.valid_plural} or remove the '
+      'class.'
+    )
   if len(report['ingested_per_class']) < 2:
     raise ValueError(
-        f'Only one class ({next(iter(report["ingested_per_class"]))!r}) has '
-        f'valid {items.valid_plural} under data root {root}; a classifier '
-        f'needs at least two. {items.class_hint}')
+      f'Only one class ({next(iter(report["ingested_per_class"]))!r}) has '
+      f'valid {items.valid_plural} under data root {root}; a classifier '
+      f'needs at least two. {items.class_hint}'
+    )
   max_fraction = report['options']['max_rejected_fraction']
   if report['rejected_fraction'] > max_fraction:
     raise ValueError(
-        f'{counts["rejected"]} of {counts["read"]} {items.plural} '
-        f'({report["rejected_fraction"]:.1%}) under data root {root} were '
-        f'rejected, more than max_rejected_fraction={max_fraction:g}. First '
-        f'rejected: {rejected}. Fix or remove these {items.plural} or raise '
-        f'max_rejected_fraction (full list in {report_path}).')
-  empty_splits = [split for split, count in report['ingested_per_split'].items()
-                  if not count]
+      f'{counts["rejected"]} of {counts["read"]} {items.plural} '
+      f'({report["rejected_fraction"]:.1%}) under data root {root} were '
+      f'rejected, more than max_rejected_fraction={max_fraction:g}. First '
+      f'rejected: {rejected}. Fix or remove these {items.plural} or raise '
+      f'max_rejected_fraction (full list in {report_path}).'
+    )
+  empty_splits = [
+    split for split, count in report['ingested_per_split'].items() if not count
+  ]
   if empty_splits and report['options'].get(REQUIRE_EVERY_SPLIT_KEY):
     raise ValueError(
-        f'The {" and ".join(empty_splits)} split(s) got no {items.valid_plural}'
-        f' under data root {root}: the model could not be evaluated, so it '
-        f'could not be blessed. {counts["ingested"]} {items.valid_plural} '
-        f'went to {report["ingested_per_split"]}; add more data (see '
-        f'{report_path}).')
+      f'The {" and ".join(empty_splits)} split(s) got no {items.valid_plural}'
+      f' under data root {root}: the model could not be evaluated, so it '
+      f'could not be blessed. {counts["ingested"]} {items.valid_plural} '
+      f'went to {report["ingested_per_split"]}; add more data (see '
+      f'{report_path}).'
+    )

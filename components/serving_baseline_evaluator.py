@@ -55,18 +55,22 @@ def served_version(base_directory: str) -> Optional[str]:
 
 class ServingBaselineEvaluatorSpec(standard_component_specs.EvaluatorSpec):
   """EvaluatorSpec plus the push destination to read the baseline from."""
+
   PARAMETERS = {
-      **standard_component_specs.EvaluatorSpec.PARAMETERS,
-      BASELINE_DIR_KEY: component_spec.ExecutionParameter(type=str),
+    **standard_component_specs.EvaluatorSpec.PARAMETERS,
+    BASELINE_DIR_KEY: component_spec.ExecutionParameter(type=str),
   }
 
 
 class ServingBaselineEvaluatorExecutor(evaluator_executor.Executor):
   """Runs TFX's Evaluator with the served model as `baseline_model`."""
 
-  def Do(self, input_dict: Dict[str, List[types.Artifact]],
-         output_dict: Dict[str, List[types.Artifact]],
-         exec_properties: Dict[str, Any]) -> None:
+  def Do(
+    self,
+    input_dict: Dict[str, List[types.Artifact]],
+    output_dict: Dict[str, List[types.Artifact]],
+    exec_properties: Dict[str, Any],
+  ) -> None:
     exec_properties = dict(exec_properties)
     served = served_version(exec_properties.pop(BASELINE_DIR_KEY))
     if served is None:
@@ -76,24 +80,31 @@ class ServingBaselineEvaluatorExecutor(evaluator_executor.Executor):
     logging.info('Baseline: the served model %s.', served)
     baseline = standard_artifacts.Model()
     baseline.uri = os.path.join(
-        artifact_utils.get_single_uri(
-            output_dict[standard_component_specs.EVALUATION_KEY]),
-        _BASELINE_COPY)
+      artifact_utils.get_single_uri(
+        output_dict[standard_component_specs.EVALUATION_KEY]
+      ),
+      _BASELINE_COPY,
+    )
     io_utils.copy_dir(served, path_utils.serving_model_dir(baseline.uri))
     try:
       super().Do(
-          {**input_dict, standard_component_specs.BASELINE_MODEL_KEY: [
-              baseline]}, output_dict, exec_properties)
+        {**input_dict, standard_component_specs.BASELINE_MODEL_KEY: [baseline]},
+        output_dict,
+        exec_properties,
+      )
     finally:
       fileio.rmtree(baseline.uri)
     blessing = artifact_utils.get_single_instance(
-        output_dict[standard_component_specs.BLESSING_KEY])
+      output_dict[standard_component_specs.BLESSING_KEY]
+    )
     blessing.set_string_custom_property(
-        constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, served)
+      constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, served
+    )
     # The served copy is no MLMD artifact: its id (0) would name nothing, and
     # TFX's V2 entrypoint fails looking it up.
     blessing.mlmd_artifact.custom_properties.pop(
-        constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, None)
+      constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, None
+    )
 
 
 class ServingBaselineEvaluator(base_beam_component.BaseBeamComponent):
@@ -110,19 +121,25 @@ class ServingBaselineEvaluator(base_beam_component.BaseBeamComponent):
 
   SPEC_CLASS = ServingBaselineEvaluatorSpec
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(
-      ServingBaselineEvaluatorExecutor)
+    ServingBaselineEvaluatorExecutor
+  )
 
-  def __init__(self,
-               examples: types.BaseChannel,
-               model: types.BaseChannel,
-               eval_config: tfma.EvalConfig,
-               baseline_dir: str,
-               example_splits: Optional[List[str]] = None):
-    super().__init__(spec=ServingBaselineEvaluatorSpec(
+  def __init__(
+    self,
+    examples: types.BaseChannel,
+    model: types.BaseChannel,
+    eval_config: tfma.EvalConfig,
+    baseline_dir: str,
+    example_splits: Optional[List[str]] = None,
+  ):
+    super().__init__(
+      spec=ServingBaselineEvaluatorSpec(
         examples=examples,
         model=model,
         eval_config=eval_config,
         example_splits=json.dumps(example_splits),
         baseline_dir=baseline_dir,
         evaluation=channel.Channel(type=standard_artifacts.ModelEvaluation),
-        blessing=channel.Channel(type=standard_artifacts.ModelBlessing)))
+        blessing=channel.Channel(type=standard_artifacts.ModelBlessing),
+      )
+    )

@@ -18,7 +18,8 @@ bytes, validated as the image ExampleGen does), `path` and the image header
 features (`image_width`, ... as in components/image_example_gen.py). Rows are
 never dropped silently: a row with invalid UTF-8, missing or empty label,
 empty text (text data; an image+text row may have an empty text), a
-duplicate id, malformed CSV or JSON, or a bad image is listed as `<file>:<line>` with its reason in
+duplicate id, malformed CSV or JSON, or a bad image is listed as
+`<file>:<line>` with its reason in
 `ingestion_report.json` and the log, with the same checks and failures as the
 image ExampleGen (components/ingestion.py). Labels are
 `ingestion.normalize_label`'d (the report lists the spellings merged). Image
@@ -32,8 +33,16 @@ import io
 import json
 import os
 import posixpath
-from typing import (Any, Dict, Iterable, List, NamedTuple, Optional, Sequence,
-                    Tuple)
+from typing import (
+  Any,
+  Dict,
+  Iterable,
+  List,
+  NamedTuple,
+  Optional,
+  Sequence,
+  Tuple,
+)
 
 from absl import logging
 import apache_beam as beam
@@ -69,6 +78,7 @@ _Row = Tuple[str, Dict[str, Optional[bytes]], Optional[str]]
 
 class Options(NamedTuple):
   """Columns and validation options, parsed from the custom_config."""
+
   text_columns: Tuple[str, ...] = ('text',)
   label_column: str = 'label'
   id_column: Optional[str] = None
@@ -93,7 +103,8 @@ def make_custom_config(**options) -> example_gen_pb2.CustomConfig:
 def parse_custom_config(custom_config: Any) -> Options:
   """Parses the custom_config exec property (JSON of a CustomConfig)."""
   return _validate_options(
-      ingestion.unpack_options(custom_config, 'make_custom_config'))
+    ingestion.unpack_options(custom_config, 'make_custom_config')
+  )
 
 
 def _validate_options(values: Dict[str, Any]) -> Options:
@@ -101,34 +112,47 @@ def _validate_options(values: Dict[str, Any]) -> Options:
   ingestion.check_option_names(values, Options, 'text ExampleGen')
   options = ingestion.check_opt_ins(Options(**values))
   text_columns = options.text_columns
-  if isinstance(text_columns, str) or not text_columns or not all(
-      isinstance(c, str) and c for c in text_columns):
-    raise ValueError('text_columns must be a non-empty list of column names, '
-                     f'got {text_columns!r}.')
+  if (
+    isinstance(text_columns, str)
+    or not text_columns
+    or not all(isinstance(c, str) and c for c in text_columns)
+  ):
+    raise ValueError(
+      'text_columns must be a non-empty list of column names, '
+      f'got {text_columns!r}.'
+    )
   options = options._replace(
-      text_columns=tuple(text_columns),
-      max_rejected_fraction=ingestion.check_max_rejected_fraction(
-          options.max_rejected_fraction),
-      max_pixels=image_example_gen.check_max_pixels(options.max_pixels))
+    text_columns=tuple(text_columns),
+    max_rejected_fraction=ingestion.check_max_rejected_fraction(
+      options.max_rejected_fraction
+    ),
+    max_pixels=image_example_gen.check_max_pixels(options.max_pixels),
+  )
   if not options.label_column:
     raise ValueError('label_column must be a column name.')
   if len(set(options.columns)) != len(options.columns):
-    raise ValueError(f'Each column may have one role only, got text '
-                     f'{list(text_columns)}, label {options.label_column!r}, '
-                     f'id {options.id_column!r}, image '
-                     f'{options.image_column!r}.')
+    raise ValueError(
+      f'Each column may have one role only, got text '
+      f'{list(text_columns)}, label {options.label_column!r}, '
+      f'id {options.id_column!r}, image '
+      f'{options.image_column!r}.'
+    )
   return options
 
 
 def check_data_file(data_file: str) -> None:
   """Raises ValueError unless `data_file` is a relative .csv/.jsonl path."""
   if not data_file.endswith(CSV_EXTENSIONS + JSONL_EXTENSIONS):
-    raise ValueError(f'Text data must be a .csv or .jsonl (.ndjson) file, '
-                     f'got {data_file!r}.')
+    raise ValueError(
+      f'Text data must be a .csv or .jsonl (.ndjson) file, got {data_file!r}.'
+    )
   if ingestion.relative_path_problem(data_file) or any(
-      c in data_file for c in '*?['):
-    raise ValueError(f'The data file must be a path relative to the data '
-                     f'root, without wildcards, got {data_file!r}.')
+    c in data_file for c in '*?['
+  ):
+    raise ValueError(
+      f'The data file must be a path relative to the data '
+      f'root, without wildcards, got {data_file!r}.'
+    )
 
 
 def _decode(value: bytes, column: str) -> Tuple[str, Optional[str]]:
@@ -136,8 +160,10 @@ def _decode(value: bytes, column: str) -> Tuple[str, Optional[str]]:
   try:
     return value.decode('utf-8'), None
   except UnicodeDecodeError as e:
-    return '', (f'invalid UTF-8 in column {column!r} (byte '
-                f'0x{value[e.start]:02x} at byte {e.start})')
+    return '', (
+      f'invalid UTF-8 in column {column!r} (byte '
+      f'0x{value[e.start]:02x} at byte {e.start})'
+    )
 
 
 class _ValidateRow(beam.DoFn):
@@ -157,16 +183,16 @@ class _ValidateRow(beam.DoFn):
     if reason is None:
       example, reason = self._example(where, fields)
     if reason is not None:
-      yield beam.pvalue.TaggedOutput(ingestion.REJECTED_TAG, {
-          'row': where,
-          'reason': reason
-      })
+      yield beam.pvalue.TaggedOutput(
+        ingestion.REJECTED_TAG, {'row': where, 'reason': reason}
+      )
       return
     label = ingestion.normalize_label(fields[self._options.label_column])
     yield f'{self._pattern}:{label}', example
 
-  def _decode(self, raw: Dict[str, Optional[bytes]]
-              ) -> Tuple[Dict[str, str], Optional[str]]:
+  def _decode(
+    self, raw: Dict[str, Optional[bytes]]
+  ) -> Tuple[Dict[str, str], Optional[str]]:
     """The row's columns as text, or ({}, why they are not)."""
     fields = {}
     for column in self._options.columns:
@@ -177,8 +203,9 @@ class _ValidateRow(beam.DoFn):
         return {}, reason
     return fields, None
 
-  def _example(self, where: str, fields: Dict[str, str]
-               ) -> Tuple[Optional[tf.train.Example], Optional[str]]:
+  def _example(
+    self, where: str, fields: Dict[str, str]
+  ) -> Tuple[Optional[tf.train.Example], Optional[str]]:
     """The row's Example, or (None, why it is rejected)."""
     options = self._options
     texts = [fields[c].strip() for c in options.text_columns]
@@ -195,9 +222,9 @@ class _ValidateRow(beam.DoFn):
       return None, f'empty id in column {options.id_column!r}'
     text = TEXT_SEPARATOR.join(t for t in texts if t)
     feature = {
-        TEXT_FEATURE: text,
-        LABEL_FEATURE: label,
-        ID_FEATURE: row_id,
+      TEXT_FEATURE: text,
+      LABEL_FEATURE: label,
+      ID_FEATURE: row_id,
     }
     if options.image_column:
       path, image, reason = self._image(fields[options.image_column])
@@ -205,14 +232,24 @@ class _ValidateRow(beam.DoFn):
         return None, reason
       feature[PATH_FEATURE] = path
       feature[IMAGE_FEATURE] = image
-    return tf.train.Example(features=tf.train.Features(feature={
-        **{name: ingestion.bytes_feature(
-            value if isinstance(value, bytes) else value.encode('utf-8'))
-           for name, value in feature.items()},
-        TEXT_LENGTH_FEATURE: ingestion.int64_feature(len(text)),
-        **(image_example_gen.image_properties(image)
-           if options.image_column else {}),
-    })), None
+    return tf.train.Example(
+      features=tf.train.Features(
+        feature={
+          **{
+            name: ingestion.bytes_feature(
+              value if isinstance(value, bytes) else value.encode('utf-8')
+            )
+            for name, value in feature.items()
+          },
+          TEXT_LENGTH_FEATURE: ingestion.int64_feature(len(text)),
+          **(
+            image_example_gen.image_properties(image)
+            if options.image_column
+            else {}
+          ),
+        }
+      )
+    ), None
 
   def _image(self, raw_path: str) -> Tuple[str, bytes, Optional[str]]:
     """(normalized path, bytes, None) or (path, b'', why it is rejected)."""
@@ -220,14 +257,19 @@ class _ValidateRow(beam.DoFn):
     if not raw_path.strip():
       return raw_path, b'', f'empty image path in column {column!r}'
     allow_outside = self._options.allow_paths_outside_data_root
-    reason = None if allow_outside else ingestion.relative_path_problem(
-        raw_path.strip())
+    reason = (
+      None
+      if allow_outside
+      else ingestion.relative_path_problem(raw_path.strip())
+    )
     if reason:
       return raw_path, b'', f'{raw_path}: {reason}'
     path = posixpath.normpath(raw_path.strip())
     full_path = ingestion.full_path(self._input_base, path)
-    data, reason = b'', ingestion.local_file_problem(
-        self._input_base, full_path, allow_outside)
+    data, reason = (
+      b'',
+      ingestion.local_file_problem(self._input_base, full_path, allow_outside),
+    )
     if reason is None:
       data, reason = ingestion.read_file(full_path)
     if reason is None:
@@ -235,13 +277,16 @@ class _ValidateRow(beam.DoFn):
     return path, data, reason and f'{path}: {reason}'
 
 
-def _read_data_file(input_base: str, pattern: str,
-                    options: Options) -> List[_Row]:
+def _read_data_file(
+  input_base: str, pattern: str, options: Options
+) -> List[_Row]:
   """Reads the rows of a data file (malformed rows pre-rejected)."""
   path = os.path.join(input_base, pattern)
   if not fileio.exists(path):
-    raise ValueError(f'Data file {pattern!r} not found under data root '
-                     f'{input_base} (looked for {path}).')
+    raise ValueError(
+      f'Data file {pattern!r} not found under data root '
+      f'{input_base} (looked for {path}).'
+    )
   with fileio.open(path, 'rb') as f:
     data = f.read().removeprefix(b'\xef\xbb\xbf')  # A UTF-8 byte order mark.
   if pattern.endswith(CSV_EXTENSIONS):
@@ -251,8 +296,9 @@ def _read_data_file(input_base: str, pattern: str,
   return _reject_duplicate_ids(rows, options.id_column)
 
 
-def _csv_rows(data: bytes, pattern: str, path: str,
-              options: Options) -> List[_Row]:
+def _csv_rows(
+  data: bytes, pattern: str, path: str, options: Options
+) -> List[_Row]:
   """Rows of a CSV file; invalid UTF-8 is kept for per-row rejection."""
   # surrogateescape round-trips invalid bytes, so each row keeps its own.
   text = data.decode('utf-8', errors='surrogateescape')
@@ -262,9 +308,10 @@ def _csv_rows(data: bytes, pattern: str, path: str,
     missing = [c for c in options.columns if c not in header]
     if missing:
       raise ValueError(
-          f'Data file {path} needs the columns {options.columns} in its '
-          f'header row; {missing} missing, found {header}. Set the column '
-          'names with text_columns, label_column, id_column, image_column.')
+        f'Data file {path} needs the columns {options.columns} in its '
+        f'header row; {missing} missing, found {header}. Set the column '
+        'names with text_columns, label_column, id_column, image_column.'
+      )
     rows, line = [], reader.line_num + 1
     for values in reader:
       where = f'{pattern}:{line}'
@@ -273,16 +320,24 @@ def _csv_rows(data: bytes, pattern: str, path: str,
         continue
       reason = None
       if len(values) != len(header):
-        reason = (f'row has {len(values)} fields, the header has '
-                  f'{len(header)}')
+        reason = f'row has {len(values)} fields, the header has {len(header)}'
       fields = dict(zip(header, values))
-      rows.append((where, {
-          c: fields[c].encode('utf-8', 'surrogateescape') if c in fields
-          else None for c in options.columns
-      }, reason))
+      rows.append(
+        (
+          where,
+          {
+            c: fields[c].encode('utf-8', 'surrogateescape')
+            if c in fields
+            else None
+            for c in options.columns
+          },
+          reason,
+        )
+      )
   except csv.Error as e:
-    raise ValueError(f'Data file {path} is not valid CSV near line '
-                     f'{reader.line_num}: {e}.') from e
+    raise ValueError(
+      f'Data file {path} is not valid CSV near line {reader.line_num}: {e}.'
+    ) from e
   return rows
 
 
@@ -297,8 +352,7 @@ def _jsonl_rows(data: bytes, pattern: str, options: Options) -> List[_Row]:
     try:
       value = json.loads(raw.decode('utf-8'))
     except UnicodeDecodeError as e:
-      reason = (f'invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte '
-                f'{e.start})')
+      reason = f'invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start})'
     except json.JSONDecodeError as e:
       reason = f'not valid JSON: {e}'
     else:
@@ -310,8 +364,9 @@ def _jsonl_rows(data: bytes, pattern: str, options: Options) -> List[_Row]:
   return rows
 
 
-def _json_fields(value: Dict[str, Any], columns: List[str]
-                 ) -> Tuple[Dict[str, Optional[bytes]], Optional[str]]:
+def _json_fields(
+  value: Dict[str, Any], columns: List[str]
+) -> Tuple[Dict[str, Optional[bytes]], Optional[str]]:
   """A JSON object's columns as bytes; numbers and booleans as JSON text."""
   fields = {}
   for column in columns:
@@ -324,13 +379,15 @@ def _json_fields(value: Dict[str, Any], columns: List[str]
     elif field is None:
       fields[column] = None
     else:
-      return fields, (f'column {column!r} holds a {type(field).__name__}, '
-                      'not a string')
+      return fields, (
+        f'column {column!r} holds a {type(field).__name__}, not a string'
+      )
   return fields, None
 
 
-def _reject_duplicate_ids(rows: List[_Row],
-                          id_column: Optional[str]) -> List[_Row]:
+def _reject_duplicate_ids(
+  rows: List[_Row], id_column: Optional[str]
+) -> List[_Row]:
   if not id_column:
     return rows
   first, checked = {}, []
@@ -357,29 +414,37 @@ class _RowsToExample(ingestion.SplitToExamples):
   parse_options = staticmethod(parse_custom_config)
 
   def expand(self, pipeline: beam.Pipeline) -> beam.PCollection:
-    logging.info('Reading rows of %s under %s.', self._pattern,
-                 self._input_base)
+    logging.info(
+      'Reading rows of %s under %s.', self._pattern, self._input_base
+    )
     rows = _read_data_file(self._input_base, self._pattern, self._options)
     # Labels of well-formed rows must end up with a valid row each.
     raw_labels = [
-        _decode(fields.get(self._options.label_column) or b'', '')[0]
-        for _, fields, reason in rows if reason is None
+      _decode(fields.get(self._options.label_column) or b'', '')[0]
+      for _, fields, reason in rows
+      if reason is None
     ]
     labels = {ingestion.normalize_label(raw) for raw in raw_labels}
     expected = {
-        f'{self._pattern}:{label}': f'label {label!r} in {self._pattern!r}'
-        for label in labels if label
+      f'{self._pattern}:{label}': f'label {label!r} in {self._pattern!r}'
+      for label in labels
+      if label
     }
     candidates = pipeline | 'Rows' >> beam.Create(
-        ingestion.hash_order(rows, lambda row: row[0]))
+      ingestion.hash_order(rows, lambda row: row[0])
+    )
     results = candidates | 'Validate' >> beam.ParDo(
-        _ValidateRow(self._input_base, self._pattern,
-                     self._options)).with_outputs(
-                         ingestion.REJECTED_TAG, main='accepted')
-    ingestion.write_split_records(pipeline, self._records_prefix, expected,
-                                  candidates, results.accepted,
-                                  results[ingestion.REJECTED_TAG],
-                                  [raw for raw in raw_labels if raw.strip()])
+      _ValidateRow(self._input_base, self._pattern, self._options)
+    ).with_outputs(ingestion.REJECTED_TAG, main='accepted')
+    ingestion.write_split_records(
+      pipeline,
+      self._records_prefix,
+      expected,
+      candidates,
+      results.accepted,
+      results[ingestion.REJECTED_TAG],
+      [raw for raw in raw_labels if raw.strip()],
+    )
     return results.accepted | 'Examples' >> beam.Values()
 
 
@@ -387,10 +452,16 @@ class TextExampleGenExecutor(ingestion.ReportingExecutor):
   """FileBasedExampleGen executor for labelled text and image+text rows."""
 
   ITEMS = ingestion.Items(
-      kind='Text', plural='rows', key='row', valid='row', valid_plural='rows',
-      layout_hint=('the data file has a header row but no data rows; add one '
-                   'row per example'),
-      class_hint='Add rows with at least one other label.')
+    kind='Text',
+    plural='rows',
+    key='row',
+    valid='row',
+    valid_plural='rows',
+    layout_hint=(
+      'the data file has a header row but no data rows; add one row per example'
+    ),
+    class_hint='Add rows with at least one other label.',
+  )
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
     """Returns the PTransform that turns one data file into Examples."""
@@ -398,18 +469,18 @@ class TextExampleGenExecutor(ingestion.ReportingExecutor):
 
 
 def text_example_gen(
-    data_root: str,
-    data_file: str,
-    *,
-    text_columns: Sequence[str] = ('text',),
-    label_column: str = 'label',
-    id_column: Optional[str] = None,
-    image_column: Optional[str] = None,
-    train_eval_buckets: Tuple[int, int] = (4, 1),
-    max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION,
-    max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS,
-    allow_paths_outside_data_root: bool = False,
-    require_every_split: bool = False,
+  data_root: str,
+  data_file: str,
+  *,
+  text_columns: Sequence[str] = ('text',),
+  label_column: str = 'label',
+  id_column: Optional[str] = None,
+  image_column: Optional[str] = None,
+  train_eval_buckets: Tuple[int, int] = (4, 1),
+  max_rejected_fraction: float = settings_lib.DEFAULT_MAX_REJECTED_FRACTION,
+  max_pixels: int = settings_lib.DEFAULT_MAX_PIXELS,
+  allow_paths_outside_data_root: bool = False,
+  require_every_split: bool = False,
 ) -> component.FileBasedExampleGen:
   """Builds a FileBasedExampleGen that ingests labelled text (+ image) rows.
 
@@ -436,19 +507,26 @@ def text_example_gen(
   """
   check_data_file(data_file)
   custom_config = make_custom_config(
-      text_columns=list(text_columns), label_column=label_column,
-      id_column=id_column, image_column=image_column,
-      max_rejected_fraction=max_rejected_fraction, max_pixels=max_pixels,
-      allow_paths_outside_data_root=allow_paths_outside_data_root,
-      require_every_split=require_every_split)
+    text_columns=list(text_columns),
+    label_column=label_column,
+    id_column=id_column,
+    image_column=image_column,
+    max_rejected_fraction=max_rejected_fraction,
+    max_pixels=max_pixels,
+    allow_paths_outside_data_root=allow_paths_outside_data_root,
+    require_every_split=require_every_split,
+  )
   output_config = ingestion.hash_split_config(
-      train_eval_buckets, PATH_FEATURE if image_column else TEXT_FEATURE)
+    train_eval_buckets, PATH_FEATURE if image_column else TEXT_FEATURE
+  )
   return component.FileBasedExampleGen(
-      input_base=data_root,
-      input_config=example_gen_pb2.Input(splits=[
-          example_gen_pb2.Input.Split(name='single_split', pattern=data_file)
-      ]),
-      output_config=output_config,
-      custom_config=custom_config,
-      custom_executor_spec=executor_spec.BeamExecutorSpec(
-          TextExampleGenExecutor))
+    input_base=data_root,
+    input_config=example_gen_pb2.Input(
+      splits=[
+        example_gen_pb2.Input.Split(name='single_split', pattern=data_file)
+      ]
+    ),
+    output_config=output_config,
+    custom_config=custom_config,
+    custom_executor_spec=executor_spec.BeamExecutorSpec(TextExampleGenExecutor),
+  )

@@ -7,6 +7,7 @@ that both decoders are exercised in training and serving.
     apt-get install dataset-fashion-mnist
     python data/build_fashion_demo.py
 """
+
 import argparse
 import gzip
 import os
@@ -26,20 +27,25 @@ def _read_idx(path, offset):
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument('--per-class', type=int, default=64)
-  parser.add_argument('--out', default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), 'fashion_demo'))
+  parser.add_argument(
+    '--out',
+    default=os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), 'fashion_demo'
+    ),
+  )
   args = parser.parse_args()
   images = _read_idx(f'{SOURCE}/t10k-images-idx3-ubyte.gz', 16).reshape(
-      -1, 28, 28)
+    -1, 28, 28
+  )
   labels = _read_idx(f'{SOURCE}/t10k-labels-idx1-ubyte.gz', 8)
   for label, name in CLASSES.items():
     os.makedirs(os.path.join(args.out, name), exist_ok=True)
-    indices = np.flatnonzero(labels == label)[:args.per_class]
+    indices = np.flatnonzero(labels == label)[: args.per_class]
     for n, i in enumerate(indices):
       ext = 'png' if n % 2 == 0 else 'jpg'
       Image.fromarray(images[i], mode='L').save(
-          os.path.join(args.out, name, f'{name}_{i:05d}.{ext}'),
-          quality=95)
+        os.path.join(args.out, name, f'{name}_{i:05d}.{ext}'), quality=95
+      )
   print(f'wrote {len(CLASSES) * args.per_class} images to {args.out}')
 
 

@@ -11,6 +11,7 @@ alone miss some, which is what a fusion model is for.
 
     python data/build_fashion_text.py
 """
+
 import argparse
 import csv
 import os
@@ -19,37 +20,77 @@ import random
 _DATA = os.path.dirname(os.path.abspath(__file__))
 # Phrases that name the product type.
 _SPECIFIC = {
-    't_shirt': ['short-sleeved crew-neck tee', 'basic cotton t-shirt',
-                'graphic print tee', 'v-neck jersey t-shirt',
-                'sleeveless summer top'],
-    'trouser': ['straight-leg trousers', 'slim-fit chinos',
-                'wide-leg pants with a high waist', 'five-pocket jeans',
-                'tailored suit trousers'],
-    'pullover': ['knitted wool jumper', 'long-sleeved crew-neck sweater',
-                 'chunky cable-knit pullover', 'fleece sweatshirt',
-                 'ribbed turtleneck sweater'],
-    'sneaker': ['low-top canvas sneakers', 'lace-up running shoes',
-                'lightweight trainers with a rubber sole',
-                'slip-on sneakers', 'mesh sports shoes'],
-    'bag': ['leather shoulder bag', 'canvas tote bag', 'small crossbody purse',
-            'backpack with zip pockets', 'clutch with a chain strap'],
+  't_shirt': [
+    'short-sleeved crew-neck tee',
+    'basic cotton t-shirt',
+    'graphic print tee',
+    'v-neck jersey t-shirt',
+    'sleeveless summer top',
+  ],
+  'trouser': [
+    'straight-leg trousers',
+    'slim-fit chinos',
+    'wide-leg pants with a high waist',
+    'five-pocket jeans',
+    'tailored suit trousers',
+  ],
+  'pullover': [
+    'knitted wool jumper',
+    'long-sleeved crew-neck sweater',
+    'chunky cable-knit pullover',
+    'fleece sweatshirt',
+    'ribbed turtleneck sweater',
+  ],
+  'sneaker': [
+    'low-top canvas sneakers',
+    'lace-up running shoes',
+    'lightweight trainers with a rubber sole',
+    'slip-on sneakers',
+    'mesh sports shoes',
+  ],
+  'bag': [
+    'leather shoulder bag',
+    'canvas tote bag',
+    'small crossbody purse',
+    'backpack with zip pockets',
+    'clutch with a chain strap',
+  ],
 }
 # Phrases shared by a group of classes.
 _GROUPS = [
-    (('t_shirt', 'pullover'), ['comfortable top for layering',
-                               'soft fabric with a relaxed fit',
-                               'a top that goes with jeans or a skirt']),
-    (('t_shirt', 'trouser', 'pullover'), ['machine washable, true to size',
-                                          'cotton blend for everyday wear',
-                                          'clothing basics for the office']),
-    (('sneaker', 'bag'), ['vegan leather, water resistant',
-                          'accessories for the weekend',
-                          'durable stitching, made to last']),
+  (
+    ('t_shirt', 'pullover'),
+    [
+      'comfortable top for layering',
+      'soft fabric with a relaxed fit',
+      'a top that goes with jeans or a skirt',
+    ],
+  ),
+  (
+    ('t_shirt', 'trouser', 'pullover'),
+    [
+      'machine washable, true to size',
+      'cotton blend for everyday wear',
+      'clothing basics for the office',
+    ],
+  ),
+  (
+    ('sneaker', 'bag'),
+    [
+      'vegan leather, water resistant',
+      'accessories for the weekend',
+      'durable stitching, made to last',
+    ],
+  ),
 ]
 # Phrases that fit any product.
-_GENERIC = ['bestseller, back in stock', 'available in black, grey and white',
-            'a wardrobe essential', 'free returns within 30 days',
-            'new season collection']
+_GENERIC = [
+  'bestseller, back in stock',
+  'available in black, grey and white',
+  'a wardrobe essential',
+  'free returns within 30 days',
+  'new season collection',
+]
 
 
 def describe(label: str, rng: random.Random) -> str:
@@ -68,8 +109,9 @@ def describe(label: str, rng: random.Random) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument('--images', default=os.path.join(_DATA, 'fashion_demo'))
-  parser.add_argument('--out', default=os.path.join(_DATA, 'fashion_text',
-                                                    'manifest.csv'))
+  parser.add_argument(
+    '--out', default=os.path.join(_DATA, 'fashion_text', 'manifest.csv')
+  )
   args = parser.parse_args()
   rng = random.Random(0)
   rows = []

@@ -11,6 +11,7 @@ balanced subset with a fixed seed, and writes it as CSV and as JSON Lines
     pip download --no-deps --no-binary :all: vadersentiment==3.3.2
     python data/build_text_demo.py --sdist vaderSentiment-3.3.2.tar.gz
 """
+
 import argparse
 import csv
 import io
@@ -38,31 +39,44 @@ def _snippets(sdist):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--sdist', required=True,
-                      help='vaderSentiment-3.3.2.tar.gz (pip download)')
+  parser.add_argument(
+    '--sdist', required=True, help='vaderSentiment-3.3.2.tar.gz (pip download)'
+  )
   parser.add_argument('--per-class', type=int, default=250)
   parser.add_argument('--max-words', type=int, default=40)
-  parser.add_argument('--out', default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), 'movie_sentiment'))
+  parser.add_argument(
+    '--out',
+    default=os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), 'movie_sentiment'
+    ),
+  )
   args = parser.parse_args()
   rng = random.Random(0)
   rows = []
-  for label, keep in (('positive', lambda r: r >= 1.0),
-                      ('negative', lambda r: r <= -1.0)):
-    candidates = [(i, r, t) for i, r, t in _snippets(args.sdist)
-                  if keep(r) and len(t.split()) <= args.max_words]
-    rows += [(i, t, label, r)
-             for i, r, t in rng.sample(candidates, args.per_class)]
+  for label, keep in (
+    ('positive', lambda r: r >= 1.0),
+    ('negative', lambda r: r <= -1.0),
+  ):
+    candidates = [
+      (i, r, t)
+      for i, r, t in _snippets(args.sdist)
+      if keep(r) and len(t.split()) <= args.max_words
+    ]
+    rows += [
+      (i, t, label, r) for i, r, t in rng.sample(candidates, args.per_class)
+    ]
   rng.shuffle(rows)
   os.makedirs(args.out, exist_ok=True)
   columns = ('id', 'text', 'label', 'rating')
-  with open(os.path.join(args.out, 'reviews.csv'), 'w', newline='',
-            encoding='utf-8') as f:
+  with open(
+    os.path.join(args.out, 'reviews.csv'), 'w', newline='', encoding='utf-8'
+  ) as f:
     writer = csv.writer(f, lineterminator='\n')
     writer.writerow(columns)
     writer.writerows(rows)
-  with open(os.path.join(args.out, 'reviews.jsonl'), 'w',
-            encoding='utf-8') as f:
+  with open(
+    os.path.join(args.out, 'reviews.jsonl'), 'w', encoding='utf-8'
+  ) as f:
     for row in rows:
       f.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + '\n')
   print(f'wrote {len(rows)} rows to {args.out}/reviews.csv and .jsonl')

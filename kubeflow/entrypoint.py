@@ -33,24 +33,27 @@ INVOCATION_FLAG = '--json_serialized_invocation_args'
 INPUTS_SPEC_FLAG = '--json_serialized_inputs_spec_args'
 
 
-def restore_input_types(executor_input: Dict[str, Any],
-                        inputs_spec: Dict[str, Any]) -> Dict[str, Any]:
+def restore_input_types(
+  executor_input: Dict[str, Any], inputs_spec: Dict[str, Any]
+) -> Dict[str, Any]:
   """`executor_input` (JSON) with each untyped input artifact's declared type.
 
   Raises:
     ValueError: An input artifact has no type and the spec declares none.
   """
   declared = inputs_spec.get('artifacts', {})
-  for key, artifact_list in executor_input.get('inputs', {}).get(
-      'artifacts', {}).items():
+  for key, artifact_list in (
+    executor_input.get('inputs', {}).get('artifacts', {}).items()
+  ):
     for artifact in artifact_list.get('artifacts', []):
       kind = artifact.get('type') or {}
       if kind.get('instanceSchema') or kind.get('schemaTitle'):
         continue
       if 'artifactType' not in declared.get(key, {}):
         raise ValueError(
-            f'Input artifact {key!r} came without a type and the component '
-            'declares none: compile the pipeline with schema 2.1.')
+          f'Input artifact {key!r} came without a type and the component '
+          'declares none: compile the pipeline with schema 2.1.'
+        )
       artifact['type'] = dict(declared[key]['artifactType'])
   return executor_input
 
@@ -72,27 +75,37 @@ def fix_argv(argv: List[str]) -> List[str]:
     word = argv[values[flag]]
     return word.split('=', 1)[1] if word.startswith(flag + '=') else word
 
-  fixed = json.dumps(restore_input_types(json.loads(value(INVOCATION_FLAG)),
-                                         json.loads(value(INPUTS_SPEC_FLAG))))
+  fixed = json.dumps(
+    restore_input_types(
+      json.loads(value(INVOCATION_FLAG)), json.loads(value(INPUTS_SPEC_FLAG))
+    )
+  )
   index = values[INVOCATION_FLAG]
-  argv[index] = (f'{INVOCATION_FLAG}={fixed}'
-                 if argv[index].startswith(INVOCATION_FLAG + '=') else fixed)
+  argv[index] = (
+    f'{INVOCATION_FLAG}={fixed}'
+    if argv[index].startswith(INVOCATION_FLAG + '=')
+    else fixed
+  )
   return argv
 
 
 def main() -> None:
   # Imported here: TFX and TensorFlow load in the pod only.
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor  # pylint: disable=g-import-not-at-top
+  from absl import app
+  from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor
+
   sys.argv = fix_argv(sys.argv)
-  app.run(kubeflow_v2_run_executor.main,
-          flags_parser=lambda argv: parse_flags(argv[1:]))
+  app.run(
+    kubeflow_v2_run_executor.main,
+    flags_parser=lambda argv: parse_flags(argv[1:]),
+  )
 
 
 def parse_flags(args: List[str]):
   """TFX's V2 entrypoint flags and the Beam arguments, from `args`."""
-  from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor  # pylint: disable=g-import-not-at-top
-  return kubeflow_v2_run_executor._parse_flags(args)  # pylint: disable=protected-access
+  from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor
+
+  return kubeflow_v2_run_executor._parse_flags(args)
 
 
 if __name__ == '__main__':

@@ -48,8 +48,8 @@ IMAGE_DEMO_DATA = settings_lib.IMAGE_DEMO_DATA
 ENTRYPOINT = ('python', '-m', 'kubeflow.entrypoint')
 
 ResourceSpec = (
-    pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec
-    .ResourceSpec)
+  pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,7 @@ class TrainerResources:
     memory_gb: Memory in GB.
     gpus: Number of accelerators of `gpu_type`, a Kubernetes resource name.
   """
+
   cpu: Optional[float] = None
   memory_gb: Optional[float] = None
   gpus: int = 0
@@ -91,13 +92,16 @@ class TrainerResources:
 @dataclasses.dataclass(frozen=True)
 class VolumeMount:
   """A PersistentVolumeClaim mounted at the same path in every step."""
+
   claim: str
   mount_path: str
 
   def __post_init__(self):
     if not self.claim or not posixpath.isabs(self.mount_path):
-      raise ValueError(f'A volume is CLAIM:/absolute/mount/path, got '
-                       f'{self.claim}:{self.mount_path}')
+      raise ValueError(
+        f'A volume is CLAIM:/absolute/mount/path, got '
+        f'{self.claim}:{self.mount_path}'
+      )
 
   @classmethod
   def parse(cls, text: str) -> 'VolumeMount':
@@ -105,23 +109,34 @@ class VolumeMount:
     return cls(claim, posixpath.normpath(mount_path) if mount_path else '')
 
   def holds(self, path: str) -> bool:
-    return posixpath.normpath(path).startswith(self.mount_path.rstrip('/') +
-                                               '/')
+    return posixpath.normpath(path).startswith(
+      self.mount_path.rstrip('/') + '/'
+    )
 
 
-def platform_spec(spec: Dict[str, Any],
-                  volumes: Sequence[VolumeMount]) -> Dict[str, Any]:
+def platform_spec(
+  spec: Dict[str, Any], volumes: Sequence[VolumeMount]
+) -> Dict[str, Any]:
   """The kfp-kubernetes PlatformSpec mounting `volumes` in every executor."""
   mounts = [{'constant': v.claim, 'mountPath': v.mount_path} for v in volumes]
   executors = spec['deploymentSpec']['executors']
-  return {'platforms': {'kubernetes': {'deploymentSpec': {'executors': {
-      label: {'pvcMount': mounts} for label in sorted(executors)}}}}}
+  return {
+    'platforms': {
+      'kubernetes': {
+        'deploymentSpec': {
+          'executors': {
+            label: {'pvcMount': mounts} for label in sorted(executors)
+          }
+        }
+      }
+    }
+  }
 
 
 def build_pipeline(
-    config: settings_lib.PipelineConfig,
-    beam_pipeline_args: Optional[Sequence[str]] = None,
-    trainer_resources: TrainerResources = TrainerResources()
+  config: settings_lib.PipelineConfig,
+  beam_pipeline_args: Optional[Sequence[str]] = None,
+  trainer_resources: TrainerResources = TrainerResources(),
 ) -> tfx.dsl.Pipeline:
   """The local pipeline definition, set up for a cluster (module docstring).
 
@@ -132,25 +147,27 @@ def build_pipeline(
     trainer_resources: What the Trainer's pod asks for.
   """
   pipeline = pipeline_lib.create_pipeline(
-      config,
-      list(beam_pipeline_args or ()),
-      modules_in_image=True,
-      with_runtime_parameters=True)
+    config,
+    list(beam_pipeline_args or ()),
+    modules_in_image=True,
+    with_runtime_parameters=True,
+  )
   resources = trainer_resources.resource_spec()
   if resources:
-    trainer, = [c for c in pipeline.components
-                if isinstance(c, tfx.components.Trainer)]
+    (trainer,) = [
+      c for c in pipeline.components if isinstance(c, tfx.components.Trainer)
+    ]
     trainer.with_platform_config(resources)
   return pipeline
 
 
 def compile_pipeline(
-    config: settings_lib.PipelineConfig,
-    image: str,
-    output_path: str,
-    beam_pipeline_args: Optional[Sequence[str]] = None,
-    trainer_resources: TrainerResources = TrainerResources(),
-    volumes: Sequence[VolumeMount] = ()
+  config: settings_lib.PipelineConfig,
+  image: str,
+  output_path: str,
+  beam_pipeline_args: Optional[Sequence[str]] = None,
+  trainer_resources: TrainerResources = TrainerResources(),
+  volumes: Sequence[VolumeMount] = (),
 ) -> Dict[str, Any]:
   """Writes the pipeline's IR to `output_path` and returns it.
 
@@ -159,8 +176,10 @@ def compile_pipeline(
   end in .yaml or .yml).
   """
   if volumes and not output_path.endswith(('.yaml', '.yml')):
-    raise ValueError('With volumes the pipeline is written as YAML (spec + '
-                     f'platform spec): give a .yaml output, not {output_path}')
+    raise ValueError(
+      'With volumes the pipeline is written as YAML (spec + '
+      f'platform spec): give a .yaml output, not {output_path}'
+    )
   pipeline = build_pipeline(config, beam_pipeline_args, trainer_resources)
   # Schema 2.1, not TFX's default 2.0: KFP's v2 backend gives tasks only
   # `parameterValues`, which TFX's entrypoint reads only with 2.1 (with 2.0 a
@@ -169,28 +188,35 @@ def compile_pipeline(
   # Every container runs kubeflow/entrypoint.py, which gives input artifacts
   # back the type KFP's driver drops, then runs TFX's V2 entrypoint.
   runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
-      kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
-          default_image=image, use_pipeline_spec_2_1=True,
-          default_commands=list(ENTRYPOINT)))
+    kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
+      default_image=image,
+      use_pipeline_spec_2_1=True,
+      default_commands=list(ENTRYPOINT),
+    )
+  )
   job = runner.run(pipeline, write_out=False)
-  spec = json_format.ParseDict(job['pipelineSpec'],
-                               pipeline_spec_pb2.PipelineSpec())
+  spec = json_format.ParseDict(
+    job['pipelineSpec'], pipeline_spec_pb2.PipelineSpec()
+  )
   _fix_for_kfp(spec, pipeline, pipeline_lib.runtime_parameters(config))
   result = json_format.MessageToDict(spec)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   with open(output_path, 'w') as f:
     if volumes:
-      yaml.safe_dump_all([result, platform_spec(result, volumes)], f,
-                         sort_keys=True)
+      yaml.safe_dump_all(
+        [result, platform_spec(result, volumes)], f, sort_keys=True
+      )
     else:
       json.dump(result, f, indent=2, sort_keys=True)
       f.write('\n')
   return result
 
 
-def _fix_for_kfp(spec: pipeline_spec_pb2.PipelineSpec,
-                 pipeline: tfx.dsl.Pipeline,
-                 parameters: Dict[str, Any]) -> None:
+def _fix_for_kfp(
+  spec: pipeline_spec_pb2.PipelineSpec,
+  pipeline: tfx.dsl.Pipeline,
+  parameters: Dict[str, Any],
+) -> None:
   """Fixes what TFX 1.16's V2 builder leaves out or gets wrong for KFP.
 
   1. RuntimeParameter defaults and descriptions are dropped (TFX only puts
@@ -226,10 +252,13 @@ def _fix_for_kfp(spec: pipeline_spec_pb2.PipelineSpec,
     root_parameters[name].is_optional = True
     root_parameters[name].description = parameter.description
   spec.default_pipeline_root = pipeline.pipeline_info.pipeline_root
-  for uncached_type in (tfx_components.FileBasedExampleGen,
-                        serving_baseline_evaluator.ServingBaselineEvaluator):
-    component, = [c for c in pipeline.components
-                  if isinstance(c, uncached_type)]
+  for uncached_type in (
+    tfx_components.FileBasedExampleGen,
+    serving_baseline_evaluator.ServingBaselineEvaluator,
+  ):
+    (component,) = [
+      c for c in pipeline.components if isinstance(c, uncached_type)
+    ]
     spec.root.dag.tasks[component.id].caching_options.enable_cache = False
   for task in spec.root.dag.tasks.values():
     _name_condition_inputs(task)
@@ -240,19 +269,23 @@ def _name_condition_inputs(task: pipeline_spec_pb2.PipelineTaskSpec) -> None:
   condition = task.trigger_policy.condition
   if not condition:
     return
-  for key in set(re.findall(r"inputs\.artifacts\['(_[^'.]+\.[^']+)'\]",
-                            condition)):
+  for key in set(
+    re.findall(r"inputs\.artifacts\['(_[^'.]+\.[^']+)'\]", condition)
+  ):
     producer, output = key[1:].split('.', 1)
     names = [
-        name for name, source in task.inputs.artifacts.items()
-        if source.task_output_artifact.producer_task == producer and
-        source.task_output_artifact.output_artifact_key == output
+      name
+      for name, source in task.inputs.artifacts.items()
+      if source.task_output_artifact.producer_task == producer
+      and source.task_output_artifact.output_artifact_key == output
     ]
     if len(names) != 1:
-      raise ValueError(f'Task {task.task_info.name}: the condition '
-                       f'{condition!r} reads {key}, which is not one of its '
-                       'inputs.')
-    condition = condition.replace(f"inputs.artifacts['{key}']",
-                                  f"inputs.artifacts['{names[0]}']")
+      raise ValueError(
+        f'Task {task.task_info.name}: the condition '
+        f'{condition!r} reads {key}, which is not one of its '
+        'inputs.'
+      )
+    condition = condition.replace(
+      f"inputs.artifacts['{key}']", f"inputs.artifacts['{names[0]}']"
+    )
   task.trigger_policy.condition = condition
-

@@ -22,13 +22,15 @@ import tf_keras as keras
 from pipeline import settings as settings_lib
 
 AUGMENTATION = 'augmentation'
-KEYS = tuple(f.name for f in dataclasses.fields(
-    settings_lib.AugmentationConfig))  # Applied in order.
+KEYS = tuple(
+  f.name for f in dataclasses.fields(settings_lib.AugmentationConfig)
+)  # Applied in order.
 
 
-def build(settings: Union[None, Mapping[str, Any],
-                          settings_lib.AugmentationConfig],
-          seed: int) -> Optional['Augmentation']:
+def build(
+  settings: Union[None, Mapping[str, Any], settings_lib.AugmentationConfig],
+  seed: int,
+) -> Optional['Augmentation']:
   """The augmentation block for `settings` (or its mapping); None when off.
 
   Raises:
@@ -41,18 +43,23 @@ def build(settings: Union[None, Mapping[str, Any],
     return None
   seeds = iter(range(seed, seed + len(KEYS)))
   factories = {
-      'crop': lambda v: RandomCropResize(v, seed=next(seeds)),
-      'flip': lambda v: keras.layers.RandomFlip(v, seed=next(seeds),
-                                                dtype='float32'),
-      'rotation': lambda v: keras.layers.RandomRotation(
-          v, fill_mode='reflect', seed=next(seeds), dtype='float32'),
-      'zoom': lambda v: keras.layers.RandomZoom(
-          v, fill_mode='reflect', seed=next(seeds), dtype='float32'),
-      'contrast': lambda v: keras.layers.RandomContrast(
-          v, seed=next(seeds), dtype='float32'),
+    'crop': lambda v: RandomCropResize(v, seed=next(seeds)),
+    'flip': lambda v: keras.layers.RandomFlip(
+      v, seed=next(seeds), dtype='float32'
+    ),
+    'rotation': lambda v: keras.layers.RandomRotation(
+      v, fill_mode='reflect', seed=next(seeds), dtype='float32'
+    ),
+    'zoom': lambda v: keras.layers.RandomZoom(
+      v, fill_mode='reflect', seed=next(seeds), dtype='float32'
+    ),
+    'contrast': lambda v: keras.layers.RandomContrast(
+      v, seed=next(seeds), dtype='float32'
+    ),
   }
-  return Augmentation([factories[key](value) for key, value in transforms],
-                      name=AUGMENTATION)
+  return Augmentation(
+    [factories[key](value) for key, value in transforms], name=AUGMENTATION
+  )
 
 
 class Augmentation(keras.layers.Layer):
@@ -92,8 +99,11 @@ class RandomCropResize(keras.layers.Layer):
   def build(self, input_shape):
     height, width = int(input_shape[1]), int(input_shape[2])
     self.crop = keras.layers.RandomCrop(
-        max(1, round(height * self.fraction)),
-        max(1, round(width * self.fraction)), seed=self.seed, dtype='float32')
+      max(1, round(height * self.fraction)),
+      max(1, round(width * self.fraction)),
+      seed=self.seed,
+      dtype='float32',
+    )
     self.resize = keras.layers.Resizing(height, width, dtype='float32')
     super().build(input_shape)
 
@@ -103,5 +113,8 @@ class RandomCropResize(keras.layers.Layer):
     return self.resize(self.crop(images, training=True))
 
   def get_config(self):
-    return {**super().get_config(), 'fraction': self.fraction,
-            'seed': self.seed}
+    return {
+      **super().get_config(),
+      'fraction': self.fraction,
+      'seed': self.seed,
+    }

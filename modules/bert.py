@@ -21,6 +21,7 @@ WORD_IDS, MASK = 'input_word_ids', 'input_mask'
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
   """The architecture fields of a Hugging Face BERT `config.json`."""
+
   vocab_size: int = 30522
   hidden_size: int = 384
   num_hidden_layers: int = 6
@@ -33,8 +34,9 @@ class BertConfig:
   @classmethod
   def from_json_dict(cls, values: dict) -> 'BertConfig':
     if values.get('hidden_act', 'gelu') != 'gelu':
-      raise ValueError(f'Only gelu BERT encoders are supported, got '
-                       f"{values['hidden_act']!r}.")
+      raise ValueError(
+        f'Only gelu BERT encoders are supported, got {values["hidden_act"]!r}.'
+      )
     if values.get('position_embedding_type', 'absolute') != 'absolute':
       raise ValueError('Only absolute position embeddings are supported.')
     names = {f.name for f in dataclasses.fields(cls)}
@@ -48,21 +50,27 @@ class Embeddings(keras.layers.Layer):
     super().__init__(**kwargs)
     self.config = config
     self.word_embeddings = keras.layers.Embedding(
-        config.vocab_size, config.hidden_size, name='word_embeddings')
+      config.vocab_size, config.hidden_size, name='word_embeddings'
+    )
     self.position_embeddings = keras.layers.Embedding(
-        config.max_position_embeddings, config.hidden_size,
-        name='position_embeddings')
+      config.max_position_embeddings,
+      config.hidden_size,
+      name='position_embeddings',
+    )
     self.token_type_embeddings = keras.layers.Embedding(
-        config.type_vocab_size, config.hidden_size,
-        name='token_type_embeddings')
+      config.type_vocab_size, config.hidden_size, name='token_type_embeddings'
+    )
     self.layer_norm = keras.layers.LayerNormalization(
-        epsilon=config.layer_norm_eps, name='layer_norm')
+      epsilon=config.layer_norm_eps, name='layer_norm'
+    )
 
   def call(self, word_ids):
     positions = tf.range(tf.shape(word_ids)[1])
-    x = (self.word_embeddings(word_ids) +
-         self.position_embeddings(positions)[tf.newaxis] +
-         self.token_type_embeddings(tf.zeros_like(word_ids)))
+    x = (
+      self.word_embeddings(word_ids)
+      + self.position_embeddings(positions)[tf.newaxis]
+      + self.token_type_embeddings(tf.zeros_like(word_ids))
+    )
     return self.layer_norm(x)
 
   def get_config(self):
@@ -77,8 +85,10 @@ class TransformerBlock(keras.layers.Layer):
     self.config = config
     hidden, heads = config.hidden_size, config.num_attention_heads
     if hidden % heads:
-      raise ValueError(f'hidden_size {hidden} is not a multiple of '
-                       f'num_attention_heads {heads}.')
+      raise ValueError(
+        f'hidden_size {hidden} is not a multiple of '
+        f'num_attention_heads {heads}.'
+      )
     self.head_size = hidden // heads
 
     def dense(units, name, activation=None):
@@ -89,24 +99,30 @@ class TransformerBlock(keras.layers.Layer):
     self.value = dense(hidden, 'value')
     self.attention_output = dense(hidden, 'attention_output')
     self.attention_norm = keras.layers.LayerNormalization(
-        epsilon=config.layer_norm_eps, name='attention_norm')
+      epsilon=config.layer_norm_eps, name='attention_norm'
+    )
     self.intermediate = dense(
-        config.intermediate_size, 'intermediate',
-        lambda x: keras.activations.gelu(x, approximate=False))
+      config.intermediate_size,
+      'intermediate',
+      lambda x: keras.activations.gelu(x, approximate=False),
+    )
     self.output_dense = dense(hidden, 'output')
     self.output_norm = keras.layers.LayerNormalization(
-        epsilon=config.layer_norm_eps, name='output_norm')
+      epsilon=config.layer_norm_eps, name='output_norm'
+    )
 
   def _heads(self, x):
     """[N, L, H] -> [N, heads, L, head_size]."""
     batch, length = tf.shape(x)[0], tf.shape(x)[1]
-    x = tf.reshape(x, [batch, length, self.config.num_attention_heads,
-                       self.head_size])
+    x = tf.reshape(
+      x, [batch, length, self.config.num_attention_heads, self.head_size]
+    )
     return tf.transpose(x, [0, 2, 1, 3])
 
   def call(self, hidden, mask):
-    q, k, v = (self._heads(layer(hidden))
-               for layer in (self.query, self.key, self.value))
+    q, k, v = (
+      self._heads(layer(hidden)) for layer in (self.query, self.key, self.value)
+    )
     scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(self.head_size)
     # Padding keys get the lowest float, as in Hugging Face's BertModel.
     blocked = (1.0 - tf.cast(mask, scores.dtype)) * scores.dtype.min
@@ -115,18 +131,22 @@ class TransformerBlock(keras.layers.Layer):
     context = tf.reshape(context, tf.shape(hidden))
     hidden = self.attention_norm(hidden + self.attention_output(context))
     return self.output_norm(
-        hidden + self.output_dense(self.intermediate(hidden)))
+      hidden + self.output_dense(self.intermediate(hidden))
+    )
 
   def get_config(self):
     return {**super().get_config(), **dataclasses.asdict(self.config)}
 
 
-def build_encoder(config: BertConfig, max_length: int,
-                  name: str = 'bert_encoder') -> keras.Model:
+def build_encoder(
+  config: BertConfig, max_length: int, name: str = 'bert_encoder'
+) -> keras.Model:
   """{input_word_ids, input_mask} int [N, max_length] -> hidden [N, L, H]."""
   if max_length > config.max_position_embeddings:
-    raise ValueError(f'max_length {max_length} exceeds the encoder\'s '
-                     f'{config.max_position_embeddings} positions.')
+    raise ValueError(
+      f"max_length {max_length} exceeds the encoder's "
+      f'{config.max_position_embeddings} positions.'
+    )
   word_ids = keras.Input((max_length,), dtype=tf.int64, name=WORD_IDS)
   mask = keras.Input((max_length,), dtype=tf.int64, name=MASK)
   hidden = Embeddings(config, name='embeddings')(word_ids)
@@ -146,4 +166,5 @@ def masked_mean(hidden: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
   """Mean of the hidden states over the unmasked tokens: [N, L, H] -> [N, H]."""
   weights = tf.cast(mask, hidden.dtype)[:, :, tf.newaxis]
   return tf.reduce_sum(hidden * weights, axis=1) / tf.maximum(
-      tf.reduce_sum(weights, axis=1), 1e-9)
+    tf.reduce_sum(weights, axis=1), 1e-9
+  )

@@ -81,8 +81,12 @@ class GradientReversal(keras.layers.Layer):
   def __init__(self, scale: float = 1.0, **kwargs):
     super().__init__(**kwargs)
     self.scale = self.add_weight(
-        name='scale', shape=(), dtype=tf.float32, trainable=False,
-        initializer=keras.initializers.Constant(scale))
+      name='scale',
+      shape=(),
+      dtype=tf.float32,
+      trainable=False,
+      initializer=keras.initializers.Constant(scale),
+    )
 
   def call(self, inputs):
     return reverse_gradient(inputs, tf.convert_to_tensor(self.scale))
@@ -91,8 +95,10 @@ class GradientReversal(keras.layers.Layer):
     self.scale.assign(scale)
 
   def get_config(self):
-    return {**super().get_config(),
-            'scale': float(keras.backend.get_value(self.scale))}
+    return {
+      **super().get_config(),
+      'scale': float(keras.backend.get_value(self.scale)),
+    }
 
 
 def _is_image(name: str) -> bool:
@@ -101,33 +107,41 @@ def _is_image(name: str) -> bool:
 
 def list_target_images(root: str) -> List[str]:
   """Every image file below `root`, at any depth, sorted."""
-  return sorted(os.path.join(directory, name)
-                for directory, _, names in tf.io.gfile.walk(root)
-                for name in names if _is_image(name))
+  return sorted(
+    os.path.join(directory, name)
+    for directory, _, names in tf.io.gfile.walk(root)
+    for name in names
+    if _is_image(name)
+  )
 
 
-def target_dataset(root: str, image_size: int, batch_size: int,
-                   seed: int) -> tf.data.Dataset:
+def target_dataset(
+  root: str, image_size: int, batch_size: int, seed: int
+) -> tf.data.Dataset:
   """Endless shuffled batches of target images, decoded like the Transform.
 
   The same `preprocessing.decode_and_resize` as training and serving, in a
   parallel map: float32 [batch, size, size, 3] in [0, 255].
   """
   paths = list_target_images(root)
-  dataset = (tf.data.Dataset.from_tensor_slices(paths)
-             .shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-             .repeat()
-             .batch(batch_size, drop_remainder=True))
+  dataset = (
+    tf.data.Dataset.from_tensor_slices(paths)
+    .shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    .repeat()
+    .batch(batch_size, drop_remainder=True)
+  )
 
   def _load(batch_paths):
     return preprocessing.decode_and_resize(
-        tf.map_fn(tf.io.read_file, batch_paths), image_size)
+      tf.map_fn(tf.io.read_file, batch_paths), image_size
+    )
 
   return dataset.map(_load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def adaptation_dataset(source: tf.data.Dataset, target: tf.data.Dataset,
-                       steps: Optional[int] = None) -> tf.data.Dataset:
+def adaptation_dataset(
+  source: tf.data.Dataset, target: tf.data.Dataset, steps: Optional[int] = None
+) -> tf.data.Dataset:
   """((source inputs, labels), target images) batches, one source pass.
 
   The target batches repeat, so an epoch is one pass over the source. Its
@@ -138,9 +152,11 @@ def adaptation_dataset(source: tf.data.Dataset, target: tf.data.Dataset,
     steps = int(source.cardinality())
   if steps < 0:
     steps = int(source.reduce(0, lambda count, _: count + 1))
-  return (tf.data.Dataset.zip((source, target))
-          .apply(tf.data.experimental.assert_cardinality(steps))
-          .prefetch(tf.data.AUTOTUNE))
+  return (
+    tf.data.Dataset.zip((source, target))
+    .apply(tf.data.experimental.assert_cardinality(steps))
+    .prefetch(tf.data.AUTOTUNE)
+  )
 
 
 class DannModel(keras.Model):
@@ -153,10 +169,16 @@ class DannModel(keras.Model):
   alone.
   """
 
-  def __init__(self, classifier: keras.Model, weight: float,
-               hidden_units: int, domain_learning_rate: float = 1e-3,
-               scale: float = 1.0,
-               class_weight: Optional[Dict[int, float]] = None, **kwargs):
+  def __init__(
+    self,
+    classifier: keras.Model,
+    weight: float,
+    hidden_units: int,
+    domain_learning_rate: float = 1e-3,
+    scale: float = 1.0,
+    class_weight: Optional[Dict[int, float]] = None,
+    **kwargs,
+  ):
     """The wrapper; build it in the classifier's strategy scope.
 
     Args:
@@ -177,32 +199,40 @@ class DannModel(keras.Model):
     self.label_weights = None
     if class_weight:
       self.label_weights = tf.constant(
-          [class_weight.get(i, 1.0) for i in range(max(class_weight) + 1)],
-          tf.float32)
+        [class_weight.get(i, 1.0) for i in range(max(class_weight) + 1)],
+        tf.float32,
+      )
     self.reversal = GradientReversal(scale, name='gradient_reversal')
-    self.domain_head = keras.Sequential([
+    self.domain_head = keras.Sequential(
+      [
         keras.layers.Dense(hidden_units, activation='relu'),
         keras.layers.Dense(1, dtype='float32'),  # Even under mixed precision.
-    ], name=DOMAIN_HEAD)
+      ],
+      name=DOMAIN_HEAD,
+    )
     self.domain_optimizer = keras.optimizers.Adam(domain_learning_rate)
     if self.dtype_policy.name == 'mixed_float16':
       self.domain_optimizer = keras.mixed_precision.LossScaleOptimizer(
-          self.domain_optimizer)
+        self.domain_optimizer
+      )
     features = classifier.get_layer(model_lib.HEAD_DROPOUT).input
     # One pass of the shared layers gives both heads' inputs.
     self.heads = keras.Model(
-        classifier.inputs,
-        [classifier.outputs[0], self.domain_head(self.reversal(features))],
-        name='dann_heads')
+      classifier.inputs,
+      [classifier.outputs[0], self.domain_head(self.reversal(features))],
+      name='dann_heads',
+    )
     self.domain_loss_tracker = keras.metrics.Mean(name='domain_loss')
     self.domain_accuracy = keras.metrics.BinaryAccuracy(
-        name='domain_accuracy', threshold=0.0)  # On logits.
+      name='domain_accuracy', threshold=0.0
+    )  # On logits.
 
   def call(self, inputs, training=None):
     return self.classifier(inputs, training=training)
 
-  def losses_on(self, source_inputs, source_labels, target_inputs,
-                training: bool = True) -> Dict[str, tf.Tensor]:
+  def losses_on(
+    self, source_inputs, source_labels, target_inputs, training: bool = True
+  ) -> Dict[str, tf.Tensor]:
     """The step's losses; the label loss reads the source logits only.
 
     Returns:
@@ -211,28 +241,40 @@ class DannModel(keras.Model):
       `domain_logits` and `domain_labels` (0 source, 1 target).
     """
     num_source = tf.shape(tf.nest.flatten(source_inputs)[0])[0]
-    both = tf.nest.map_structure(lambda s, t: tf.concat([s, t], axis=0),
-                                 source_inputs, target_inputs)
+    both = tf.nest.map_structure(
+      lambda s, t: tf.concat([s, t], axis=0), source_inputs, target_inputs
+    )
     logits, domain_logits = self.heads(both, training=training)
     domain_logits = tf.reshape(domain_logits, [-1])
-    domain_labels = tf.concat([
+    domain_labels = tf.concat(
+      [
         tf.zeros([num_source]),
-        tf.ones([tf.shape(domain_logits)[0] - num_source])], axis=0)
+        tf.ones([tf.shape(domain_logits)[0] - num_source]),
+      ],
+      axis=0,
+    )
     per_example = tf.nn.sigmoid_cross_entropy_with_logits(
-        labels=domain_labels, logits=domain_logits)
+      labels=domain_labels, logits=domain_logits
+    )
     source_logits = logits[:num_source]
-    label_weights = (None if self.label_weights is None else
-                     tf.gather(self.label_weights, source_labels))
-    label_loss = self.compiled_loss(source_labels, source_logits,
-                                    sample_weight=label_weights,
-                                    regularization_losses=self.losses)
+    label_weights = (
+      None
+      if self.label_weights is None
+      else tf.gather(self.label_weights, source_labels)
+    )
+    label_loss = self.compiled_loss(
+      source_labels,
+      source_logits,
+      sample_weight=label_weights,
+      regularization_losses=self.losses,
+    )
     return {
-        'loss': label_loss + self.domain_weight * tf.nn.compute_average_loss(
-            per_example),
-        'domain_loss': tf.reduce_mean(per_example),
-        'source_logits': source_logits,
-        'domain_logits': domain_logits,
-        'domain_labels': domain_labels,
+      'loss': label_loss
+      + self.domain_weight * tf.nn.compute_average_loss(per_example),
+      'domain_loss': tf.reduce_mean(per_example),
+      'source_logits': source_logits,
+      'domain_logits': domain_logits,
+      'domain_labels': domain_labels,
     }
 
   def train_step(self, data):
@@ -242,15 +284,20 @@ class DannModel(keras.Model):
     domain = self.domain_head.trainable_variables
     domain_refs = {v.ref() for v in domain}
     self.optimizer.minimize(
-        out['loss'], [v for v in self.trainable_variables
-                      if v.ref() not in domain_refs], tape=tape)
+      out['loss'],
+      [v for v in self.trainable_variables if v.ref() not in domain_refs],
+      tape=tape,
+    )
     self.domain_optimizer.minimize(out['loss'], domain, tape=tape)
     self.compiled_metrics.update_state(source_labels, out['source_logits'])
     self.domain_loss_tracker.update_state(out['domain_loss'])
-    self.domain_accuracy.update_state(out['domain_labels'],
-                                      out['domain_logits'])
-    return {**{m.name: m.result() for m in self.metrics},
-            'reversal_scale': tf.convert_to_tensor(self.reversal.scale)}
+    self.domain_accuracy.update_state(
+      out['domain_labels'], out['domain_logits']
+    )
+    return {
+      **{m.name: m.result() for m in self.metrics},
+      'reversal_scale': tf.convert_to_tensor(self.reversal.scale),
+    }
 
   def test_step(self, data):
     inputs, labels = data
@@ -258,8 +305,10 @@ class DannModel(keras.Model):
     self.compiled_loss(labels, logits, regularization_losses=self.losses)
     self.compiled_metrics.update_state(labels, logits)
     # Only the classifier's loss and metrics: the domain ones need target data.
-    return {m.name: m.result() for m in
-            self.compiled_loss.metrics + self.compiled_metrics.metrics}
+    return {
+      m.name: m.result()
+      for m in self.compiled_loss.metrics + self.compiled_metrics.metrics
+    }
 
 
 class ReversalSchedule(keras.callbacks.Callback):
@@ -272,8 +321,10 @@ class ReversalSchedule(keras.callbacks.Callback):
 
   def on_train_begin(self, logs=None):
     if not self.params.get('steps'):
-      raise ValueError('The lambda schedule needs the number of steps per '
-                       'epoch; build the dataset with adaptation_dataset.')
+      raise ValueError(
+        'The lambda schedule needs the number of steps per '
+        'epoch; build the dataset with adaptation_dataset.'
+      )
     self.total_steps = self.params['epochs'] * self.params['steps']
     self.step = 0
 
@@ -283,22 +334,23 @@ class ReversalSchedule(keras.callbacks.Callback):
 
 
 def run_adapted_phase(
-    name: str,
-    model: keras.Model,
-    backbone: model_lib.Towers,
-    strategy: tf.distribute.Strategy,
-    train_dataset: tf.data.Dataset,
-    eval_dataset: tf.data.Dataset,
-    epochs: int,
-    learning_rate: float,
-    fine_tune_layers,
-    callbacks: Optional[list] = None,
-    options: Optional[model_lib.FitOptions] = None,
-    *,
-    settings: settings_lib.DomainAdaptationConfig,
-    image_size: int,
-    batch_size: int,
-    seed: int) -> dict:
+  name: str,
+  model: keras.Model,
+  backbone: model_lib.Towers,
+  strategy: tf.distribute.Strategy,
+  train_dataset: tf.data.Dataset,
+  eval_dataset: tf.data.Dataset,
+  epochs: int,
+  learning_rate: float,
+  fine_tune_layers,
+  callbacks: Optional[list] = None,
+  options: Optional[model_lib.FitOptions] = None,
+  *,
+  settings: settings_lib.DomainAdaptationConfig,
+  image_size: int,
+  batch_size: int,
+  seed: int,
+) -> dict:
   """model_lib.run_phase for a fine-tuning phase, trained with DANN.
 
   The arguments up to `options` are run_phase's; `model` must be an image
@@ -319,35 +371,57 @@ def run_adapted_phase(
     of target images.
   """
   towers = model_lib.as_list(backbone)
-  if (len(towers) != 1 or len(model.inputs) != 1 or
-      model.inputs[0].shape.rank != 4):
-    raise ValueError('domain_adaptation is for image models; this model takes '
-                     f'{model.inputs}.')
-  setting = (fine_tune_layers[0] if isinstance(fine_tune_layers, (list, tuple))
-             else fine_tune_layers)
+  if (
+    len(towers) != 1
+    or len(model.inputs) != 1
+    or model.inputs[0].shape.rank != 4
+  ):
+    raise ValueError(
+      f'domain_adaptation is for image models; this model takes {model.inputs}.'
+    )
+  setting = (
+    fine_tune_layers[0]
+    if isinstance(fine_tune_layers, (list, tuple))
+    else fine_tune_layers
+  )
   with strategy.scope():
     if not model_lib.unfreeze(towers[0], setting):
-      raise ValueError(f'domain_adaptation: {name} unfreezes no backbone layer '
-                       f'({setting!r}), so the reversed domain gradient would '
-                       'train nothing; unfreeze some layers.')
+      raise ValueError(
+        f'domain_adaptation: {name} unfreezes no backbone layer '
+        f'({setting!r}), so the reversed domain gradient would '
+        'train nothing; unfreeze some layers.'
+      )
   options = options or model_lib.FitOptions()
   with strategy.scope():
-    dann = DannModel(model, settings.weight, settings.hidden_units,
-                     settings.domain_learning_rate,
-                     class_weight=options.class_weight)
-  schedule = ([ReversalSchedule(dann.reversal)]
-              if settings.schedule == 'ganin' else [])
-  target = target_dataset(settings.target_data_root, image_size, batch_size,
-                          seed)
+    dann = DannModel(
+      model,
+      settings.weight,
+      settings.hidden_units,
+      settings.domain_learning_rate,
+      class_weight=options.class_weight,
+    )
+  schedule = (
+    [ReversalSchedule(dann.reversal)] if settings.schedule == 'ganin' else []
+  )
+  target = target_dataset(
+    settings.target_data_root, image_size, batch_size, seed
+  )
   result = model_lib.run_phase(
-      name, dann, backbone, strategy,
-      adaptation_dataset(train_dataset, target, options.steps_per_epoch),
-      eval_dataset, epochs, learning_rate, fine_tune_layers,
-      list(callbacks or []) + schedule,
-      dataclasses.replace(options, class_weight=None))
+    name,
+    dann,
+    backbone,
+    strategy,
+    adaptation_dataset(train_dataset, target, options.steps_per_epoch),
+    eval_dataset,
+    epochs,
+    learning_rate,
+    fine_tune_layers,
+    list(callbacks or []) + schedule,
+    dataclasses.replace(options, class_weight=None),
+  )
   result['domain_adaptation'] = {
-      **dataclasses.asdict(settings),
-      'target_images': len(list_target_images(settings.target_data_root)),
+    **dataclasses.asdict(settings),
+    'target_images': len(list_target_images(settings.target_data_root)),
   }
   return result
 
@@ -367,6 +441,9 @@ def fine_tuning_runner(config, strategy: tf.distribute.Strategy):
   if settings is None:
     return model_lib.run_phase
   return functools.partial(
-      run_adapted_phase, settings=settings, image_size=config.image_size,
-      batch_size=config.batch_size * strategy.num_replicas_in_sync,
-      seed=config.seed)
+    run_adapted_phase,
+    settings=settings,
+    image_size=config.image_size,
+    batch_size=config.batch_size * strategy.num_replicas_in_sync,
+    seed=config.seed,
+  )

@@ -30,21 +30,30 @@ _EMBEDDINGS, _LABELS = 'embeddings', 'labels'
 
 def embedding_model(classifier: keras.Model) -> keras.Model:
   """The classifier up to the pooled backbone features (the head's input)."""
-  return keras.Model(classifier.input,
-                     classifier.get_layer(model_lib.HEAD_DROPOUT).input)
+  return keras.Model(
+    classifier.input, classifier.get_layer(model_lib.HEAD_DROPOUT).input
+  )
 
 
 def head_model(classifier: keras.Model) -> keras.Model:
   """The classifier's own head layers on a features input (shared weights)."""
   dropout = classifier.get_layer(model_lib.HEAD_DROPOUT)
-  return keras.Sequential([
-      keras.Input(dropout.input.shape[1:]), dropout,
-      classifier.get_layer(model_lib.LOGITS)
-  ], name='head')
+  return keras.Sequential(
+    [
+      keras.Input(dropout.input.shape[1:]),
+      dropout,
+      classifier.get_layer(model_lib.LOGITS),
+    ],
+    name='head',
+  )
 
 
-def write_embeddings(strategy: tf.distribute.Strategy, embedder: keras.Model,
-                     dataset: tf.data.Dataset, path: str) -> List[int]:
+def write_embeddings(
+  strategy: tf.distribute.Strategy,
+  embedder: keras.Model,
+  dataset: tf.data.Dataset,
+  path: str,
+) -> List[int]:
   """Embeds `dataset` on every replica; writes one record per global batch.
 
   Each global batch of (inputs, labels) is split across the strategy's
@@ -56,34 +65,50 @@ def write_embeddings(strategy: tf.distribute.Strategy, embedder: keras.Model,
   @tf.function
   def embed(inputs, labels):
     return strategy.run(
-        lambda x, y: (tf.cast(embedder(x, training=False), tf.float32), y),
-        args=(inputs, labels))
+      lambda x, y: (tf.cast(embedder(x, training=False), tf.float32), y),
+      args=(inputs, labels),
+    )
 
   counts = [0] * strategy.num_replicas_in_sync
   with tf.io.TFRecordWriter(path) as writer:
     for inputs, labels in strategy.experimental_distribute_dataset(dataset):
-      embeddings, labels = (strategy.experimental_local_results(value)
-                            for value in embed(inputs, labels))
+      embeddings, labels = (
+        strategy.experimental_local_results(value)
+        for value in embed(inputs, labels)
+      )
       for replica, rows in enumerate(labels):
         counts[replica] += int(rows.shape[0])
-      writer.write(tf.train.Example(features=tf.train.Features(feature={
-          _EMBEDDINGS: _bytes(tf.io.serialize_tensor(
-              tf.concat(embeddings, axis=0))),
-          _LABELS: _bytes(tf.io.serialize_tensor(tf.concat(labels, axis=0))),
-      })).SerializeToString())
+      writer.write(
+        tf.train.Example(
+          features=tf.train.Features(
+            feature={
+              _EMBEDDINGS: _bytes(
+                tf.io.serialize_tensor(tf.concat(embeddings, axis=0))
+              ),
+              _LABELS: _bytes(
+                tf.io.serialize_tensor(tf.concat(labels, axis=0))
+              ),
+            }
+          )
+        ).SerializeToString()
+      )
   return counts
 
 
-def read_embeddings(path: str, batch_size: int, shuffle: bool,
-                    seed: int) -> tf.data.Dataset:
+def read_embeddings(
+  path: str, batch_size: int, shuffle: bool, seed: int
+) -> tf.data.Dataset:
   """Streams (embedding, label) batches back from `write_embeddings`' file."""
-  spec = {key: tf.io.FixedLenFeature([], tf.string)
-          for key in (_EMBEDDINGS, _LABELS)}
+  spec = {
+    key: tf.io.FixedLenFeature([], tf.string) for key in (_EMBEDDINGS, _LABELS)
+  }
 
   def _parse(record):
     parsed = tf.io.parse_single_example(record, spec)
-    return (tf.io.parse_tensor(parsed[_EMBEDDINGS], tf.float32),
-            tf.io.parse_tensor(parsed[_LABELS], tf.int64))
+    return (
+      tf.io.parse_tensor(parsed[_EMBEDDINGS], tf.float32),
+      tf.io.parse_tensor(parsed[_LABELS], tf.int64),
+    )
 
   dataset = tf.data.TFRecordDataset(path).map(_parse).unbatch()
   if shuffle:
@@ -92,18 +117,19 @@ def read_embeddings(path: str, batch_size: int, shuffle: bool,
 
 
 def run_cached_phase1(
-    model: keras.Model,
-    backbone: model_lib.Towers,
-    strategy: tf.distribute.Strategy,
-    train_dataset: tf.data.Dataset,
-    eval_dataset: tf.data.Dataset,
-    epochs: int,
-    learning_rate: float,
-    batch_size: int,
-    seed: int,
-    callbacks=None,
-    options: Optional[model_lib.FitOptions] = None,
-    closed_form_start: bool = False) -> dict:
+  model: keras.Model,
+  backbone: model_lib.Towers,
+  strategy: tf.distribute.Strategy,
+  train_dataset: tf.data.Dataset,
+  eval_dataset: tf.data.Dataset,
+  epochs: int,
+  learning_rate: float,
+  batch_size: int,
+  seed: int,
+  callbacks=None,
+  options: Optional[model_lib.FitOptions] = None,
+  closed_form_start: bool = False,
+) -> dict:
   """Phase 1 with the embedding cache; returns what model_lib.run_phase does.
 
   `options` (schedule, early stopping, class weights) apply to the head's fit
@@ -121,30 +147,56 @@ def run_cached_phase1(
     head = head_model(model)
   with tempfile.TemporaryDirectory(prefix='phase1_embeddings_') as cache_dir:
     train_cache, eval_cache, train_count = _cache_embeddings(
-        model, strategy, train_dataset, eval_dataset, batch_size, seed,
-        cache_dir)
+      model, strategy, train_dataset, eval_dataset, batch_size, seed, cache_dir
+    )
     options = dataclasses.replace(
-        options or model_lib.FitOptions(),
-        steps_per_epoch=math.ceil(train_count / batch_size))
-    start = (_start_from_closed_form(head, strategy, train_cache, eval_cache,
-                                     learning_rate, options.class_weight)
-             if closed_form_start and epochs > 0 else None)
-    fitted = model_lib.fit_phase('phase1', head, strategy, train_cache,
-                                 eval_cache, epochs, learning_rate, callbacks,
-                                 options)
+      options or model_lib.FitOptions(),
+      steps_per_epoch=math.ceil(train_count / batch_size),
+    )
+    start = (
+      _start_from_closed_form(
+        head,
+        strategy,
+        train_cache,
+        eval_cache,
+        learning_rate,
+        options.class_weight,
+      )
+      if closed_form_start and epochs > 0
+      else None
+    )
+    fitted = model_lib.fit_phase(
+      'phase1',
+      head,
+      strategy,
+      train_cache,
+      eval_cache,
+      epochs,
+      learning_rate,
+      callbacks,
+      options,
+    )
     if start and 'loss' in start:
       _keep_start_if_better(head, strategy, eval_cache, start)
-    result = model_lib.evaluate_phase('phase1', head, eval_cache, epochs,
-                                      learning_rate, fitted['history'], [],
-                                      fitted['early_stopping'])
+    result = model_lib.evaluate_phase(
+      'phase1',
+      head,
+      eval_cache,
+      epochs,
+      learning_rate,
+      fitted['history'],
+      [],
+      fitted['early_stopping'],
+    )
     if start:
       start.pop('weights', None)
       result['start'] = start
     return result
 
 
-def _start_from_closed_form(head, strategy, train_cache, eval_cache,
-                            learning_rate, class_weight) -> dict:
+def _start_from_closed_form(
+  head, strategy, train_cache, eval_cache, learning_rate, class_weight
+) -> dict:
   """Loads linear_probe.fit's solution into the head's dense layer.
 
   Returns:
@@ -160,20 +212,29 @@ def _start_from_closed_form(head, strategy, train_cache, eval_cache,
   dense = head.get_layer(model_lib.LOGITS)
   regularizer = dense.kernel_regularizer
   weight_decay = float(regularizer.l2) if regularizer is not None else 0.0
-  kernel, bias = linear_probe.fit(embeddings, labels, dense.units,
-                                  weight_decay, class_weight)
+  kernel, bias = linear_probe.fit(
+    embeddings, labels, dense.units, weight_decay, class_weight
+  )
   with strategy.scope():
     dense.kernel.assign(kernel)
     dense.bias.assign(bias)
     model_lib.compile_for_phase(head, learning_rate)
   loss, accuracy = head.evaluate(eval_cache, verbose=0)
   seconds = time.time() - started
-  print(f'[trainer] phase1: closed-form start (logistic regression, L2 '
-        f'{weight_decay:g}, {len(labels)} examples) in {seconds:.1f} s: eval '
-        f'accuracy {accuracy:.4f} (loss {loss:.4f})', flush=True)
-  return {'method': 'logistic_regression', 'weight_decay': weight_decay,
-          'seconds': round(seconds, 3), 'loss': float(loss),
-          'accuracy': float(accuracy), 'weights': (kernel, bias)}
+  print(
+    f'[trainer] phase1: closed-form start (logistic regression, L2 '
+    f'{weight_decay:g}, {len(labels)} examples) in {seconds:.1f} s: eval '
+    f'accuracy {accuracy:.4f} (loss {loss:.4f})',
+    flush=True,
+  )
+  return {
+    'method': 'logistic_regression',
+    'weight_decay': weight_decay,
+    'seconds': round(seconds, 3),
+    'loss': float(loss),
+    'accuracy': float(accuracy),
+    'weights': (kernel, bias),
+  }
 
 
 def _keep_start_if_better(head, strategy, eval_cache, start) -> None:
@@ -185,27 +246,38 @@ def _keep_start_if_better(head, strategy, eval_cache, start) -> None:
     with strategy.scope():
       dense.kernel.assign(start['weights'][0])
       dense.bias.assign(start['weights'][1])
-    print('[trainer] phase1: no epoch beat the closed-form start on the eval '
-          'loss; the start is kept', flush=True)
+    print(
+      '[trainer] phase1: no epoch beat the closed-form start on the eval '
+      'loss; the start is kept',
+      flush=True,
+    )
 
 
-def _cache_embeddings(model, strategy, train_dataset, eval_dataset,
-                      batch_size, seed, cache_dir):
+def _cache_embeddings(
+  model, strategy, train_dataset, eval_dataset, batch_size, seed, cache_dir
+):
   """Both splits' embeddings, written once to `cache_dir`, as datasets."""
   embedder = embedding_model(model)
   started = time.time()
-  paths = {split: os.path.join(cache_dir, f'{split}.tfrecord')
-           for split in ('train', 'eval')}
-  counts = {split: sum(write_embeddings(strategy, embedder, dataset,
-                                        paths[split]))
-            for split, dataset in (('train', train_dataset),
-                                   ('eval', eval_dataset))}
-  print(f'[trainer] phase1: cached embeddings of {counts["train"]} train and '
-        f'{counts["eval"]} eval examples on {strategy.num_replicas_in_sync} '
-        f'replica(s) in {time.time() - started:.1f} s', flush=True)
-  return (read_embeddings(paths['train'], batch_size, True, seed),
-          read_embeddings(paths['eval'], batch_size, False, seed),
-          counts['train'])
+  paths = {
+    split: os.path.join(cache_dir, f'{split}.tfrecord')
+    for split in ('train', 'eval')
+  }
+  counts = {
+    split: sum(write_embeddings(strategy, embedder, dataset, paths[split]))
+    for split, dataset in (('train', train_dataset), ('eval', eval_dataset))
+  }
+  print(
+    f'[trainer] phase1: cached embeddings of {counts["train"]} train and '
+    f'{counts["eval"]} eval examples on {strategy.num_replicas_in_sync} '
+    f'replica(s) in {time.time() - started:.1f} s',
+    flush=True,
+  )
+  return (
+    read_embeddings(paths['train'], batch_size, True, seed),
+    read_embeddings(paths['eval'], batch_size, False, seed),
+    counts['train'],
+  )
 
 
 def _bytes(tensor: tf.Tensor) -> tf.train.Feature:

@@ -29,9 +29,9 @@ IMAGE, TEXT, IMAGE_TEXT = 'image', 'text', 'image_text'
 MODALITIES = (IMAGE, TEXT, IMAGE_TEXT)
 # The raw features each modality feeds to the model.
 RAW_INPUTS = {
-    IMAGE: (IMAGE_KEY,),
-    TEXT: (TEXT_KEY,),
-    IMAGE_TEXT: (IMAGE_KEY, TEXT_KEY),
+  IMAGE: (IMAGE_KEY,),
+  TEXT: (TEXT_KEY,),
+  IMAGE_TEXT: (IMAGE_KEY, TEXT_KEY),
 }
 
 

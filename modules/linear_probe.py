@@ -26,35 +26,47 @@ import tensorflow as tf
 MAX_FLOATS = 1 << 28  # 1 GiB of float32.
 
 
-def fit(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
-        weight_decay: float,
-        class_weight: Optional[Dict[int, float]] = None,
-        max_iterations: int = 500) -> Tuple[np.ndarray, np.ndarray]:
+def fit(
+  embeddings: np.ndarray,
+  labels: np.ndarray,
+  num_classes: int,
+  weight_decay: float,
+  class_weight: Optional[Dict[int, float]] = None,
+  max_iterations: int = 500,
+) -> Tuple[np.ndarray, np.ndarray]:
   """The (kernel [D, C], bias [C]) minimizing the objective above."""
   x = embeddings.astype(np.float64)
   n, dims = x.shape
   onehot = np.eye(num_classes)[labels]
-  weights = (np.ones(n) if class_weight is None else
-             np.array([class_weight.get(int(y), 1.0) for y in labels]))
+  weights = (
+    np.ones(n)
+    if class_weight is None
+    else np.array([class_weight.get(int(y), 1.0) for y in labels])
+  )
 
   def objective(params):
-    kernel = params[:dims * num_classes].reshape(dims, num_classes)
-    bias = params[dims * num_classes:]
+    kernel = params[: dims * num_classes].reshape(dims, num_classes)
+    bias = params[dims * num_classes :]
     logits = x @ kernel + bias
     log_probs = logits - special.logsumexp(logits, axis=1, keepdims=True)
     loss = -np.sum(weights * np.sum(onehot * log_probs, axis=1)) / n
-    loss += weight_decay * np.sum(kernel ** 2)
+    loss += weight_decay * np.sum(kernel**2)
     grad_logits = (np.exp(log_probs) - onehot) * weights[:, None] / n
     grad_kernel = x.T @ grad_logits + 2 * weight_decay * kernel
     return loss, np.concatenate([grad_kernel.ravel(), grad_logits.sum(0)])
 
   result = optimize.minimize(
-      objective, np.zeros(dims * num_classes + num_classes), jac=True,
-      method='L-BFGS-B',
-      options={'maxiter': max_iterations, 'ftol': 1e-12, 'gtol': 1e-7})
+    objective,
+    np.zeros(dims * num_classes + num_classes),
+    jac=True,
+    method='L-BFGS-B',
+    options={'maxiter': max_iterations, 'ftol': 1e-12, 'gtol': 1e-7},
+  )
   params = result.x
-  return (params[:dims * num_classes].reshape(dims, num_classes)
-          .astype(np.float32), params[dims * num_classes:].astype(np.float32))
+  return (
+    params[: dims * num_classes].reshape(dims, num_classes).astype(np.float32),
+    params[dims * num_classes :].astype(np.float32),
+  )
 
 
 def load(dataset: tf.data.Dataset) -> Tuple[np.ndarray, np.ndarray]:

@@ -58,10 +58,14 @@ def loss() -> keras.losses.Loss:
   return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def build_classifier(backbone: backbones.Backbone, image_size: int,
-                     num_classes: int, dropout: float,
-                     augmentation: Optional[keras.layers.Layer] = None,
-                     weight_decay: float = 0.0) -> keras.Model:
+def build_classifier(
+  backbone: backbones.Backbone,
+  image_size: int,
+  num_classes: int,
+  dropout: float,
+  augmentation: Optional[keras.layers.Layer] = None,
+  weight_decay: float = 0.0,
+) -> keras.Model:
   """Backbone + dropout + dense head; inputs are [0, 255] float images.
 
   `augmentation` (modules/augmentation.py) goes before the backbone;
@@ -70,34 +74,52 @@ def build_classifier(backbone: backbones.Backbone, image_size: int,
   inputs = keras.Input((image_size, image_size, 3), name=features.IMAGE_XF)
   features_ = _image_features(backbone, inputs, augmentation)
   return keras.Model(
-      inputs, head(features_, num_classes, dropout, weight_decay),
-      name=f'{backbone.name}_classifier')
+    inputs,
+    head(features_, num_classes, dropout, weight_decay),
+    name=f'{backbone.name}_classifier',
+  )
 
 
-def build_text_classifier(backbone: backbones.TextBackbone, max_length: int,
-                          num_classes: int, dropout: float,
-                          weight_decay: float = 0.0) -> keras.Model:
+def build_text_classifier(
+  backbone: backbones.TextBackbone,
+  max_length: int,
+  num_classes: int,
+  dropout: float,
+  weight_decay: float = 0.0,
+) -> keras.Model:
   """Text encoder + dropout + dense head; inputs are transformed text."""
   inputs = backbone.inputs(max_length)
   return keras.Model(
-      inputs, head(backbone.embed(inputs), num_classes, dropout, weight_decay),
-      name='text_classifier')
+    inputs,
+    head(backbone.embed(inputs), num_classes, dropout, weight_decay),
+    name='text_classifier',
+  )
 
 
-def build_fusion_classifier(image_backbone: backbones.Backbone,
-                            text_backbone: backbones.TextBackbone,
-                            image_size: int, max_length: int,
-                            num_classes: int, dropout: float,
-                            augmentation: Optional[keras.layers.Layer] = None,
-                            weight_decay: float = 0.0) -> keras.Model:
+def build_fusion_classifier(
+  image_backbone: backbones.Backbone,
+  text_backbone: backbones.TextBackbone,
+  image_size: int,
+  max_length: int,
+  num_classes: int,
+  dropout: float,
+  augmentation: Optional[keras.layers.Layer] = None,
+  weight_decay: float = 0.0,
+) -> keras.Model:
   """Both towers' pooled features, concatenated, + dropout + dense head."""
   image = keras.Input((image_size, image_size, 3), name=features.IMAGE_XF)
   inputs = {features.IMAGE_XF: image, **text_backbone.inputs(max_length)}
-  fused = keras.layers.Concatenate(name=FUSION, dtype='float32')([
+  fused = keras.layers.Concatenate(name=FUSION, dtype='float32')(
+    [
       _image_features(image_backbone, image, augmentation),
-      text_backbone.embed(inputs)])
-  return keras.Model(inputs, head(fused, num_classes, dropout, weight_decay),
-                     name='image_text_classifier')
+      text_backbone.embed(inputs),
+    ]
+  )
+  return keras.Model(
+    inputs,
+    head(fused, num_classes, dropout, weight_decay),
+    name='image_text_classifier',
+  )
 
 
 def _image_features(backbone: backbones.Backbone, images, augmentation):
@@ -116,8 +138,9 @@ def head(x, num_classes: int, dropout: float, weight_decay: float = 0.0):
   x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
   regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
   # float32 logits under mixed precision: a stable softmax and loss.
-  return keras.layers.Dense(num_classes, name=LOGITS, dtype='float32',
-                            kernel_regularizer=regularizer)(x)
+  return keras.layers.Dense(
+    num_classes, name=LOGITS, dtype='float32', kernel_regularizer=regularizer
+  )(x)
 
 
 def as_list(towers: Towers) -> List[AnyBackbone]:
@@ -134,8 +157,9 @@ def unfreeze_top(backbone: AnyBackbone, num_layers: int) -> List[str]:
   return unfreeze(backbone, settings_lib.Unfreeze(top=num_layers))
 
 
-def unfreeze(backbone: AnyBackbone,
-             setting: Union[int, settings_lib.Unfreeze]) -> List[str]:
+def unfreeze(
+  backbone: AnyBackbone, setting: Union[int, settings_lib.Unfreeze]
+) -> List[str]:
   """Makes the layers `setting` names trainable (an int: the top N), except
   BatchNorm; freezes the rest.
 
@@ -151,22 +175,24 @@ def unfreeze(backbone: AnyBackbone,
     return []
   backbone.network.trainable = True
   for i, layer in enumerate(layers):
-    layer.trainable = (
-        i >= first_trainable and
-        not isinstance(layer, keras.layers.BatchNormalization))
+    layer.trainable = i >= first_trainable and not isinstance(
+      layer, keras.layers.BatchNormalization
+    )
   return [layer.name for layer in layers if layer.trainable and layer.weights]
 
 
-def compile_for_phase(model: keras.Model,
-                      learning_rate: schedules.LearningRate) -> None:
+def compile_for_phase(
+  model: keras.Model, learning_rate: schedules.LearningRate
+) -> None:
   """(Re)compiles; call inside the strategy scope after changing trainability.
 
   Under the mixed_float16 policy Keras wraps Adam in a LossScaleOptimizer.
   """
   model.compile(
-      optimizer=keras.optimizers.Adam(learning_rate),
-      loss=loss(),
-      metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
+    optimizer=keras.optimizers.Adam(learning_rate),
+    loss=loss(),
+    metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy')],
+  )
 
 
 @dataclasses.dataclass
@@ -182,6 +208,7 @@ class FitOptions:
       stops (the best epoch's weights are restored); 0: off.
     class_weight: {class index: loss weight}, or None.
   """
+
   lr_schedule: str = schedules.CONSTANT
   lr_decay_rate: float = 0.9
   lr_warmup_epochs: float = 0.0
@@ -190,12 +217,16 @@ class FitOptions:
   class_weight: Optional[Dict[int, float]] = None
 
   @classmethod
-  def from_config(cls, config: settings_lib.TrainerConfig, **kwargs) -> 'FitOptions':
-    return cls(lr_schedule=config.lr_schedule,
-               lr_decay_rate=config.lr_decay_rate,
-               lr_warmup_epochs=config.lr_warmup_epochs,
-               early_stopping_patience=config.early_stopping_patience,
-               **kwargs)
+  def from_config(
+    cls, config: settings_lib.TrainerConfig, **kwargs
+  ) -> 'FitOptions':
+    return cls(
+      lr_schedule=config.lr_schedule,
+      lr_decay_rate=config.lr_decay_rate,
+      lr_warmup_epochs=config.lr_warmup_epochs,
+      early_stopping_patience=config.early_stopping_patience,
+      **kwargs,
+    )
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -214,9 +245,10 @@ class DivergenceGuard(keras.callbacks.Callback):
     if loss_value is not None and not math.isfinite(float(loss_value)):
       learning_rate = _current_learning_rate(self.model)
       raise TrainingDivergedError(
-          f'{self.phase}: training diverged, the loss became {loss_value} at '
-          f'epoch {self.epoch + 1}, batch {batch + 1}, learning rate '
-          f'{learning_rate:.3g}. Lower the learning rate.')
+        f'{self.phase}: training diverged, the loss became {loss_value} at '
+        f'epoch {self.epoch + 1}, batch {batch + 1}, learning rate '
+        f'{learning_rate:.3g}. Lower the learning rate.'
+      )
 
 
 class LearningRateLog(keras.callbacks.Callback):
@@ -232,10 +264,17 @@ def _current_learning_rate(model: keras.Model) -> float:
   return float(keras.backend.get_value(model.optimizer.learning_rate))
 
 
-def fit_phase(name: str, model: keras.Model, strategy: tf.distribute.Strategy,
-              train_dataset: tf.data.Dataset, eval_dataset: tf.data.Dataset,
-              epochs: int, learning_rate: float, callbacks: Optional[list],
-              options: FitOptions) -> dict:
+def fit_phase(
+  name: str,
+  model: keras.Model,
+  strategy: tf.distribute.Strategy,
+  train_dataset: tf.data.Dataset,
+  eval_dataset: tf.data.Dataset,
+  epochs: int,
+  learning_rate: float,
+  callbacks: Optional[list],
+  options: FitOptions,
+) -> dict:
   """Compiles `model` for the phase (in the strategy scope) and fits it.
 
   Returns:
@@ -246,9 +285,13 @@ def fit_phase(name: str, model: keras.Model, strategy: tf.distribute.Strategy,
   rate = learning_rate
   if epochs > 0 and options.lr_schedule != schedules.CONSTANT:
     rate = schedules.learning_rate(
-        options.lr_schedule, learning_rate, epochs,
-        options.steps_per_epoch or _steps_per_epoch(train_dataset),
-        options.lr_decay_rate, options.lr_warmup_epochs)
+      options.lr_schedule,
+      learning_rate,
+      epochs,
+      options.steps_per_epoch or _steps_per_epoch(train_dataset),
+      options.lr_decay_rate,
+      options.lr_warmup_epochs,
+    )
   with strategy.scope():
     compile_for_phase(model, rate)
   if epochs == 0:
@@ -260,23 +303,32 @@ def fit_phase(name: str, model: keras.Model, strategy: tf.distribute.Strategy,
   stopper = None
   if options.early_stopping_patience:
     stopper = keras.callbacks.EarlyStopping(
-        monitor='val_loss', patience=options.early_stopping_patience,
-        restore_best_weights=True)
+      monitor='val_loss',
+      patience=options.early_stopping_patience,
+      restore_best_weights=True,
+    )
     all_callbacks.append(stopper)
   history = model.fit(
-      train_dataset, validation_data=eval_dataset, epochs=epochs,
-      callbacks=all_callbacks, class_weight=options.class_weight,
-      verbose=2).history
+    train_dataset,
+    validation_data=eval_dataset,
+    epochs=epochs,
+    callbacks=all_callbacks,
+    class_weight=options.class_weight,
+    verbose=2,
+  ).history
   early_stopping = None
   if stopper:
     early_stopping = {
-        'patience': options.early_stopping_patience,
-        'stopped_early': stopper.stopped_epoch > 0,
-        'epochs_run': len(history['loss']),
-        'best_epoch': stopper.best_epoch + 1,
+      'patience': options.early_stopping_patience,
+      'stopped_early': stopper.stopped_epoch > 0,
+      'epochs_run': len(history['loss']),
+      'best_epoch': stopper.best_epoch + 1,
     }
-    print(f'[trainer] {name}: early stopping: ran {len(history["loss"])} of '
-          f'{epochs} epochs, kept epoch {stopper.best_epoch + 1}', flush=True)
+    print(
+      f'[trainer] {name}: early stopping: ran {len(history["loss"])} of '
+      f'{epochs} epochs, kept epoch {stopper.best_epoch + 1}',
+      flush=True,
+    )
   return {'history': history, 'early_stopping': early_stopping}
 
 
@@ -289,18 +341,20 @@ def _steps_per_epoch(dataset: tf.data.Dataset) -> int:
 
 
 def run_phase(
-    name: str,
-    model: keras.Model,
-    backbone: Towers,
-    strategy: tf.distribute.Strategy,
-    train_dataset: tf.data.Dataset,
-    eval_dataset: tf.data.Dataset,
-    epochs: int,
-    learning_rate: float,
-    fine_tune_layers: Union[int, settings_lib.Unfreeze,
-                            Sequence[Union[int, settings_lib.Unfreeze]]],
-    callbacks: Optional[list] = None,
-    options: Optional[FitOptions] = None) -> dict:
+  name: str,
+  model: keras.Model,
+  backbone: Towers,
+  strategy: tf.distribute.Strategy,
+  train_dataset: tf.data.Dataset,
+  eval_dataset: tf.data.Dataset,
+  epochs: int,
+  learning_rate: float,
+  fine_tune_layers: Union[
+    int, settings_lib.Unfreeze, Sequence[Union[int, settings_lib.Unfreeze]]
+  ],
+  callbacks: Optional[list] = None,
+  options: Optional[FitOptions] = None,
+) -> dict:
   """Sets trainability, recompiles in the strategy scope, fits, evaluates.
 
   Args:
@@ -321,43 +375,80 @@ def run_phase(
     What evaluate_phase returns.
   """
   towers = as_list(backbone)
-  settings = (list(fine_tune_layers) if isinstance(fine_tune_layers,
-                                                   (list, tuple)) else
-              [fine_tune_layers] * len(towers))
+  settings = (
+    list(fine_tune_layers)
+    if isinstance(fine_tune_layers, (list, tuple))
+    else [fine_tune_layers] * len(towers)
+  )
   if len(settings) != len(towers):
-    raise ValueError(f'{len(towers)} backbones but fine_tune_layers '
-                     f'{fine_tune_layers!r}.')
+    raise ValueError(
+      f'{len(towers)} backbones but fine_tune_layers {fine_tune_layers!r}.'
+    )
   with strategy.scope():
-    unfrozen = [name for tower, setting in zip(towers, settings)
-                for name in unfreeze(tower, setting)]
-  logging.info('%s: %d epochs at lr=%g, %d trainable weights, unfrozen '
-               'backbone layers: %s', name, epochs, learning_rate,
-               len(model.trainable_weights), unfrozen)
-  fitted = fit_phase(name, model, strategy, train_dataset, eval_dataset,
-                     epochs, learning_rate, callbacks, options or FitOptions())
-  return evaluate_phase(name, model, eval_dataset, epochs, learning_rate,
-                        fitted['history'], unfrozen, fitted['early_stopping'])
+    unfrozen = [
+      name
+      for tower, setting in zip(towers, settings)
+      for name in unfreeze(tower, setting)
+    ]
+  logging.info(
+    '%s: %d epochs at lr=%g, %d trainable weights, unfrozen '
+    'backbone layers: %s',
+    name,
+    epochs,
+    learning_rate,
+    len(model.trainable_weights),
+    unfrozen,
+  )
+  fitted = fit_phase(
+    name,
+    model,
+    strategy,
+    train_dataset,
+    eval_dataset,
+    epochs,
+    learning_rate,
+    callbacks,
+    options or FitOptions(),
+  )
+  return evaluate_phase(
+    name,
+    model,
+    eval_dataset,
+    epochs,
+    learning_rate,
+    fitted['history'],
+    unfrozen,
+    fitted['early_stopping'],
+  )
 
 
-def evaluate_phase(name: str, model: keras.Model,
-                   eval_dataset: tf.data.Dataset, epochs: int,
-                   learning_rate: float, history: dict,
-                   unfrozen: List[str],
-                   early_stopping: Optional[dict] = None) -> dict:
+def evaluate_phase(
+  name: str,
+  model: keras.Model,
+  eval_dataset: tf.data.Dataset,
+  epochs: int,
+  learning_rate: float,
+  history: dict,
+  unfrozen: List[str],
+  early_stopping: Optional[dict] = None,
+) -> dict:
   """Evaluates the compiled classifier; the per-phase result.
 
   `eval_dataset` is what the phase validated on (the Trainer's validation
   part of the train split).
   """
   eval_loss, eval_accuracy = model.evaluate(eval_dataset, verbose=0)
-  print(f'[trainer] {name}: validation accuracy {eval_accuracy:.4f} '
-        f'(loss {eval_loss:.4f}) after {epochs} epochs', flush=True)
+  print(
+    f'[trainer] {name}: validation accuracy {eval_accuracy:.4f} '
+    f'(loss {eval_loss:.4f}) after {epochs} epochs',
+    flush=True,
+  )
   return {
-      'epochs': epochs,
-      'learning_rate': learning_rate,
-      'history': {k: [float(v) for v in vs] for k, vs in history.items()},
-      'eval_accuracy': float(eval_accuracy),
-      'eval_loss': float(eval_loss),
-      'unfrozen_layers': unfrozen,
-      'early_stopping': early_stopping,
+    'epochs': epochs,
+    'learning_rate': learning_rate,
+    'history': {k: [float(v) for v in vs] for k, vs in history.items()},
+    'eval_accuracy': float(eval_accuracy),
+    'eval_loss': float(eval_loss),
+    'unfrozen_layers': unfrozen,
+    'early_stopping': early_stopping,
   }

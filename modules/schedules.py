@@ -21,9 +21,14 @@ CONSTANT, EXPONENTIAL, COSINE = SCHEDULES
 LearningRate = Union[float, keras.optimizers.schedules.LearningRateSchedule]
 
 
-def learning_rate(name: str, base: float, epochs: int,
-                  steps_per_epoch: Optional[int], decay_rate: float,
-                  warmup_epochs: float) -> LearningRate:
+def learning_rate(
+  name: str,
+  base: float,
+  epochs: int,
+  steps_per_epoch: Optional[int],
+  decay_rate: float,
+  warmup_epochs: float,
+) -> LearningRate:
   """The optimizer's learning rate for one phase of `epochs` epochs."""
   if name == CONSTANT:
     return base
@@ -33,10 +38,12 @@ def learning_rate(name: str, base: float, epochs: int,
     raise ValueError(f'lr_schedule {name!r} needs the steps per epoch.')
   if name == EXPONENTIAL:
     return keras.optimizers.schedules.ExponentialDecay(
-        base, decay_steps=steps_per_epoch, decay_rate=decay_rate)
+      base, decay_steps=steps_per_epoch, decay_rate=decay_rate
+    )
   total = max(1, epochs * steps_per_epoch)
   warmup = min(total - 1, math.ceil(warmup_epochs * steps_per_epoch))
   if warmup <= 0:
     return keras.optimizers.schedules.CosineDecay(base, decay_steps=total)
   return keras.optimizers.schedules.CosineDecay(
-      0.0, decay_steps=total - warmup, warmup_target=base, warmup_steps=warmup)
+    0.0, decay_steps=total - warmup, warmup_target=base, warmup_steps=warmup
+  )

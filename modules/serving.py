@@ -28,14 +28,19 @@ from modules import preprocessing
 from pipeline import settings as settings_lib
 
 OK, EMPTY, UNKNOWN_FORMAT, TOO_LARGE, CORRUPT = (
-    'ok', 'empty', 'unknown_format', 'too_large', 'corrupt')
+  'ok',
+  'empty',
+  'unknown_format',
+  'too_large',
+  'corrupt',
+)
 STATUSES = (OK, EMPTY, UNKNOWN_FORMAT, TOO_LARGE, CORRUPT)
 # What a bad status means, for people (tfx-transfer predict prints it).
 MEANINGS = {
-    EMPTY: 'empty input',
-    UNKNOWN_FORMAT: 'not a JPEG, PNG, GIF or BMP image',
-    TOO_LARGE: "its header claims more pixels than the model's max_pixels",
-    CORRUPT: 'the image header or body could not be decoded',
+  EMPTY: 'empty input',
+  UNKNOWN_FORMAT: 'not a JPEG, PNG, GIF or BMP image',
+  TOO_LARGE: "its header claims more pixels than the model's max_pixels",
+  CORRUPT: 'the image header or body could not be decoded',
 }
 # Images decoded at once: each may hold up to ~15 bytes x max_pixels (the
 # decoded image and its float copy in the resize).
@@ -56,12 +61,16 @@ def ingestion_max_pixels(train_files: Optional[List[str]] = None) -> int:
   if not train_files:
     return default
   # Imported here: it loads Beam, which serving itself never needs.
-  from components import ingestion  # pylint: disable=g-import-not-at-top
+  from components import ingestion
+
   examples = os.path.dirname(os.path.dirname(train_files[0]))
   report = os.path.join(examples, ingestion.REPORT_FILE_NAME)
   if not tf.io.gfile.exists(report):
-    logging.warning('No %s: serving bounds images to the ingestion default '
-                    'max_pixels %d', report, default)
+    logging.warning(
+      'No %s: serving bounds images to the ingestion default max_pixels %d',
+      report,
+      default,
+    )
     return default
   with tf.io.gfile.GFile(report) as f:
     return int(json.load(f)['options']['max_pixels'])
@@ -69,7 +78,7 @@ def ingestion_max_pixels(train_files: Optional[List[str]] = None) -> int:
 
 def _uint(header: tf.Tensor, offset: int, size: int, big_endian: bool):
   """The unsigned integer of `size` bytes at `offset` of uint8 `header`."""
-  digits = header[offset:offset + size]
+  digits = header[offset : offset + size]
   if big_endian:
     digits = tf.reverse(digits, [0])
   return tf.reduce_sum(digits * (256 ** tf.range(size, dtype=tf.int64)))
@@ -81,8 +90,12 @@ def _header_size(data: tf.Tensor, is_jpeg, is_png, is_gif):
   Short headers read as 0 x 0, which the decoder then fails on.
   """
   if_short = tf.constant(b'\x00' * _HEADER_BYTES)
-  header = tf.cast(tf.io.decode_raw(tf.strings.substr(
-      data + if_short, 0, _HEADER_BYTES), tf.uint8), tf.int64)
+  header = tf.cast(
+    tf.io.decode_raw(
+      tf.strings.substr(data + if_short, 0, _HEADER_BYTES), tf.uint8
+    ),
+    tf.int64,
+  )
 
   def jpeg():
     shape = tf.image.extract_jpeg_shape(data, output_type=tf.int64)
@@ -92,21 +105,30 @@ def _header_size(data: tf.Tensor, is_jpeg, is_png, is_gif):
     signed = [_uint(header, offset, 4, False) for offset in (18, 22)]
     return tuple(tf.abs(tf.where(v >= 2**31, v - 2**32, v)) for v in signed)
 
-  return tf.case([
+  return tf.case(
+    [
       (is_jpeg, jpeg),
-      (is_png, lambda: (_uint(header, 16, 4, True),
-                        _uint(header, 20, 4, True))),
-      (is_gif, lambda: (_uint(header, 6, 2, False),
-                        _uint(header, 8, 2, False))),
-  ], default=bmp)
+      (
+        is_png,
+        lambda: (_uint(header, 16, 4, True), _uint(header, 20, 4, True)),
+      ),
+      (
+        is_gif,
+        lambda: (_uint(header, 6, 2, False), _uint(header, 8, 2, False)),
+      ),
+    ],
+    default=bmp,
+  )
 
 
-def _judge_and_decode_one(data: tf.Tensor, image_size: int,
-                          max_pixels: int) -> Tuple[tf.Tensor, tf.Tensor]:
+def _judge_and_decode_one(
+  data: tf.Tensor, image_size: int, max_pixels: int
+) -> Tuple[tf.Tensor, tf.Tensor]:
   """(status, image [size, size, 3]); raises where the image is corrupt."""
   starts = lambda magic: tf.strings.substr(data, 0, len(magic)) == magic
-  is_jpeg, is_png, is_gif, is_bmp = (starts(m) for m in (_JPEG, _PNG, _GIF,
-                                                          _BMP))
+  is_jpeg, is_png, is_gif, is_bmp = (
+    starts(m) for m in (_JPEG, _PNG, _GIF, _BMP)
+  )
   empty = tf.strings.length(data) == 0
   known = is_jpeg | is_png | is_gif | is_bmp
 
@@ -115,37 +137,50 @@ def _judge_and_decode_one(data: tf.Tensor, image_size: int,
     pixels = tf.cast(width, tf.float64) * tf.cast(height, tf.float64)
     return tf.where(pixels > max_pixels, TOO_LARGE, OK)
 
-  status = tf.cond(empty, lambda: tf.constant(EMPTY), lambda: tf.cond(
-      known, size_status, lambda: tf.constant(UNKNOWN_FORMAT)))
+  status = tf.cond(
+    empty,
+    lambda: tf.constant(EMPTY),
+    lambda: tf.cond(known, size_status, lambda: tf.constant(UNKNOWN_FORMAT)),
+  )
   image = tf.cond(
-      status == OK,
-      lambda: preprocessing.decode_one(data, image_size),
-      lambda: tf.zeros([image_size, image_size, 3]))
+    status == OK,
+    lambda: preprocessing.decode_one(data, image_size),
+    lambda: tf.zeros([image_size, image_size, 3]),
+  )
   return status, image
 
 
-def judge_and_decode(encoded: tf.Tensor, image_size: int,
-                     max_pixels: int) -> Tuple[tf.Tensor, tf.Tensor]:
+def judge_and_decode(
+  encoded: tf.Tensor, image_size: int, max_pixels: int
+) -> Tuple[tf.Tensor, tf.Tensor]:
   """Encoded images [N] -> (status [N], float32 [N, size, size, 3]).
 
   The images are decoded as in training (preprocessing.decode_one); those
   not `ok` are zeros.
   """
   count = tf.shape(encoded, out_type=tf.int64)[0]
-  judged = tf.data.Dataset.from_tensor_slices(
-      (tf.range(count), encoded)).map(
-          lambda i, data: (i, *_judge_and_decode_one(data, image_size,
-                                                     max_pixels)),
-          num_parallel_calls=DECODE_PARALLELISM,
-          deterministic=False).ignore_errors().batch(tf.maximum(count, 1))
+  judged = (
+    tf.data.Dataset.from_tensor_slices((tf.range(count), encoded))
+    .map(
+      lambda i, data: (i, *_judge_and_decode_one(data, image_size, max_pixels)),
+      num_parallel_calls=DECODE_PARALLELISM,
+      deterministic=False,
+    )
+    .ignore_errors()
+    .batch(tf.maximum(count, 1))
+  )
   index, status, image = judged.reduce(
-      (tf.zeros([0], tf.int64), tf.zeros([0], tf.string),
-       tf.zeros([0, image_size, image_size, 3])),
-      lambda state, batch: tuple(tf.concat([s, b], 0)
-                                 for s, b in zip(state, batch)))
+    (
+      tf.zeros([0], tf.int64),
+      tf.zeros([0], tf.string),
+      tf.zeros([0, image_size, image_size, 3]),
+    ),
+    lambda state, batch: tuple(
+      tf.concat([s, b], 0) for s, b in zip(state, batch)
+    ),
+  )
   index = index[:, None]
-  status = tf.tensor_scatter_nd_update(tf.fill([count], CORRUPT), index,
-                                       status)
+  status = tf.tensor_scatter_nd_update(tf.fill([count], CORRUPT), index, status)
   images = tf.scatter_nd(index, image, [count, image_size, image_size, 3])
   return status, images
 
@@ -155,11 +190,14 @@ def text_status(texts: tf.Tensor) -> tf.Tensor:
   return tf.where(tf.strings.strip(texts) == '', EMPTY, OK)
 
 
-def classify(raw: Dict[str, tf.Tensor],
-             transform_text: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
-             probabilities_of: Callable[[Dict[str, tf.Tensor]], tf.Tensor],
-             class_names: tf.Tensor, image_size: Optional[int],
-             max_pixels: int) -> Dict[str, tf.Tensor]:
+def classify(
+  raw: Dict[str, tf.Tensor],
+  transform_text: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
+  probabilities_of: Callable[[Dict[str, tf.Tensor]], tf.Tensor],
+  class_names: tf.Tensor,
+  image_size: Optional[int],
+  max_pixels: int,
+) -> Dict[str, tf.Tensor]:
   """Raw inputs [N] (image bytes and/or texts) -> the outputs, per element.
 
   Args:
@@ -175,30 +213,31 @@ def classify(raw: Dict[str, tf.Tensor],
   status = tf.fill(tf.shape(first), OK)
   images = None
   if features.IMAGE_KEY in raw:  # Judged first.
-    status, images = judge_and_decode(raw[features.IMAGE_KEY], image_size,
-                                      max_pixels)
+    status, images = judge_and_decode(
+      raw[features.IMAGE_KEY], image_size, max_pixels
+    )
   if features.TEXT_KEY in raw:
-    status = tf.where(status == OK, text_status(raw[features.TEXT_KEY]),
-                      status)
+    status = tf.where(status == OK, text_status(raw[features.TEXT_KEY]), status)
   ok = tf.where(status == OK)
   transformed = {}
   if images is not None:
     transformed[features.IMAGE_XF] = tf.gather_nd(images, ok)
   if features.TEXT_KEY in raw:
-    transformed.update(transform_text(tf.gather_nd(raw[features.TEXT_KEY],
-                                                   ok)))
+    transformed.update(transform_text(tf.gather_nd(raw[features.TEXT_KEY], ok)))
   num_classes = tf.size(class_names, tf.int64)
   ok_probabilities = tf.cond(  # The model is not called on an empty batch.
-      tf.size(ok) > 0, lambda: probabilities_of(transformed),
-      lambda: tf.zeros(tf.stack([0, num_classes])))
+    tf.size(ok) > 0,
+    lambda: probabilities_of(transformed),
+    lambda: tf.zeros(tf.stack([0, num_classes])),
+  )
   probabilities = tf.scatter_nd(
-      ok, ok_probabilities, tf.stack([tf.size(status, tf.int64),
-                                      num_classes]))
+    ok, ok_probabilities, tf.stack([tf.size(status, tf.int64), num_classes])
+  )
   top = tf.argmax(probabilities, axis=-1)
   return {
-      'status': status,
-      'label': tf.where(status == OK, tf.gather(class_names, top), ''),
-      'probability': tf.reduce_max(probabilities, axis=-1),
-      'classes': tf.broadcast_to(class_names, tf.shape(probabilities)),
-      'probabilities': probabilities,
+    'status': status,
+    'label': tf.where(status == OK, tf.gather(class_names, top), ''),
+    'probability': tf.reduce_max(probabilities, axis=-1),
+    'classes': tf.broadcast_to(class_names, tf.shape(probabilities)),
+    'probabilities': probabilities,
   }

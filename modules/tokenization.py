@@ -20,6 +20,7 @@ CLS, SEP, PAD = '[CLS]', '[SEP]', '[PAD]'
 @dataclasses.dataclass(frozen=True)
 class WordPieceVocab:
   """A BERT vocabulary file and whether its model is uncased."""
+
   path: str
   lower_case: bool = True
 
@@ -50,8 +51,9 @@ def normalize(texts: tf.Tensor, lower_case: bool) -> tf.Tensor:
   return tf.strings.lower(texts, encoding='utf-8')
 
 
-def tokenize(texts: tf.Tensor, vocab: WordPieceVocab,
-             max_length: int) -> Tuple[tf.Tensor, tf.Tensor]:
+def tokenize(
+  texts: tf.Tensor, vocab: WordPieceVocab, max_length: int
+) -> Tuple[tf.Tensor, tf.Tensor]:
   """Strings [N] -> (word ids, attention mask), both int64 [N, max_length].
 
   Each row is [CLS] + word pieces (truncated to max_length - 2) + [SEP],
@@ -63,20 +65,28 @@ def tokenize(texts: tf.Tensor, vocab: WordPieceVocab,
   ids = {t: i for i, t in enumerate(tokens)}
   # The table is a graph constant: no asset file to ship with the model.
   table = tf.lookup.StaticVocabularyTable(
-      tf.lookup.KeyValueTensorInitializer(
-          tf.constant(tokens), tf.range(len(tokens), dtype=tf.int64)),
-      num_oov_buckets=1)
+    tf.lookup.KeyValueTensorInitializer(
+      tf.constant(tokens), tf.range(len(tokens), dtype=tf.int64)
+    ),
+    num_oov_buckets=1,
+  )
   tokenizer = tf_text.BertTokenizer(
-      table, lower_case=False, unknown_token='[UNK]',
-      token_out_type=tf.int64)
+    table, lower_case=False, unknown_token='[UNK]', token_out_type=tf.int64
+  )
   pieces = tokenizer.tokenize(normalize(texts, vocab.lower_case))
-  pieces = pieces.merge_dims(-2, -1)[:, :max_length - 2]
+  pieces = pieces.merge_dims(-2, -1)[:, : max_length - 2]
   batch = tf.shape(texts)[0]
-  word_ids = tf.concat([
-      tf.fill([batch, 1], tf.constant(ids[CLS], tf.int64)), pieces,
-      tf.fill([batch, 1], tf.constant(ids[SEP], tf.int64))
-  ], axis=1)
+  word_ids = tf.concat(
+    [
+      tf.fill([batch, 1], tf.constant(ids[CLS], tf.int64)),
+      pieces,
+      tf.fill([batch, 1], tf.constant(ids[SEP], tf.int64)),
+    ],
+    axis=1,
+  )
   mask = tf.ones_like(word_ids)
   shape = [None, max_length]
-  return (word_ids.to_tensor(default_value=ids[PAD], shape=shape),
-          mask.to_tensor(default_value=0, shape=shape))
+  return (
+    word_ids.to_tensor(default_value=ids[PAD], shape=shape),
+    mask.to_tensor(default_value=0, shape=shape),
+  )

@@ -59,8 +59,9 @@ def model_inputs(transformed: Dict[str, tf.Tensor], kind: str):
   return {k: v for k, v in transformed.items() if k in names}
 
 
-def in_part(serialized: tf.Tensor, part: Optional[str],
-            validation_fraction: float) -> tf.Tensor:
+def in_part(
+  serialized: tf.Tensor, part: Optional[str], validation_fraction: float
+) -> tf.Tensor:
   """Whether a serialized train example is in `part` of the train split.
 
   'validation': the examples whose fingerprint hash falls in the first
@@ -69,59 +70,73 @@ def in_part(serialized: tf.Tensor, part: Optional[str],
   """
   if part is None:
     return tf.constant(True)
-  held_out = (tf.strings.to_hash_bucket_fast(serialized, 1000) <
-              int(round(validation_fraction * 1000)))
+  held_out = tf.strings.to_hash_bucket_fast(serialized, 1000) < int(
+    round(validation_fraction * 1000)
+  )
   return held_out if part == VALIDATION else tf.logical_not(held_out)
 
 
-def make_dataset(file_pattern: List[str],
-                 tf_transform_output: tft.TFTransformOutput,
-                 batch_size: int,
-                 shuffle: bool,
-                 seed: int = 42,
-                 part: Optional[str] = None,
-                 validation_fraction: float = 0.0) -> tf.data.Dataset:
+def make_dataset(
+  file_pattern: List[str],
+  tf_transform_output: tft.TFTransformOutput,
+  batch_size: int,
+  shuffle: bool,
+  seed: int = 42,
+  part: Optional[str] = None,
+  validation_fraction: float = 0.0,
+) -> tf.data.Dataset:
   """(model inputs, label_xf) batches from raw GZIP'd tf.Examples, one pass.
 
   `part` selects 'fit' or 'validation' examples of a train split (in_part).
   """
   files = tf.data.Dataset.list_files(file_pattern, shuffle=False)
   dataset = tf.data.TFRecordDataset(
-      files, compression_type='GZIP', num_parallel_reads=tf.data.AUTOTUNE)
+    files, compression_type='GZIP', num_parallel_reads=tf.data.AUTOTUNE
+  )
   if part is not None:
     dataset = dataset.filter(
-        lambda serialized: in_part(serialized, part, validation_fraction))
+      lambda serialized: in_part(serialized, part, validation_fraction)
+    )
   if shuffle:
     dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
   kind = modality(tf_transform_output)
   raw_feature_spec = tf_transform_output.raw_feature_spec()
   raw_feature_spec = {
-      k: v for k, v in raw_feature_spec.items()
-      if k in features.RAW_INPUTS[kind] + (features.LABEL_KEY,)
+    k: v
+    for k, v in raw_feature_spec.items()
+    if k in features.RAW_INPUTS[kind] + (features.LABEL_KEY,)
   }
   transform_layer = tf_transform_output.transform_features_layer()
 
   def _transform(serialized):
     transformed = transform_layer(
-        tf.io.parse_example(serialized, raw_feature_spec))
+      tf.io.parse_example(serialized, raw_feature_spec)
+    )
     return model_inputs(transformed, kind), transformed[features.LABEL_XF]
 
-  return (dataset.batch(batch_size)
-          .map(_transform, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
+  return (
+    dataset.batch(batch_size)
+    .map(_transform, num_parallel_calls=tf.data.AUTOTUNE)
+    .prefetch(tf.data.AUTOTUNE)
+  )
 
 
 def class_names(tf_transform_output: tft.TFTransformOutput) -> List[str]:
   """Class names in label-index order, from the Transform vocabulary."""
   return [
-      name.decode('utf-8') for name in
-      tf_transform_output.vocabulary_by_name(features.LABEL_VOCABULARY)
+    name.decode('utf-8')
+    for name in tf_transform_output.vocabulary_by_name(
+      features.LABEL_VOCABULARY
+    )
   ]
 
 
 def make_serving_signatures(
-    model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-    names: List[str], max_pixels: Optional[int] = None):
+  model: keras.Model,
+  tf_transform_output: tft.TFTransformOutput,
+  names: List[str],
+  max_pixels: Optional[int] = None,
+):
   """The exported signatures; see the module docstring and modules/serving.py.
 
   Images whose header claims more than `max_pixels` (default: ingestion's)
@@ -136,7 +151,8 @@ def make_serving_signatures(
   image_size = None
   if kind != features.TEXT:
     image_size = tf_transform_output.transformed_feature_spec()[
-        features.IMAGE_XF].shape[0]
+      features.IMAGE_XF
+    ].shape[0]
 
   def _transform_text(texts):
     shape = [-1] + list(serving_spec[features.TEXT_KEY].shape)
@@ -147,11 +163,18 @@ def make_serving_signatures(
     return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
 
   def _predict_raw(raw):
-    return serving.classify(raw, _transform_text, _probabilities,
-                            model.class_names, image_size, max_pixels)
+    return serving.classify(
+      raw,
+      _transform_text,
+      _probabilities,
+      model.class_names,
+      image_size,
+      max_pixels,
+    )
 
-  @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name='image_bytes')])
+  @tf.function(
+    input_signature=[tf.TensorSpec([None], tf.string, name='image_bytes')]
+  )
   def serve_image_bytes(image_bytes):
     return _predict_raw({features.IMAGE_KEY: image_bytes})
 
@@ -159,69 +182,98 @@ def make_serving_signatures(
   def serve_text(text):
     return _predict_raw({features.TEXT_KEY: text})
 
-  @tf.function(input_signature=[
+  @tf.function(
+    input_signature=[
       tf.TensorSpec([None], tf.string, name='image_bytes'),
-      tf.TensorSpec([None], tf.string, name='text')])
+      tf.TensorSpec([None], tf.string, name='text'),
+    ]
+  )
   def serve_image_and_text(image_bytes, text):
-    return _predict_raw({features.IMAGE_KEY: image_bytes,
-                         features.TEXT_KEY: text})
+    return _predict_raw(
+      {features.IMAGE_KEY: image_bytes, features.TEXT_KEY: text}
+    )
 
-  @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name='examples')])
+  @tf.function(
+    input_signature=[tf.TensorSpec([None], tf.string, name='examples')]
+  )
   def serve_examples(serialized):
     parsed = tf.io.parse_example(serialized, serving_spec)
-    return _predict_raw({k: preprocessing.dense_vector(v)
-                         for k, v in parsed.items()})
+    return _predict_raw(
+      {k: preprocessing.dense_vector(v) for k, v in parsed.items()}
+    )
 
-  @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name='examples')])
+  @tf.function(
+    input_signature=[tf.TensorSpec([None], tf.string, name='examples')]
+  )
   def transform_features(serialized):
     label_spec = {features.LABEL_KEY: raw_feature_spec[features.LABEL_KEY]}
     raw = tf.io.parse_example(serialized, label_spec)
     return {features.LABEL_XF: model.tft_layer(raw)[features.LABEL_XF]}
 
   serve_raw = {
-      features.IMAGE: serve_image_bytes,
-      features.TEXT: serve_text,
-      features.IMAGE_TEXT: serve_image_and_text,
+    features.IMAGE: serve_image_bytes,
+    features.TEXT: serve_text,
+    features.IMAGE_TEXT: serve_image_and_text,
   }[kind]
   return {
-      'serving_default': serve_raw,
-      'serving_examples': serve_examples,
-      'transform_features': transform_features,
+    'serving_default': serve_raw,
+    'serving_examples': serve_examples,
+    'transform_features': transform_features,
   }
 
 
-def build_model(kind: str, config: settings_lib.TrainerConfig,
-                num_classes: int
-                ) -> Tuple[keras.Model, List[model_lib.AnyBackbone]]:
+def build_model(
+  kind: str, config: settings_lib.TrainerConfig, num_classes: int
+) -> Tuple[keras.Model, List[model_lib.AnyBackbone]]:
   """The classifier for `kind` and its towers (image first).
 
   Call under the precision policy and in the strategy scope.
   """
   towers = []
   if kind in (features.IMAGE, features.IMAGE_TEXT):
-    towers.append(backbones.build_backbone(
-        config.backbone, config.image_size, config.weights))
+    towers.append(
+      backbones.build_backbone(
+        config.backbone, config.image_size, config.weights
+      )
+    )
   if kind in (features.TEXT, features.IMAGE_TEXT):
-    towers.append(backbones.build_text_backbone(
-        config.text_encoder, config.max_length, config.text_weights))
+    towers.append(
+      backbones.build_text_backbone(
+        config.text_encoder, config.max_length, config.text_weights
+      )
+    )
   if config.augmentation and kind == features.TEXT:
-    raise ValueError('trainer.augmentation is for images; a text model has '
-                     'none to augment')
+    raise ValueError(
+      'trainer.augmentation is for images; a text model has none to augment'
+    )
   augmentation = augmentation_lib.build(config.augmentation, config.seed)
   if kind == features.IMAGE:
     classifier = model_lib.build_classifier(
-        towers[0], config.image_size, num_classes, config.dropout,
-        augmentation, config.head_weight_decay)
+      towers[0],
+      config.image_size,
+      num_classes,
+      config.dropout,
+      augmentation,
+      config.head_weight_decay,
+    )
   elif kind == features.TEXT:
     classifier = model_lib.build_text_classifier(
-        towers[0], config.max_length, num_classes, config.dropout,
-        config.head_weight_decay)
+      towers[0],
+      config.max_length,
+      num_classes,
+      config.dropout,
+      config.head_weight_decay,
+    )
   else:
     classifier = model_lib.build_fusion_classifier(
-        *towers, config.image_size, config.max_length, num_classes,
-        config.dropout, augmentation, config.head_weight_decay)
+      *towers,
+      config.image_size,
+      config.max_length,
+      num_classes,
+      config.dropout,
+      augmentation,
+      config.head_weight_decay,
+    )
   return classifier, towers
 
 
@@ -236,19 +288,21 @@ class Datasets:
     eval: the split the Evaluator's gate judges; only reported per phase,
       never used for a training decision. None: not reported.
   """
+
   train: tf.data.Dataset
   validation: tf.data.Dataset
   eval: Optional[tf.data.Dataset] = None
 
 
 def train_phases(
-    classifier: keras.Model,
-    backbone: model_lib.Towers,
-    strategy: tf.distribute.Strategy,
-    datasets: Datasets,
-    config: settings_lib.TrainerConfig,
-    callbacks: Optional[list] = None,
-    options: Optional[model_lib.FitOptions] = None) -> Dict[str, dict]:
+  classifier: keras.Model,
+  backbone: model_lib.Towers,
+  strategy: tf.distribute.Strategy,
+  datasets: Datasets,
+  config: settings_lib.TrainerConfig,
+  callbacks: Optional[list] = None,
+  options: Optional[model_lib.FitOptions] = None,
+) -> Dict[str, dict]:
   """Feature extraction, then the fine-tuning phase(s); results in order.
 
   The keys are 'phase1', 'phase2', ... (config.fine_tuning_phases()). Each
@@ -264,27 +318,49 @@ def train_phases(
   towers = model_lib.as_list(backbone)
   data = (classifier, towers, strategy, datasets.train, datasets.validation)
   phase1_options = dataclasses.replace(
-      options, early_stopping_patience=config.phase1_patience)
+    options, early_stopping_patience=config.phase1_patience
+  )
   cache = phase1_cache_use(config)
   if cache == 'used':
     phase1 = embedding_cache.run_cached_phase1(
-        *data, config.phase1_epochs, config.phase1_learning_rate,
-        config.batch_size * strategy.num_replicas_in_sync, config.seed,
-        callbacks, phase1_options,
-        closed_form_start=config.phase1_start == 'logistic_regression')
+      *data,
+      config.phase1_epochs,
+      config.phase1_learning_rate,
+      config.batch_size * strategy.num_replicas_in_sync,
+      config.seed,
+      callbacks,
+      phase1_options,
+      closed_form_start=config.phase1_start == 'logistic_regression',
+    )
   else:
     logging.info('phase1 without the embedding cache: %s', cache)
-    phase1 = model_lib.run_phase('phase1', *data, config.phase1_epochs,
-                                 config.phase1_learning_rate, 0, callbacks,
-                                 phase1_options)
+    phase1 = model_lib.run_phase(
+      'phase1',
+      *data,
+      config.phase1_epochs,
+      config.phase1_learning_rate,
+      0,
+      callbacks,
+      phase1_options,
+    )
   candidates = _Candidates(classifier, strategy, datasets.eval)
-  results = {'phase1': candidates.add('phase1', {**phase1,
-                                                 'embedding_cache': cache})}
+  results = {
+    'phase1': candidates.add('phase1', {**phase1, 'embedding_cache': cache})
+  }
   fine_tune = domain_adaptation.fine_tuning_runner(config, strategy)
   for phase in config.fine_tuning_phases():
-    results[phase.name] = candidates.add(phase.name, fine_tune(
-        phase.name, *data, phase.epochs, phase.learning_rate,
-        phase.tower_settings(towers), callbacks, options))
+    results[phase.name] = candidates.add(
+      phase.name,
+      fine_tune(
+        phase.name,
+        *data,
+        phase.epochs,
+        phase.learning_rate,
+        phase.tower_settings(towers),
+        callbacks,
+        options,
+      ),
+    )
   candidates.restore_best(results)
   return results
 
@@ -292,9 +368,12 @@ def train_phases(
 class _Candidates:
   """Each phase's end as a candidate for export; keeps the best's weights."""
 
-  def __init__(self, classifier: keras.Model,
-               strategy: tf.distribute.Strategy,
-               eval_dataset: Optional[tf.data.Dataset]):
+  def __init__(
+    self,
+    classifier: keras.Model,
+    strategy: tf.distribute.Strategy,
+    eval_dataset: Optional[tf.data.Dataset],
+  ):
     self.classifier, self.strategy = classifier, strategy
     self.eval_dataset = eval_dataset
     self.best, self.best_score, self.best_weights = None, None, None
@@ -308,8 +387,10 @@ class _Candidates:
       with self.strategy.scope():
         model_lib.compile_for_phase(self.classifier, 1e-3)  # For evaluate.
       loss, accuracy = self.classifier.evaluate(self.eval_dataset, verbose=0)
-      result['eval_accuracy'], result['eval_loss'] = float(accuracy), float(
-          loss)
+      result['eval_accuracy'], result['eval_loss'] = (
+        float(accuracy),
+        float(loss),
+      )
     score = (result['validation_accuracy'], -result['validation_loss'])
     if self.best is None or score > self.best_score:
       self.best, self.best_score = name, score
@@ -324,9 +405,12 @@ class _Candidates:
       with self.strategy.scope():
         for variable, value in self.best_weights:
           variable.assign(value)
-    print(f'[trainer] exported: {self.best} (validation accuracy '
-          f'{self.best_score[0]:.4f}, loss {-self.best_score[1]:.4f}; the '
-          f'best of {list(results)})', flush=True)
+    print(
+      f'[trainer] exported: {self.best} (validation accuracy '
+      f'{self.best_score[0]:.4f}, loss {-self.best_score[1]:.4f}; the '
+      f'best of {list(results)})',
+      flush=True,
+    )
 
 
 def phase1_cache_use(config: settings_lib.TrainerConfig) -> str:
@@ -334,26 +418,42 @@ def phase1_cache_use(config: settings_lib.TrainerConfig) -> str:
   if not config.phase1_cache:
     return 'off: phase1_cache is false'
   if config.augmentation:
-    return ('off: augmentation is on, and cached embeddings would not see '
-            'the augmented views')
+    return (
+      'off: augmentation is on, and cached embeddings would not see '
+      'the augmented views'
+    )
   return 'used'
 
 
-def label_counts(file_pattern: List[str],
-                 tf_transform_output: tft.TFTransformOutput,
-                 num_classes: int, part: Optional[str] = None,
-                 validation_fraction: float = 0.0) -> np.ndarray:
+def label_counts(
+  file_pattern: List[str],
+  tf_transform_output: tft.TFTransformOutput,
+  num_classes: int,
+  part: Optional[str] = None,
+  validation_fraction: float = 0.0,
+) -> np.ndarray:
   """Examples per label index (of `part`, see in_part): one pass that parses
   the labels only."""
-  label_spec = {features.LABEL_KEY:
-                tf_transform_output.raw_feature_spec()[features.LABEL_KEY]}
+  label_spec = {
+    features.LABEL_KEY: tf_transform_output.raw_feature_spec()[
+      features.LABEL_KEY
+    ]
+  }
   transform_layer = tf_transform_output.transform_features_layer()
-  labels = tf.data.TFRecordDataset(
+  labels = (
+    tf.data.TFRecordDataset(
       tf.data.Dataset.list_files(file_pattern, shuffle=False),
-      compression_type='GZIP', num_parallel_reads=tf.data.AUTOTUNE
-  ).filter(lambda serialized: in_part(serialized, part, validation_fraction)
-          ).batch(1024).map(lambda serialized: transform_layer(
-      tf.io.parse_example(serialized, label_spec))[features.LABEL_XF])
+      compression_type='GZIP',
+      num_parallel_reads=tf.data.AUTOTUNE,
+    )
+    .filter(lambda serialized: in_part(serialized, part, validation_fraction))
+    .batch(1024)
+    .map(
+      lambda serialized: transform_layer(
+        tf.io.parse_example(serialized, label_spec)
+      )[features.LABEL_XF]
+    )
+  )
   counts = np.zeros(num_classes, np.int64)
   for batch in labels:
     indices = batch.numpy().reshape(-1)
@@ -361,8 +461,9 @@ def label_counts(file_pattern: List[str],
   return counts
 
 
-def class_weights(setting, names: List[str],
-                  counts: Optional[np.ndarray]) -> Optional[Dict[int, float]]:
+def class_weights(
+  setting, names: List[str], counts: Optional[np.ndarray]
+) -> Optional[Dict[int, float]]:
   """{label index: weight} for `setting`, or None for 'none'.
 
   'balanced': n / (classes x n_class), so every class weighs the same in
@@ -373,112 +474,165 @@ def class_weights(setting, names: List[str],
     return None
   if setting == 'balanced':
     total, present = int(counts.sum()), counts > 0
-    return {i: (total / (len(names) * int(count)) if present[i] else 1.0)
-            for i, count in enumerate(counts)}
+    return {
+      i: (total / (len(names) * int(count)) if present[i] else 1.0)
+      for i, count in enumerate(counts)
+    }
   unknown = sorted(set(setting) - set(names))
   if unknown:
-    raise ValueError(f'trainer.class_weights: unknown class(es) {unknown}; '
-                     f'the classes are {names}')
+    raise ValueError(
+      f'trainer.class_weights: unknown class(es) {unknown}; '
+      f'the classes are {names}'
+    )
   return {i: float(setting.get(name, 1.0)) for i, name in enumerate(names)}
 
 
-def tuned_config(custom_config: Dict[str, Any],
-                 hyperparameters: Optional[Dict[str, Any]]
-                 ) -> Tuple[settings_lib.TrainerConfig, Dict[str, Any]]:
+def tuned_config(
+  custom_config: Dict[str, Any], hyperparameters: Optional[Dict[str, Any]]
+) -> Tuple[settings_lib.TrainerConfig, Dict[str, Any]]:
   """The settings, with the Tuner's best values (TUNABLE) over them.
 
   `hyperparameters` is a KerasTuner HyperParameters config (TFX's Tuner ->
   Trainer `best_hyperparameters`), or None without a Tuner.
   """
-  tuned = {key: value for key, value in
-           ((hyperparameters or {}).get('values') or {}).items()
-           if key in TUNABLE}
+  tuned = {
+    key: value
+    for key, value in ((hyperparameters or {}).get('values') or {}).items()
+    if key in TUNABLE
+  }
   return settings_lib.TrainerConfig.from_dict(
-      {**(custom_config or {}), **tuned}), tuned
+    {**(custom_config or {}), **tuned}
+  ), tuned
 
 
-def validation_summary(config: settings_lib.TrainerConfig,
-                       fit_counts: np.ndarray,
-                       validation_counts: np.ndarray) -> Dict[str, Any]:
+def validation_summary(
+  config: settings_lib.TrainerConfig,
+  fit_counts: np.ndarray,
+  validation_counts: np.ndarray,
+) -> Dict[str, Any]:
   """How the train split was divided; raises when validation is empty."""
   if not validation_counts.sum() or not fit_counts.sum():
     raise ValueError(
-        f'trainer.validation_fraction {config.validation_fraction} left '
-        f'{int(fit_counts.sum())} examples to fit on and '
-        f'{int(validation_counts.sum())} to validate on; the train split is '
-        'too small to hold out a validation part, add examples.')
+      f'trainer.validation_fraction {config.validation_fraction} left '
+      f'{int(fit_counts.sum())} examples to fit on and '
+      f'{int(validation_counts.sum())} to validate on; the train split is '
+      'too small to hold out a validation part, add examples.'
+    )
   return {
-      'method': 'hash of each serialized train example into 1000 buckets; '
-                'the first validation_fraction of them validate',
-      'fraction': config.validation_fraction,
-      'fit_examples': int(fit_counts.sum()),
-      'validation_examples': int(validation_counts.sum()),
-      'used_for': 'phase early stopping and the choice of the exported '
-                  'phase; the eval split is never used for either',
+    'method': 'hash of each serialized train example into 1000 buckets; '
+    'the first validation_fraction of them validate',
+    'fraction': config.validation_fraction,
+    'fit_examples': int(fit_counts.sum()),
+    'validation_examples': int(validation_counts.sum()),
+    'used_for': 'phase early stopping and the choice of the exported '
+    'phase; the eval split is never used for either',
   }
 
 
 def run_fn(fn_args: tfx.components.FnArgs):
   """TFX Trainer entry point."""
-  config, tuned = tuned_config(fn_args.custom_config,
-                               getattr(fn_args, 'hyperparameters', None))
+  config, tuned = tuned_config(
+    fn_args.custom_config, getattr(fn_args, 'hyperparameters', None)
+  )
   keras.utils.set_random_seed(config.seed)
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   names = class_names(tf_transform_output)
   kind = modality(tf_transform_output)
   strategy = tf.distribute.MirroredStrategy()
   global_batch = config.batch_size * strategy.num_replicas_in_sync
-  logging.info('Training a %s model for %d classes %s on %d replica(s), '
-               'global batch %d', kind, len(names), names,
-               strategy.num_replicas_in_sync, global_batch)
+  logging.info(
+    'Training a %s model for %d classes %s on %d replica(s), global batch %d',
+    kind,
+    len(names),
+    names,
+    strategy.num_replicas_in_sync,
+    global_batch,
+  )
 
-  counts = {part: label_counts(fn_args.train_files, tf_transform_output,
-                               len(names), part, config.validation_fraction)
-            for part in (FIT, VALIDATION)}
+  counts = {
+    part: label_counts(
+      fn_args.train_files,
+      tf_transform_output,
+      len(names),
+      part,
+      config.validation_fraction,
+    )
+    for part in (FIT, VALIDATION)
+  }
   validation = validation_summary(config, counts[FIT], counts[VALIDATION])
-  print(f"[trainer] train split: {validation['fit_examples']} to fit, "
-        f"{validation['validation_examples']} to validate on", flush=True)
+  print(
+    f'[trainer] train split: {validation["fit_examples"]} to fit, '
+    f'{validation["validation_examples"]} to validate on',
+    flush=True,
+  )
   datasets = Datasets(
-      train=make_dataset(fn_args.train_files, tf_transform_output,
-                         global_batch, shuffle=True, seed=config.seed,
-                         part=FIT,
-                         validation_fraction=config.validation_fraction),
-      validation=make_dataset(fn_args.train_files, tf_transform_output,
-                              global_batch, shuffle=False, part=VALIDATION,
-                              validation_fraction=config.validation_fraction),
-      eval=make_dataset(fn_args.eval_files, tf_transform_output,
-                        global_batch, shuffle=False))
+    train=make_dataset(
+      fn_args.train_files,
+      tf_transform_output,
+      global_batch,
+      shuffle=True,
+      seed=config.seed,
+      part=FIT,
+      validation_fraction=config.validation_fraction,
+    ),
+    validation=make_dataset(
+      fn_args.train_files,
+      tf_transform_output,
+      global_batch,
+      shuffle=False,
+      part=VALIDATION,
+      validation_fraction=config.validation_fraction,
+    ),
+    eval=make_dataset(
+      fn_args.eval_files, tf_transform_output, global_batch, shuffle=False
+    ),
+  )
   options = model_lib.FitOptions.from_config(
-      config,
-      class_weight=class_weights(config.class_weights, names, counts[FIT]),
-      steps_per_epoch=math.ceil(int(counts[FIT].sum()) / global_batch))
+    config,
+    class_weight=class_weights(config.class_weights, names, counts[FIT]),
+    steps_per_epoch=math.ceil(int(counts[FIT].sum()) / global_batch),
+  )
   with model_lib.precision_policy(config.precision):
     with strategy.scope():
       classifier, towers = build_model(kind, config, len(names))
     tensorboard = keras.callbacks.TensorBoard(
-        log_dir=fn_args.model_run_dir, update_freq='epoch')
-    results = train_phases(classifier, towers, strategy, datasets, config,
-                           callbacks=[tensorboard], options=options)
+      log_dir=fn_args.model_run_dir, update_freq='epoch'
+    )
+    results = train_phases(
+      classifier,
+      towers,
+      strategy,
+      datasets,
+      config,
+      callbacks=[tensorboard],
+      options=options,
+    )
     signatures = make_serving_signatures(
-        classifier, tf_transform_output, names,
-        max_pixels=serving.ingestion_max_pixels(fn_args.train_files))
-    tf.saved_model.save(classifier, fn_args.serving_model_dir,
-                        signatures=signatures)
+      classifier,
+      tf_transform_output,
+      names,
+      max_pixels=serving.ingestion_max_pixels(fn_args.train_files),
+    )
+    tf.saved_model.save(
+      classifier, fn_args.serving_model_dir, signatures=signatures
+    )
   summary = {
-      'config': dataclasses.asdict(config),
-      'modality': kind,
-      'class_names': names,
-      'replicas': strategy.num_replicas_in_sync,
-      'global_batch_size': global_batch,
-      'class_weight': options.class_weight,
-      'validation': validation,
-      'hyperparameters': tuned or None,
-      'phases': list(results),
-      'chosen': next(name for name, result in results.items()
-                     if result['chosen']),
-      **results,
+    'config': dataclasses.asdict(config),
+    'modality': kind,
+    'class_names': names,
+    'replicas': strategy.num_replicas_in_sync,
+    'global_batch_size': global_batch,
+    'class_weight': options.class_weight,
+    'validation': validation,
+    'hyperparameters': tuned or None,
+    'phases': list(results),
+    'chosen': next(
+      name for name, result in results.items() if result['chosen']
+    ),
+    **results,
   }
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   with tf.io.gfile.GFile(
-      os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY_FILE), 'w') as f:
+    os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY_FILE), 'w'
+  ) as f:
     json.dump(summary, f, indent=2)

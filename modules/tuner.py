@@ -37,41 +37,71 @@ OBJECTIVE = 'validation_score'  # accuracy - loss / 1000.
 class HeadSearch(keras_tuner.RandomSearch):
   """Random search over the head's hyperparameters on cached embeddings."""
 
-  def __init__(self, embeddings: Dict[str, np.ndarray],
-               labels: Dict[str, np.ndarray], num_classes: int,
-               config: settings_lib.TrainerConfig, **kwargs):
-    super().__init__(objective=keras_tuner.Objective(OBJECTIVE, 'max'),
-                     **kwargs)
+  def __init__(
+    self,
+    embeddings: Dict[str, np.ndarray],
+    labels: Dict[str, np.ndarray],
+    num_classes: int,
+    config: settings_lib.TrainerConfig,
+    **kwargs,
+  ):
+    super().__init__(
+      objective=keras_tuner.Objective(OBJECTIVE, 'max'), **kwargs
+    )
     self.embeddings, self.labels = embeddings, labels
     self.num_classes, self.config = num_classes, config
 
   def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
     hp = trial.hyperparameters
-    learning_rate = hp.Float('phase1_learning_rate', 1e-4, 3e-2,
-                             sampling='log',
-                             default=self.config.phase1_learning_rate)
+    learning_rate = hp.Float(
+      'phase1_learning_rate',
+      1e-4,
+      3e-2,
+      sampling='log',
+      default=self.config.phase1_learning_rate,
+    )
     dropout = hp.Float('dropout', 0.0, 0.6, default=self.config.dropout)
-    weight_decay = hp.Float('head_weight_decay', 1e-6, 1e-1, sampling='log',
-                            default=max(self.config.head_weight_decay, 1e-6))
+    weight_decay = hp.Float(
+      'head_weight_decay',
+      1e-6,
+      1e-1,
+      sampling='log',
+      default=max(self.config.head_weight_decay, 1e-6),
+    )
     keras.utils.set_random_seed(self.config.seed)
     inputs = keras.Input((self.embeddings[trainer.FIT].shape[1],))
-    head = keras.Model(inputs, model_lib.head(inputs, self.num_classes,
-                                              dropout, weight_decay))
+    head = keras.Model(
+      inputs, model_lib.head(inputs, self.num_classes, dropout, weight_decay)
+    )
     batch_size = self.config.batch_size
-    data = {part: tf.data.Dataset.from_tensor_slices(
-        (self.embeddings[part], self.labels[part])).batch(batch_size)
-            for part in (trainer.FIT, trainer.VALIDATION)}
+    data = {
+      part: tf.data.Dataset.from_tensor_slices(
+        (self.embeddings[part], self.labels[part])
+      ).batch(batch_size)
+      for part in (trainer.FIT, trainer.VALIDATION)
+    }
     result = embedding_cache.run_cached_phase1(
-        head, [], tf.distribute.get_strategy(), data[trainer.FIT],
-        data[trainer.VALIDATION], self.config.phase1_epochs, learning_rate,
-        batch_size, self.config.seed,
-        options=model_lib.FitOptions(
-            early_stopping_patience=self.config.phase1_patience),
-        closed_form_start=self.config.phase1_start == 'logistic_regression')
+      head,
+      [],
+      tf.distribute.get_strategy(),
+      data[trainer.FIT],
+      data[trainer.VALIDATION],
+      self.config.phase1_epochs,
+      learning_rate,
+      batch_size,
+      self.config.seed,
+      options=model_lib.FitOptions(
+        early_stopping_patience=self.config.phase1_patience
+      ),
+      closed_form_start=self.config.phase1_start == 'logistic_regression',
+    )
     # run_cached_phase1 names its second dataset's metrics eval_*.
     accuracy, loss = result['eval_accuracy'], result['eval_loss']
-    return {OBJECTIVE: accuracy - loss / 1000, 'val_accuracy': accuracy,
-            'val_loss': loss}
+    return {
+      OBJECTIVE: accuracy - loss / 1000,
+      'val_accuracy': accuracy,
+      'val_loss': loss,
+    }
 
 
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
@@ -87,21 +117,36 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
   classifier, _ = trainer.build_model(kind, config, len(names))
   embedder = embedding_cache.embedding_model(classifier)
   embed = tf.function(
-      lambda x: tf.cast(embedder(x, training=False), tf.float32))
+    lambda x: tf.cast(embedder(x, training=False), tf.float32)
+  )
   embeddings, labels = {}, {}
   for part in (trainer.FIT, trainer.VALIDATION):
     dataset = trainer.make_dataset(
-        fn_args.train_files, tf_transform_output, config.batch_size,
-        shuffle=False, part=part,
-        validation_fraction=config.validation_fraction)
+      fn_args.train_files,
+      tf_transform_output,
+      config.batch_size,
+      shuffle=False,
+      part=part,
+      validation_fraction=config.validation_fraction,
+    )
     embeddings[part], labels[part] = linear_probe.load(
-        dataset.map(lambda inputs, label: (embed(inputs), label)))
-  print(f'[tuner] {tuning["trials"]} trials on the embeddings of '
-        f'{len(labels[trainer.FIT])} fit and {len(labels[trainer.VALIDATION])}'
-        ' validation examples (the eval split is not read)', flush=True)
+      dataset.map(lambda inputs, label: (embed(inputs), label))
+    )
+  print(
+    f'[tuner] {tuning["trials"]} trials on the embeddings of '
+    f'{len(labels[trainer.FIT])} fit and {len(labels[trainer.VALIDATION])}'
+    ' validation examples (the eval split is not read)',
+    flush=True,
+  )
   search = HeadSearch(
-      embeddings, labels, len(names), config,
-      max_trials=tuning['trials'], seed=config.seed,
-      directory=os.path.join(fn_args.working_dir or '/tmp', 'tuner'),
-      project_name='head', overwrite=True)
+    embeddings,
+    labels,
+    len(names),
+    config,
+    max_trials=tuning['trials'],
+    seed=config.seed,
+    directory=os.path.join(fn_args.working_dir or '/tmp', 'tuner'),
+    project_name='head',
+    overwrite=True,
+  )
   return tfx.components.TunerFnResult(tuner=search, fit_kwargs={})

@@ -1,4 +1,5 @@
 """Pipeline definition, configuration, local runner and CLI."""
+
 import os
 
 # TF 2.16 defaults to Keras 3, but TFT 1.16 and TFMA 0.47 use tf_keras. Pin

@@ -34,16 +34,16 @@ from pipeline import settings as settings_lib
 from pipeline import pipeline as pipeline_lib
 
 _STATES = {
-    metadata_store_pb2.Execution.COMPLETE: 'ran',
-    metadata_store_pb2.Execution.CACHED: 'cached',
-    metadata_store_pb2.Execution.FAILED: 'failed',
-    metadata_store_pb2.Execution.CANCELED: 'skipped',
+  metadata_store_pb2.Execution.COMPLETE: 'ran',
+  metadata_store_pb2.Execution.CACHED: 'cached',
+  metadata_store_pb2.Execution.FAILED: 'failed',
+  metadata_store_pb2.Execution.CANCELED: 'skipped',
 }
 LOCK_FILE = '.run.lock'
 # What LocalDagRunner logs (absl, INFO) around each component it launches.
 _NODE_EVENTS = {
-    'Component %s is running.': 'running',
-    'Component %s is finished.': 'finished',
+  'Component %s is running.': 'running',
+  'Component %s is finished.': 'finished',
 }
 
 
@@ -52,27 +52,38 @@ class OutputDirBusyError(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive_output_dir(output_dir: str,
-                         state_dir: Optional[str] = None) -> Iterator[None]:
+def exclusive_output_dir(
+  output_dir: str, state_dir: Optional[str] = None
+) -> Iterator[None]:
   """Holds `output_dir`'s run lock (in `state_dir`, default `output_dir`).
 
   Raises:
     OutputDirBusyError: another run holds it.
   """
-  fd = os.open(os.path.join(state_dir or output_dir, LOCK_FILE),
-               os.O_RDWR | os.O_CREAT, 0o644)
+  fd = os.open(
+    os.path.join(state_dir or output_dir, LOCK_FILE),
+    os.O_RDWR | os.O_CREAT,
+    0o644,
+  )
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = os.pread(fd, 512, 0).decode('utf-8', 'replace').strip()
       raise OutputDirBusyError(
-          f'Output directory {output_dir} is in use by another run '
-          f'({holder or "holder unknown"}); nothing was run. Wait for it to '
-          'finish or use another output directory.') from None
+        f'Output directory {output_dir} is in use by another run '
+        f'({holder or "holder unknown"}); nothing was run. Wait for it to '
+        'finish or use another output directory.'
+      ) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (f'pid {os.getpid()} on {socket.gethostname()}, started '
-                   f'{time.strftime("%Y-%m-%d %H:%M:%S %Z")}').encode(), 0)
+    os.pwrite(
+      fd,
+      (
+        f'pid {os.getpid()} on {socket.gethostname()}, started '
+        f'{time.strftime("%Y-%m-%d %H:%M:%S %Z")}'
+      ).encode(),
+      0,
+    )
     yield
   finally:
     os.close(fd)  # Releases the lock.
@@ -101,6 +112,7 @@ class RunResult:
     data_validation: what the ExampleValidator found
       (components/data_validator.py `validate`), None if it did not finish.
   """
+
   components: Dict[str, str]
   training: dict
   blessed: bool
@@ -140,12 +152,15 @@ class _NodeProgress(logging.Filter):
       else:
         took = now - self._started.get(node, now)
         self._report(
-            f'[{time.strftime("%H:%M:%S")}] {node} finished ({took:.1f} s)')
+          f'[{time.strftime("%H:%M:%S")}] {node} finished ({took:.1f} s)'
+        )
     return record.levelno >= self._level
 
 
-def run(config: settings_lib.PipelineConfig,
-        progress: Optional[Callable[[str], None]] = None) -> RunResult:
+def run(
+  config: settings_lib.PipelineConfig,
+  progress: Optional[Callable[[str], None]] = None,
+) -> RunResult:
   """Runs the pipeline locally and returns what happened.
 
   Args:
@@ -163,14 +178,19 @@ def run(config: settings_lib.PipelineConfig,
     return _run_locked(config, progress)
 
 
-def _run_locked(config: settings_lib.PipelineConfig,
-                progress: Optional[Callable[[str], None]]) -> RunResult:
+def _run_locked(
+  config: settings_lib.PipelineConfig, progress: Optional[Callable[[str], None]]
+) -> RunResult:
   connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-      config.metadata_path)
+    config.metadata_path
+  )
   absl_logger = absl_logging.get_absl_logger()
   verbosity = absl_logging.get_verbosity()
-  node_progress = _NodeProgress(
-      progress, absl_logger.getEffectiveLevel()) if progress else None
+  node_progress = (
+    _NodeProgress(progress, absl_logger.getEffectiveLevel())
+    if progress
+    else None
+  )
   if node_progress:
     absl_logger.addFilter(node_progress)
     # Not absl_logger.setLevel: TF restores absl's verbosity while saving.
@@ -178,64 +198,92 @@ def _run_locked(config: settings_lib.PipelineConfig,
   started = time.time()
   try:
     tfx.orchestration.LocalDagRunner().run(
-        pipeline_lib.create_pipeline(
-            config,
-            beam_pipeline_args=config.beam_pipeline_args +
-            object_store.beam_args(config.data_root, config.output_dir),
-            metadata_connection_config=connection))
+      pipeline_lib.create_pipeline(
+        config,
+        beam_pipeline_args=config.beam_pipeline_args
+        + object_store.beam_args(config.data_root, config.output_dir),
+        metadata_connection_config=connection,
+      )
+    )
   except data_validator.DataAnomaliesError as e:
-    e.run_result = _read_last_run(connection, config.pipeline_name,
-                                  time.time() - started)
+    e.run_result = _read_last_run(
+      connection, config.pipeline_name, time.time() - started
+    )
     e.run_result.data_validation = e.outcome
     raise
   finally:
     if node_progress:
       absl_logger.removeFilter(node_progress)
       absl_logging.set_verbosity(verbosity)
-  return _read_last_run(connection, config.pipeline_name,
-                        time.time() - started)
+  return _read_last_run(connection, config.pipeline_name, time.time() - started)
 
 
-def read_run(config: settings_lib.PipelineConfig,
-             run_id: Optional[str] = None) -> RunResult:
+def read_run(
+  config: settings_lib.PipelineConfig, run_id: Optional[str] = None
+) -> RunResult:
   """What run `run_id` (default: the newest) in config.output_dir did.
 
   Raises:
     ValueError: no such run.
   """
   if not os.path.exists(config.metadata_path):
-    raise ValueError(f'No runs in {config.output_dir} (no '
-                     f'{config.metadata_path}).')
+    raise ValueError(
+      f'No runs in {config.output_dir} (no {config.metadata_path}).'
+    )
   return _read_last_run(
-      tfx.orchestration.metadata.sqlite_metadata_connection_config(
-          config.metadata_path), config.pipeline_name, 0.0, run_id)
+    tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      config.metadata_path
+    ),
+    config.pipeline_name,
+    0.0,
+    run_id,
+  )
 
 
-def _read_last_run(connection, pipeline_name: str, seconds: float,
-                   run_id: Optional[str] = None) -> RunResult:
+def _read_last_run(
+  connection, pipeline_name: str, seconds: float, run_id: Optional[str] = None
+) -> RunResult:
   store = metadata_store.MetadataStore(connection)
-  runs = [c for c in store.get_contexts_by_type('pipeline_run')
-          if run_id is None or c.name == run_id]
+  runs = [
+    c
+    for c in store.get_contexts_by_type('pipeline_run')
+    if run_id is None or c.name == run_id
+  ]
   if not runs:
     raise ValueError(f'No run {run_id!r} in this output directory.')
   run_context = max(runs, key=lambda c: c.id)
-  result = RunResult(components={}, training={}, blessed=False,
-                     evaluation=None, pushed_to=None, seconds=seconds,
-                     run_id=run_context.name)
-  executions = sorted(store.get_executions_by_context(run_context.id),
-                      key=lambda e: e.id)
+  result = RunResult(
+    components={},
+    training={},
+    blessed=False,
+    evaluation=None,
+    pushed_to=None,
+    seconds=seconds,
+    run_id=run_context.name,
+  )
+  executions = sorted(
+    store.get_executions_by_context(run_context.id), key=lambda e: e.id
+  )
   for execution in executions:
-    node = next(c.name for c in store.get_contexts_by_execution(execution.id)
-                if c.type == 'node')
-    node_id = node[len(pipeline_name) + 1:]
-    result.components[node_id] = _STATES.get(execution.last_known_state,
-                                             'unknown')
+    node = next(
+      c.name
+      for c in store.get_contexts_by_execution(execution.id)
+      if c.type == 'node'
+    )
+    node_id = node[len(pipeline_name) + 1 :]
+    result.components[node_id] = _STATES.get(
+      execution.last_known_state, 'unknown'
+    )
     result.component_seconds[node_id] = (
-        execution.last_update_time_since_epoch -
-        execution.create_time_since_epoch) / 1000
-    outputs = store.get_artifacts_by_id([
-        e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
-        if e.type == metadata_store_pb2.Event.OUTPUT])
+      execution.last_update_time_since_epoch - execution.create_time_since_epoch
+    ) / 1000
+    outputs = store.get_artifacts_by_id(
+      [
+        e.artifact_id
+        for e in store.get_events_by_execution_ids([execution.id])
+        if e.type == metadata_store_pb2.Event.OUTPUT
+      ]
+    )
     for artifact in outputs:
       _read_output(store, artifact, result, node_id)
   return result
@@ -270,4 +318,5 @@ def _read_output(store, artifact, result: RunResult, node_id: str) -> None:
   elif kind == 'PushedModel':
     if artifact.custom_properties['pushed'].int_value == 1:
       result.pushed_to = artifact.custom_properties[
-          'pushed_destination'].string_value
+        'pushed_destination'
+      ].string_value

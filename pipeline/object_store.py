@@ -70,7 +70,7 @@ def register(*paths: str) -> None:
   """
   if uses_s3(*paths):
     configure()
-    import tensorflow_io  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow_io  # noqa: F401 (registers the s3 filesystem)
 
 
 def s3_problem(uri: str, directory: bool) -> Optional[str]:
@@ -80,15 +80,20 @@ def s3_problem(uri: str, directory: bool) -> Optional[str]:
   that a wrong endpoint, bucket or credentials is reported in seconds,
   before TensorFlow loads.
   """
-  import boto3  # pylint: disable=g-import-not-at-top
-  from botocore import config as botocore_config  # pylint: disable=g-import-not-at-top
-  from botocore import exceptions  # pylint: disable=g-import-not-at-top
+  import boto3
+  from botocore import config as botocore_config
+  from botocore import exceptions
+
   configure()
-  bucket, _, key = uri[len(S3_SCHEME):].partition('/')
+  bucket, _, key = uri[len(S3_SCHEME) :].partition('/')
   if directory and not key.strip('/'):
     return f'is a bucket, not a folder in one: use {S3_SCHEME}{bucket}/<dir>'
-  client = boto3.client('s3', config=botocore_config.Config(
-      connect_timeout=5, read_timeout=20, retries={'max_attempts': 2}))
+  client = boto3.client(
+    's3',
+    config=botocore_config.Config(
+      connect_timeout=5, read_timeout=20, retries={'max_attempts': 2}
+    ),
+  )
   try:
     if not directory:
       client.head_object(Bucket=bucket, Key=key)
@@ -107,8 +112,9 @@ def s3_problem(uri: str, directory: bool) -> Optional[str]:
     return f'cannot be read: {e}'
 
 
-def beam_args(*paths: str,
-              environ: MutableMapping[str, str] = os.environ) -> List[str]:
+def beam_args(
+  *paths: str, environ: MutableMapping[str, str] = os.environ
+) -> List[str]:
   """Beam pipeline flags for `paths`: S3 settings and worker registration.
 
   The endpoint and region come from the environment (after `configure`);
@@ -120,11 +126,12 @@ def beam_args(*paths: str,
   if not uses_s3(*paths):
     return []
   flags = {
-      's3_endpoint_url': environ.get('AWS_ENDPOINT_URL', ''),
-      's3_region_name': environ.get('AWS_REGION', ''),
+    's3_endpoint_url': environ.get('AWS_ENDPOINT_URL', ''),
+    's3_region_name': environ.get('AWS_REGION', ''),
   }
   return ['--beam_plugins=tensorflow_io'] + [
-      f'--{name}={value}' for name, value in flags.items() if value]
+    f'--{name}={value}' for name, value in flags.items() if value
+  ]
 
 
 def exit_process(status: int) -> NoReturn:
@@ -140,4 +147,4 @@ def exit_process(status: int) -> NoReturn:
       stream.flush()
     except (OSError, ValueError):  # Closed or broken pipe: nothing to flush.
       pass
-  os._exit(status)  # pylint: disable=protected-access
+  os._exit(status)

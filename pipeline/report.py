@@ -42,13 +42,15 @@ _ACCURACY = 'sparse_categorical_accuracy'
 _EXAMPLE_COUNT = 'example_count'
 
 
-def build(config: settings_lib.PipelineConfig,
-          result: 'local_runner.RunResult') -> Dict[str, Any]:
+def build(
+  config: settings_lib.PipelineConfig, result: 'local_runner.RunResult'
+) -> Dict[str, Any]:
   """The report of one run, as written to report.json.
 
   Returns:
     A JSON-ready dict: `run_id`, `created` (UTC), `outcome` ('pushed',
-    'not_blessed' or 'data_anomalies': stopped before Transform), `blessed`, `pushed_to`, `model`, `data_root`;
+    'not_blessed' or 'data_anomalies': stopped before Transform),
+    `blessed`, `pushed_to`, `model`, `data_root`;
     `accuracy` with `phase1`, `phase2` (the Trainer's eval after each phase),
     `eval` (the Evaluator's) and `baseline` (the served model's on the
     same examples; None without one); `per_class` (class -> examples,
@@ -56,7 +58,8 @@ def build(config: settings_lib.PipelineConfig,
     `failures` as sentences); `data_validation` (the ExampleValidator's
     `anomalies` and `warnings`, each with `check`, `feature`, `split`,
     `reason`, `expected`, `found`; the `reference` schema and statistics;
-    this run's `statistics` and inferred `schema`); `confusion_matrix` (`labels`, `matrix` rows =
+    this run's `statistics` and inferred `schema`); `confusion_matrix`
+    (`labels`, `matrix` rows =
     true class, columns = predicted); `classification_report` (per-class
     precision, recall, F1 and support from that matrix, see
     `classification_report`; None without a model); `training` (per phase:
@@ -67,11 +70,19 @@ def build(config: settings_lib.PipelineConfig,
   training = result.training
   evaluation = _evaluation(result.evaluation) if result.evaluation else {}
   labels = sorted(training.get('class_names', []))
-  matrix = (_confusion_matrix(result.model, result.examples, labels)
-            if result.model and result.examples and labels else [])
-  validation = {'anomalies': [], 'warnings': [], 'reference': None,
-                **(result.data_validation or {}),
-                'statistics': result.statistics, 'schema': result.schema}
+  matrix = (
+    _confusion_matrix(result.model, result.examples, labels)
+    if result.model and result.examples and labels
+    else []
+  )
+  validation = {
+    'anomalies': [],
+    'warnings': [],
+    'reference': None,
+    **(result.data_validation or {}),
+    'statistics': result.statistics,
+    'schema': result.schema,
+  }
   if result.pushed_to:
     outcome = 'pushed'
   elif validation['anomalies']:
@@ -79,47 +90,63 @@ def build(config: settings_lib.PipelineConfig,
   else:
     outcome = 'not_blessed'
   return {
-      'run_id': result.run_id,
-      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec='seconds'),
-      'outcome': outcome,
-      'blessed': result.blessed,
-      'pushed_to': result.pushed_to,
-      'model': result.model,
-      'data_root': config.data_root,
-      'accuracy': {
-          **{phase: training.get(phase, {}).get('eval_accuracy')
-             for phase in _phase_names(training)},
-          'eval': evaluation.get('accuracy'),
-          'baseline': evaluation.get('baseline_accuracy'),
+    'run_id': result.run_id,
+    'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds'
+    ),
+    'outcome': outcome,
+    'blessed': result.blessed,
+    'pushed_to': result.pushed_to,
+    'model': result.model,
+    'data_root': config.data_root,
+    'accuracy': {
+      **{
+        phase: training.get(phase, {}).get('eval_accuracy')
+        for phase in _phase_names(training)
       },
-      'per_class': evaluation.get('per_class', {}),
-      'gate': {
-          'accuracy_threshold': config.accuracy_threshold,
-          'max_accuracy_drop': config.max_accuracy_drop,
-          'validation_ok': evaluation.get('validation_ok'),
-          'failures': evaluation.get('failures', []),
-      },
-      'data_validation': validation,
-      'confusion_matrix': {'labels': labels, 'matrix': matrix},
-      'classification_report': (classification_report(labels, matrix)
-                                if np.sum(matrix) else None),
-      'training': {
-          phase: {key: training[phase][key] for key in (
-              'epochs', 'learning_rate', 'eval_accuracy', 'eval_loss',
-              'history')}
-          for phase in _phase_names(training) if phase in training
-      },
-      'selection': selection(training),
-      'components': {
-          node: {'state': state,
-                 'seconds': round(result.component_seconds.get(node, 0.0), 3)}
-          for node, state in result.components.items()
-      },
-      'seconds': round(result.seconds, 1),
-      # The trainer settings as given (the Trainer's custom_config).
-      'config': {**dataclasses.asdict(config),
-                 'trainer': config.trainer.to_dict()},
+      'eval': evaluation.get('accuracy'),
+      'baseline': evaluation.get('baseline_accuracy'),
+    },
+    'per_class': evaluation.get('per_class', {}),
+    'gate': {
+      'accuracy_threshold': config.accuracy_threshold,
+      'max_accuracy_drop': config.max_accuracy_drop,
+      'validation_ok': evaluation.get('validation_ok'),
+      'failures': evaluation.get('failures', []),
+    },
+    'data_validation': validation,
+    'confusion_matrix': {'labels': labels, 'matrix': matrix},
+    'classification_report': (
+      classification_report(labels, matrix) if np.sum(matrix) else None
+    ),
+    'training': {
+      phase: {
+        key: training[phase][key]
+        for key in (
+          'epochs',
+          'learning_rate',
+          'eval_accuracy',
+          'eval_loss',
+          'history',
+        )
+      }
+      for phase in _phase_names(training)
+      if phase in training
+    },
+    'selection': selection(training),
+    'components': {
+      node: {
+        'state': state,
+        'seconds': round(result.component_seconds.get(node, 0.0), 3),
+      }
+      for node, state in result.components.items()
+    },
+    'seconds': round(result.seconds, 1),
+    # The trainer settings as given (the Trainer's custom_config).
+    'config': {
+      **dataclasses.asdict(config),
+      'trainer': config.trainer.to_dict(),
+    },
   }
 
 
@@ -134,20 +161,33 @@ def selection(training: Dict[str, Any]) -> Dict[str, Any]:
     `chosen`. Empty values for a summary without them.
   """
   return {
-      'validation': training.get('validation'),
-      'hyperparameters': training.get('hyperparameters'),
-      'chosen': training.get('chosen'),
-      'candidates': [
-          {'phase': phase, **{key: training[phase].get(key) for key in (
-              'validation_accuracy', 'validation_loss', 'eval_accuracy',
-              'chosen')}}
-          for phase in _phase_names(training) if phase in training
-      ] if training.get('chosen') else [],
+    'validation': training.get('validation'),
+    'hyperparameters': training.get('hyperparameters'),
+    'chosen': training.get('chosen'),
+    'candidates': [
+      {
+        'phase': phase,
+        **{
+          key: training[phase].get(key)
+          for key in (
+            'validation_accuracy',
+            'validation_loss',
+            'eval_accuracy',
+            'chosen',
+          )
+        },
+      }
+      for phase in _phase_names(training)
+      if phase in training
+    ]
+    if training.get('chosen')
+    else [],
   }
 
 
-def classification_report(labels: List[str],
-                          matrix: List[List[int]]) -> Dict[str, Any]:
+def classification_report(
+  labels: List[str], matrix: List[List[int]]
+) -> Dict[str, Any]:
   """Precision, recall, F1 and support per class from a confusion matrix.
 
   Args:
@@ -168,28 +208,33 @@ def classification_report(labels: List[str],
   support, predicted = counts.sum(axis=1), counts.sum(axis=0)
 
   def _ratio(numerator, denominator):
-    return [float(n / d) if d else None
-            for n, d in zip(numerator, denominator)]
+    return [float(n / d) if d else None for n, d in zip(numerator, denominator)]
 
   columns = {
-      'precision': _ratio(true_positives, predicted),
-      'recall': _ratio(true_positives, support),
-      'f1': _ratio(2 * true_positives, support + predicted),
+    'precision': _ratio(true_positives, predicted),
+    'recall': _ratio(true_positives, support),
+    'f1': _ratio(2 * true_positives, support + predicted),
   }
   weights = support / support.sum()
-  zeroed = {name: np.array([0.0 if v is None else v for v in values])
-            for name, values in columns.items()}
+  zeroed = {
+    name: np.array([0.0 if v is None else v for v in values])
+    for name, values in columns.items()
+  }
   return {
-      'per_class': {
-          label: {**{name: values[i] for name, values in columns.items()},
-                  'support': int(support[i])}
-          for i, label in enumerate(labels)
-      },
-      'macro_avg': {name: float(values.mean())
-                    for name, values in zeroed.items()},
-      'weighted_avg': {name: float(values @ weights)
-                       for name, values in zeroed.items()},
-      'accuracy': float(true_positives.sum() / counts.sum()),
+    'per_class': {
+      label: {
+        **{name: values[i] for name, values in columns.items()},
+        'support': int(support[i]),
+      }
+      for i, label in enumerate(labels)
+    },
+    'macro_avg': {
+      name: float(values.mean()) for name, values in zeroed.items()
+    },
+    'weighted_avg': {
+      name: float(values @ weights) for name, values in zeroed.items()
+    },
+    'accuracy': float(true_positives.sum() / counts.sum()),
   }
 
 
@@ -198,8 +243,9 @@ def _phase_names(training: Dict[str, Any]) -> List[str]:
   return training.get('phases', ['phase1', 'phase2'])
 
 
-def write(report: Dict[str, Any], output_dir: str,
-          copy_to: Optional[str] = None) -> str:
+def write(
+  report: Dict[str, Any], output_dir: str, copy_to: Optional[str] = None
+) -> str:
   """Writes the report files; returns `<output_dir>/reports/<run>/`.
 
   Args:
@@ -208,24 +254,27 @@ def write(report: Dict[str, Any], output_dir: str,
     copy_to: another directory to copy the files into (e.g. for CI artifacts).
   """
   gfile = _gfile()
-  report_dir = os.path.join(output_dir, REPORTS_DIR,
-                            _dir_name(report['run_id']))
+  report_dir = os.path.join(
+    output_dir, REPORTS_DIR, _dir_name(report['run_id'])
+  )
   gfile.makedirs(report_dir)
   with gfile.GFile(os.path.join(report_dir, JSON_FILE), 'w') as f:
     f.write(json.dumps(report, indent=2))
   with gfile.GFile(os.path.join(report_dir, MARKDOWN_FILE), 'w') as f:
     f.write(render_markdown(report))
   plot_training(report['training'], os.path.join(report_dir, CURVES_FILE))
-  plot_confusion_matrix(report['confusion_matrix'],
-                        os.path.join(report_dir, CONFUSION_FILE))
+  plot_confusion_matrix(
+    report['confusion_matrix'], os.path.join(report_dir, CONFUSION_FILE)
+  )
   copies = [copy_to] if copy_to else []
   if report['pushed_to']:
     copies.append(report['pushed_to'].rstrip('/') + '.report')
   for copy in copies:
     gfile.makedirs(copy)
     for name in (JSON_FILE, MARKDOWN_FILE, CURVES_FILE, CONFUSION_FILE):
-      gfile.copy(os.path.join(report_dir, name), os.path.join(copy, name),
-                 overwrite=True)
+      gfile.copy(
+        os.path.join(report_dir, name), os.path.join(copy, name), overwrite=True
+      )
   return report_dir
 
 
@@ -243,13 +292,17 @@ def find(output_dir: str, run_id: Optional[str] = None) -> str:
   else:
     reports, mtime = glob.glob(pattern), os.path.getmtime
   if run_id:
-    reports = [p for p in reports
-               if os.path.basename(os.path.dirname(p)) == _dir_name(run_id)]
+    reports = [
+      p
+      for p in reports
+      if os.path.basename(os.path.dirname(p)) == _dir_name(run_id)
+    ]
   if not reports:
     raise FileNotFoundError(
-        f'No run report{f" for run {run_id}" if run_id else ""} under '
-        f'{os.path.join(output_dir, REPORTS_DIR)}; `tfx-transfer run` '
-        'writes one.')
+      f'No run report{f" for run {run_id}" if run_id else ""} under '
+      f'{os.path.join(output_dir, REPORTS_DIR)}; `tfx-transfer run` '
+      'writes one.'
+    )
   return os.path.dirname(max(reports, key=mtime))
 
 
@@ -264,7 +317,8 @@ def read(report_dir: str, name: str) -> str:
 
 def _gfile():
   """tf.io.gfile, imported on use (it loads TensorFlow)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+
   return tf.io.gfile
 
 
@@ -288,75 +342,113 @@ def render_markdown(report: Dict[str, Any]) -> str:
   if report['pushed_to']:
     outcome = f'**Blessed and pushed** to `{report["pushed_to"]}`'
   elif validation.get('anomalies'):
-    outcome = ('**Stopped by data validation, before Transform.** Nothing '
-               'was trained or pushed; the previous model keeps serving')
+    outcome = (
+      '**Stopped by data validation, before Transform.** Nothing '
+      'was trained or pushed; the previous model keeps serving'
+    )
   else:
-    outcome = ('**Not blessed: the gate held.** Nothing was pushed; the '
-               'previous model keeps serving')
+    outcome = (
+      '**Not blessed: the gate held.** Nothing was pushed; the '
+      'previous model keeps serving'
+    )
   lines = [
-      f'# Run report {report["run_id"]}', '',
-      f'{outcome}. Data: '
-      f'`{report["data_root"]}`; {report["seconds"]:.0f} s.', '',
-      '| accuracy on the eval split | value |', '|---|---|',
+    f'# Run report {report["run_id"]}',
+    '',
+    f'{outcome}. Data: `{report["data_root"]}`; {report["seconds"]:.0f} s.',
+    '',
+    '| accuracy on the eval split | value |',
+    '|---|---|',
   ]
   for phase, result in report['training'].items():
-    name = ('phase 1 (frozen backbone)' if phase == 'phase1' else
-            f'phase {phase[len("phase"):]} (fine-tuning)')
-    lines.append(f'| Trainer, after {name}, {result["epochs"]} epochs | '
-                 f'{_number(accuracy.get(phase))} |')
+    name = (
+      'phase 1 (frozen backbone)'
+      if phase == 'phase1'
+      else f'phase {phase[len("phase") :]} (fine-tuning)'
+    )
+    lines.append(
+      f'| Trainer, after {name}, {result["epochs"]} epochs | '
+      f'{_number(accuracy.get(phase))} |'
+    )
   lines += [
-      f'| Evaluator (TFMA), this model | {_number(accuracy["eval"])} |',
-      f'| Evaluator (TFMA), latest blessed model | '
-      f'{_number(accuracy["baseline"], "none yet")} |', '',
-      f'Gate: accuracy >= {gate["accuracy_threshold"]:g} on every slice and '
-      f'at most {gate["max_accuracy_drop"]:g} below the latest blessed model.',
+    f'| Evaluator (TFMA), this model | {_number(accuracy["eval"])} |',
+    f'| Evaluator (TFMA), latest blessed model | '
+    f'{_number(accuracy["baseline"], "none yet")} |',
+    '',
+    f'Gate: accuracy >= {gate["accuracy_threshold"]:g} on every slice and '
+    f'at most {gate["max_accuracy_drop"]:g} below the latest blessed model.',
   ]
   lines += [f'- failed: {failure}' for failure in gate['failures']]
   lines += _validation_markdown(validation)
   lines += _selection_markdown(report.get('selection') or {})
   if report['per_class']:
-    lines += ['', '## Per class', '',
-              '| class | examples | accuracy | latest blessed model |',
-              '|---|---:|---:|---:|']
     lines += [
-        f'| {name} | {m["examples"]} | {_number(m["accuracy"])} | '
-        f'{_number(m["baseline_accuracy"], "-")} |'
-        for name, m in report['per_class'].items()
+      '',
+      '## Per class',
+      '',
+      '| class | examples | accuracy | latest blessed model |',
+      '|---|---:|---:|---:|',
+    ]
+    lines += [
+      f'| {name} | {m["examples"]} | {_number(m["accuracy"])} | '
+      f'{_number(m["baseline_accuracy"], "-")} |'
+      for name, m in report['per_class'].items()
     ]
   matrix = report['confusion_matrix']
   if matrix['matrix']:
-    lines += ['', '## Confusion matrix', '',
-              'Rows: true class; columns: predicted class.', '',
-              '| | ' + ' | '.join(matrix['labels']) + ' |',
-              '|---|' + '---:|' * len(matrix['labels'])]
     lines += [
-        f'| **{label}** | ' + ' | '.join(str(n) for n in row) + ' |'
-        for label, row in zip(matrix['labels'], matrix['matrix'])
+      '',
+      '## Confusion matrix',
+      '',
+      'Rows: true class; columns: predicted class.',
+      '',
+      '| | ' + ' | '.join(matrix['labels']) + ' |',
+      '|---|' + '---:|' * len(matrix['labels']),
+    ]
+    lines += [
+      f'| **{label}** | ' + ' | '.join(str(n) for n in row) + ' |'
+      for label, row in zip(matrix['labels'], matrix['matrix'])
     ]
   if report.get('classification_report'):
     lines += ['', *_classification_markdown(report['classification_report'])]
-  lines += ['', '## Components', '', '| component | state | seconds |',
-            '|---|---|---:|']
-  lines += [f'| {node} | {c["state"]} | {c["seconds"]:.1f} |'
-            for node, c in report['components'].items()]
-  lines += ['', f'![training curves]({CURVES_FILE})',
-            f'![confusion matrix]({CONFUSION_FILE})', '']
+  lines += [
+    '',
+    '## Components',
+    '',
+    '| component | state | seconds |',
+    '|---|---|---:|',
+  ]
+  lines += [
+    f'| {node} | {c["state"]} | {c["seconds"]:.1f} |'
+    for node, c in report['components'].items()
+  ]
+  lines += [
+    '',
+    f'![training curves]({CURVES_FILE})',
+    f'![confusion matrix]({CONFUSION_FILE})',
+    '',
+  ]
   return '\n'.join(lines)
 
 
 def _validation_markdown(validation: Dict[str, Any]) -> List[str]:
   """The data validation's anomalies and warnings as a markdown section."""
   lines = []
-  for title, key in (('Data anomalies', 'anomalies'),
-                     ('Data validation warnings', 'warnings')):
+  for title, key in (
+    ('Data anomalies', 'anomalies'),
+    ('Data validation warnings', 'warnings'),
+  ):
     if validation.get(key):
-      lines += ['', f'## {title}', '',
-                '| check | feature | split | expected | found |',
-                '|---|---|---|---|---|']
       lines += [
-          f'| {e["check"]} | {e["feature"]} | {e["split"]} | '
-          f'{_cell(e["expected"])} | {_cell(e["found"])} |'
-          for e in validation[key]
+        '',
+        f'## {title}',
+        '',
+        '| check | feature | split | expected | found |',
+        '|---|---|---|---|---|',
+      ]
+      lines += [
+        f'| {e["check"]} | {e["feature"]} | {e["split"]} | '
+        f'{_cell(e["expected"])} | {_cell(e["found"])} |'
+        for e in validation[key]
       ]
   return lines
 
@@ -370,44 +462,71 @@ def _selection_markdown(chosen: Dict[str, Any]) -> List[str]:
   if not chosen.get('candidates'):
     return []
   validation = chosen['validation'] or {}
-  lines = ['', '## Exported model', '',
-           f'The best phase on the validation part of the train split '
-           f'({validation.get("validation_examples", "?")} examples held out, '
-           f'{validation.get("fit_examples", "?")} fitted on); the eval split '
-           'is reported, never used to choose.', '',
-           '| phase | validation accuracy | validation loss | '
-           'eval accuracy | exported |', '|---|---:|---:|---:|---|']
-  lines += [f'| {c["phase"]} | {_number(c["validation_accuracy"])} | '
-            f'{_number(c["validation_loss"])} | {_number(c["eval_accuracy"])} '
-            f'| {"**yes**" if c["chosen"] else ""} |'
-            for c in chosen['candidates']]
+  lines = [
+    '',
+    '## Exported model',
+    '',
+    f'The best phase on the validation part of the train split '
+    f'({validation.get("validation_examples", "?")} examples held out, '
+    f'{validation.get("fit_examples", "?")} fitted on); the eval split '
+    'is reported, never used to choose.',
+    '',
+    '| phase | validation accuracy | validation loss | '
+    'eval accuracy | exported |',
+    '|---|---:|---:|---:|---|',
+  ]
+  lines += [
+    f'| {c["phase"]} | {_number(c["validation_accuracy"])} | '
+    f'{_number(c["validation_loss"])} | {_number(c["eval_accuracy"])} '
+    f'| {"**yes**" if c["chosen"] else ""} |'
+    for c in chosen['candidates']
+  ]
   if chosen.get('hyperparameters'):
-    lines += ['', 'Tuned (Tuner component): ' + ', '.join(
-        f'{key} = {value:.3g}' if isinstance(value, float) else
-        f'{key} = {value}'
-        for key, value in sorted(chosen['hyperparameters'].items())) + '.']
+    lines += [
+      '',
+      'Tuned (Tuner component): '
+      + ', '.join(
+        f'{key} = {value:.3g}'
+        if isinstance(value, float)
+        else f'{key} = {value}'
+        for key, value in sorted(chosen['hyperparameters'].items())
+      )
+      + '.',
+    ]
   return lines
 
 
 def _classification_markdown(classification: Dict[str, Any]) -> List[str]:
   """The classification report as a markdown section."""
   per_class = classification['per_class']
-  lines = ['## Precision, recall, F1', '',
-           '| class | precision | recall | F1 | support |',
-           '|---|---:|---:|---:|---:|']
-  lines += [f'| {label} | {_number(m["precision"])} | {_number(m["recall"])} '
-            f'| {_number(m["f1"])} | {m["support"]} |'
-            for label, m in per_class.items()]
+  lines = [
+    '## Precision, recall, F1',
+    '',
+    '| class | precision | recall | F1 | support |',
+    '|---|---:|---:|---:|---:|',
+  ]
+  lines += [
+    f'| {label} | {_number(m["precision"])} | {_number(m["recall"])} '
+    f'| {_number(m["f1"])} | {m["support"]} |'
+    for label, m in per_class.items()
+  ]
   total = sum(m['support'] for m in per_class.values())
-  for key, name in (('macro_avg', 'macro average'),
-                    ('weighted_avg', 'weighted average')):
+  for key, name in (
+    ('macro_avg', 'macro average'),
+    ('weighted_avg', 'weighted average'),
+  ):
     m = classification[key]
-    lines.append(f'| *{name}* | {_number(m["precision"])} | '
-                 f'{_number(m["recall"])} | {_number(m["f1"])} | {total} |')
+    lines.append(
+      f'| *{name}* | {_number(m["precision"])} | '
+      f'{_number(m["recall"])} | {_number(m["f1"])} | {total} |'
+    )
   if any(None in m.values() for m in per_class.values()):
-    lines += ['', '-: undefined (precision of a class never predicted, '
-              'recall of a class without eval examples); the averages count '
-              'it as 0.']
+    lines += [
+      '',
+      '-: undefined (precision of a class never predicted, '
+      'recall of a class without eval examples); the averages count '
+      'it as 0.',
+    ]
   return lines
 
 
@@ -428,8 +547,14 @@ def plot_training(training: Dict[str, Any], path: str) -> None:
       for key, color in ((metric, 'tab:blue'), (f'val_{metric}', 'tab:orange')):
         if history.get(key):
           split = 'eval' if key.startswith('val_') else 'train'
-          ax.plot(epochs, history[key], style, marker='o', color=color,
-                  label=f'{phase} {split}')
+          ax.plot(
+            epochs,
+            history[key],
+            style,
+            marker='o',
+            color=color,
+            label=f'{phase} {split}',
+          )
     if epochs and epoch:
       for ax in axes:
         ax.axvline(epoch + 0.5, color='grey', linewidth=0.8)
@@ -442,8 +567,14 @@ def plot_training(training: Dict[str, Any], path: str) -> None:
     if epoch:
       ax.legend(fontsize='small')
     else:
-      ax.text(0.5, 0.5, 'no training epochs', ha='center', va='center',
-              transform=ax.transAxes)
+      ax.text(
+        0.5,
+        0.5,
+        'no training epochs',
+        ha='center',
+        va='center',
+        transform=ax.transAxes,
+      )
   axes[0].set_ylim(0, 1.02)
   _save(fig, path)
 
@@ -458,8 +589,14 @@ def plot_confusion_matrix(confusion: Dict[str, Any], path: str) -> None:
     image = ax.imshow(matrix, cmap='Blues')
     fig.colorbar(image, ax=ax, shrink=0.8)
     for (row, column), count in np.ndenumerate(matrix):
-      ax.text(column, row, str(count), ha='center', va='center',
-              color='white' if count > matrix.max() / 2 else 'black')
+      ax.text(
+        column,
+        row,
+        str(count),
+        ha='center',
+        va='center',
+        color='white' if count > matrix.max() / 2 else 'black',
+      )
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha='right')
     ax.set_yticks(range(len(labels)), labels)
     ax.set_title(f'eval split, accuracy {np.trace(matrix) / matrix.sum():.3f}')
@@ -473,13 +610,15 @@ def plot_confusion_matrix(confusion: Dict[str, Any], path: str) -> None:
 def _evaluation(uri: str) -> Dict[str, Any]:
   """Accuracy overall and per class, and the gate's verdict, from TFMA."""
   # Imported here: TFMA loads TensorFlow, which `tfx-transfer report` skips.
-  import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+  import tensorflow_model_analysis as tfma
+
   candidate = tfma.load_eval_result(uri)
   specs = {spec.is_baseline: spec.name for spec in candidate.config.model_specs}
   if True in specs:
     candidate = tfma.load_eval_result(uri, model_name=specs[False])
     baseline = _accuracy_by_class(
-        tfma.load_eval_result(uri, model_name=specs[True]))
+      tfma.load_eval_result(uri, model_name=specs[True])
+    )
   else:
     baseline = {}
   ours = _accuracy_by_class(candidate)
@@ -487,15 +626,17 @@ def _evaluation(uri: str) -> Dict[str, Any]:
   baseline_overall = baseline.pop(None, {})
   validation = tfma.load_validation_result(uri)
   return {
-      'accuracy': overall['accuracy'],
-      'baseline_accuracy': baseline_overall.get('accuracy'),
-      'per_class': {
-          name: {**metrics, 'baseline_accuracy':
-                     baseline.get(name, {}).get('accuracy')}
-          for name, metrics in sorted(ours.items())
-      },
-      'validation_ok': validation.validation_ok,
-      'failures': _failures(validation),
+    'accuracy': overall['accuracy'],
+    'baseline_accuracy': baseline_overall.get('accuracy'),
+    'per_class': {
+      name: {
+        **metrics,
+        'baseline_accuracy': baseline.get(name, {}).get('accuracy'),
+      }
+      for name, metrics in sorted(ours.items())
+    },
+    'validation_ok': validation.validation_ok,
+    'failures': _failures(validation),
   }
 
 
@@ -508,8 +649,8 @@ def _accuracy_by_class(eval_result) -> Dict[Optional[str], Dict[str, Any]]:
     if isinstance(name, bytes):
       name = name.decode()
     result[name] = {
-        'examples': int(values[_EXAMPLE_COUNT]['doubleValue']),
-        'accuracy': values[_ACCURACY]['doubleValue'],
+      'examples': int(values[_EXAMPLE_COUNT]['doubleValue']),
+      'accuracy': values[_ACCURACY]['doubleValue'],
     }
   return result
 
@@ -517,8 +658,9 @@ def _accuracy_by_class(eval_result) -> Dict[Optional[str], Dict[str, Any]]:
 def _failures(validation) -> List[str]:
   """The gate's failed checks as sentences, e.g. for CI annotations."""
   sentences = []
-  for per_slice in sorted(validation.metric_validations_per_slice,
-                          key=_slice_name):
+  for per_slice in sorted(
+    validation.metric_validations_per_slice, key=_slice_name
+  ):
     where = _slice_name(per_slice) or 'overall'
     for failure in per_slice.failures:
       value = failure.metric_value.double_value.value
@@ -526,8 +668,10 @@ def _failures(validation) -> List[str]:
       metric = failure.metric_key.name
       if failure.metric_key.is_diff:
         allowed_drop = round(-threshold.change_threshold.absolute.value, 6)
-        sentences.append(f'{where}: {metric} {value:+.4f} vs the latest '
-                         f'blessed model (allowed drop: {allowed_drop:g})')
+        sentences.append(
+          f'{where}: {metric} {value:+.4f} vs the latest '
+          f'blessed model (allowed drop: {allowed_drop:g})'
+        )
       else:
         bound = threshold.value_threshold.lower_bound.value
         sentences.append(f'{where}: {metric} {value:.4f} < {bound:g}')
@@ -539,27 +683,31 @@ def _slice_name(per_slice) -> str:
   names = []
   for key in per_slice.slice_key.single_slice_keys:
     value = getattr(key, key.WhichOneof('kind'))
-    names.append(f'{key.column}='
-                 f'{value.decode() if isinstance(value, bytes) else value}')
+    names.append(
+      f'{key.column}={value.decode() if isinstance(value, bytes) else value}'
+    )
   return ', '.join(names)
 
 
-def _confusion_matrix(model_uri: str, examples_uri: str,
-                      labels: List[str]) -> List[List[int]]:
+def _confusion_matrix(
+  model_uri: str, examples_uri: str, labels: List[str]
+) -> List[List[int]]:
   """Counts of (true, predicted) class of the model on the eval split."""
   # Imported here: see _evaluation.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfx.utils import path_utils  # pylint: disable=g-import-not-at-top
-  serve = tf.saved_model.load(path_utils.serving_model_path(
-      model_uri)).signatures['serving_examples']
+  import tensorflow as tf
+  from tfx.utils import path_utils
+
+  serve = tf.saved_model.load(
+    path_utils.serving_model_path(model_uri)
+  ).signatures['serving_examples']
   files = tf.io.gfile.glob(os.path.join(examples_uri, 'Split-eval', '*'))
   index = {label: i for i, label in enumerate(labels)}
   matrix = np.zeros((len(labels), len(labels)), dtype=int)
   records = tf.data.TFRecordDataset(files, compression_type='GZIP')
   for batch in records.batch(256):
-    true = tf.io.parse_example(batch, {
-        features.LABEL_KEY: tf.io.FixedLenFeature([], tf.string)
-    })[features.LABEL_KEY].numpy()
+    true = tf.io.parse_example(
+      batch, {features.LABEL_KEY: tf.io.FixedLenFeature([], tf.string)}
+    )[features.LABEL_KEY].numpy()
     predicted = serve(examples=batch)['label'].numpy()
     for t, p in zip(true, predicted):
       matrix[index[t.decode()], index[p.decode()]] += 1

@@ -83,8 +83,13 @@ class ConfigError(ValueError):
   """A settings file or value that cannot be used."""
 
 
-def check_keys(values: Mapping[str, Any], known: Sequence[str], where: str,
-               *, noun: str = 'key(s)') -> None:
+def check_keys(
+  values: Mapping[str, Any],
+  known: Sequence[str],
+  where: str,
+  *,
+  noun: str = 'key(s)',
+) -> None:
   """Raises ConfigError naming the keys of `values` that are not `known`.
 
   The one unknown-key check of every settings section and component
@@ -96,17 +101,23 @@ def check_keys(values: Mapping[str, Any], known: Sequence[str], where: str,
   if not unknown:
     return
   if noun == 'settings':
-    raise ConfigError(f'Unknown {where} settings {unknown}; known: '
-                      f'{sorted(known)}')
-  raise ConfigError(f'{where}: unknown {noun} {unknown}; known keys: '
-                    f'{sorted(known)}')
+    raise ConfigError(
+      f'Unknown {where} settings {unknown}; known: {sorted(known)}'
+    )
+  raise ConfigError(
+    f'{where}: unknown {noun} {unknown}; known keys: {sorted(known)}'
+  )
 
 
-def setting(default: Any = dataclasses.MISSING, *,
-            help: str,  # pylint: disable=redefined-builtin
-            check: Optional[Callable[[Any], bool]] = None,
-            requirement: str = '', flag: bool = False,
-            factory: Optional[Callable[[], Any]] = None) -> Any:
+def setting(
+  default: Any = dataclasses.MISSING,
+  *,
+  help: str,
+  check: Optional[Callable[[Any], bool]] = None,
+  requirement: str = '',
+  flag: bool = False,
+  factory: Optional[Callable[[], Any]] = None,
+) -> Any:
   """A settings field: default, help, range check and whether it has a flag.
 
   Args:
@@ -119,8 +130,12 @@ def setting(default: Any = dataclasses.MISSING, *,
       reachable with --set KEY=VALUE.
     factory: Builds the default (lists, mappings).
   """
-  metadata = {'help': help, 'check': check, 'requirement': requirement,
-              'flag': flag}
+  metadata = {
+    'help': help,
+    'check': check,
+    'requirement': requirement,
+    'flag': flag,
+  }
   if factory is not None:
     return dataclasses.field(default_factory=factory, metadata=metadata)
   return dataclasses.field(default=default, metadata=metadata)
@@ -137,17 +152,19 @@ class _Section:
     """The section from a mapping; ConfigError naming a bad or unknown key."""
     where = where or cls.WHERE
     if not isinstance(values or {}, Mapping):
-      raise ConfigError(f'{where} must be a mapping of '
-                        f'{[f.name for f in dataclasses.fields(cls)]}, got '
-                        f'{values!r}')
+      raise ConfigError(
+        f'{where} must be a mapping of '
+        f'{[f.name for f in dataclasses.fields(cls)]}, got '
+        f'{values!r}'
+      )
     values = dict(values or {})
-    check_keys(values, [f.name for f in dataclasses.fields(cls)], where,
-               noun=cls.NOUN)
+    check_keys(
+      values, [f.name for f in dataclasses.fields(cls)], where, noun=cls.NOUN
+    )
     return cls(**values)._given_keys(values)
 
   def _given_keys(self, values: Mapping[str, Any]):
     """Records the keys given, which to_dict keeps even at their default."""
-    # pylint: disable-next=attribute-defined-outside-init
     self._given = frozenset(values)
     return self
 
@@ -159,8 +176,9 @@ class _Section:
       key = f'{where}.{field.name}' if where else field.name
       if not _matches(value, hints[field.name]):
         raise ConfigError(
-            f'{key} must be {_describe(hints[field.name])}, got {value!r} '
-            f'({type(value).__name__}){_hint(value, hints[field.name])}')
+          f'{key} must be {_describe(hints[field.name])}, got {value!r} '
+          f'({type(value).__name__}){_hint(value, hints[field.name])}'
+        )
       check_value(type(self), field.name, value, where)
 
   def to_dict(self) -> Dict[str, Any]:
@@ -173,20 +191,24 @@ class _Section:
         value = value.to_dict()
       elif isinstance(value, list):
         value = [v.to_dict() if isinstance(v, _Section) else v for v in value]
-      if (field.name in given or _default(field) is dataclasses.MISSING or
-          value != _default(field)):
+      if (
+        field.name in given
+        or _default(field) is dataclasses.MISSING
+        or value != _default(field)
+      ):
         values[field.name] = value
     return values
 
 
 def check_value(section: type, name: str, value: Any, where: str = '') -> None:
   """Checks one value against the range of field `name` of `section`."""
-  field, = [f for f in dataclasses.fields(section) if f.name == name]
+  (field,) = [f for f in dataclasses.fields(section) if f.name == name]
   check = field.metadata.get('check')
   if check is not None and value is not None and not check(value):
     key = f'{where}.{name}' if where else name
-    raise ConfigError(f'{key} must be {field.metadata["requirement"]}, '
-                      f'got {value!r}')
+    raise ConfigError(
+      f'{key} must be {field.metadata["requirement"]}, got {value!r}'
+    )
 
 
 def _default(field: dataclasses.Field) -> Any:
@@ -213,6 +235,7 @@ class Unfreeze:
   lists them (`Backbone.layers`; a text encoder's are its inputs, embeddings
   and transformer blocks).
   """
+
   top: Optional[int] = None
   from_layer: Optional[str] = None
   fraction: Optional[float] = None
@@ -226,8 +249,10 @@ class Unfreeze:
       for i, name in enumerate(names):
         if name.startswith(self.from_layer):
           return i
-      raise ValueError(f'fine_tune_from: no backbone layer is named or starts '
-                       f'with {self.from_layer!r}; its layers: {names}')
+      raise ValueError(
+        f'fine_tune_from: no backbone layer is named or starts '
+        f'with {self.from_layer!r}; its layers: {names}'
+      )
     if self.fraction is not None:
       # The tolerance keeps e.g. 0.3 x 10 (3.0000000000000004) at 3 layers.
       return len(layers) - math.ceil(self.fraction * len(layers) - 1e-9)
@@ -238,19 +263,30 @@ def parse_unfreeze(values: Mapping[str, Any], where: str) -> Unfreeze:
   """The one setting among `values`' UNFREEZE_KEYS (the others None/absent)."""
   given = [key for key in UNFREEZE_KEYS if values.get(key) is not None]
   if len(given) != 1:
-    raise ConfigError(f'{where}: give exactly one of {list(UNFREEZE_KEYS)}, '
-                      f'got {given or "none"}')
+    raise ConfigError(
+      f'{where}: give exactly one of {list(UNFREEZE_KEYS)}, '
+      f'got {given or "none"}'
+    )
   key, value = given[0], values[given[0]]
   if key == 'fine_tune_layers':
-    _require(_is_int(value) and value >= 0, f'{where}.{key}',
-             'an integer >= 0', value)
+    _require(
+      _is_int(value) and value >= 0, f'{where}.{key}', 'an integer >= 0', value
+    )
     return Unfreeze(top=value)
   if key == 'fine_tune_from':
-    _require(isinstance(value, str) and value, f'{where}.{key}',
-             'a layer or block name', value)
+    _require(
+      isinstance(value, str) and value,
+      f'{where}.{key}',
+      'a layer or block name',
+      value,
+    )
     return Unfreeze(from_layer=value)
-  _require(_is_number(value) and 0 < value <= 1, f'{where}.{key}',
-           'a number in (0, 1]', value)
+  _require(
+    _is_number(value) and 0 < value <= 1,
+    f'{where}.{key}',
+    'a number in (0, 1]',
+    value,
+  )
   return Unfreeze(fraction=float(value))
 
 
@@ -262,6 +298,7 @@ def _require(ok, key: str, requirement: str, value) -> None:
 @dataclasses.dataclass(frozen=True)
 class Phase:
   """One fine-tuning phase as the Trainer runs it (TrainerConfig's phases)."""
+
   name: str
   epochs: int
   learning_rate: float
@@ -270,49 +307,77 @@ class Phase:
 
   def tower_settings(self, towers: Sequence[Any]) -> List[Unfreeze]:
     """Each tower's Unfreeze: text towers (TextBackbone) take text_unfreeze."""
-    from modules import backbones  # pylint: disable=g-import-not-at-top
-    return [self.text_unfreeze if isinstance(tower, backbones.TextBackbone)
-            else self.unfreeze for tower in towers]
+    from modules import backbones
+
+    return [
+      self.text_unfreeze
+      if isinstance(tower, backbones.TextBackbone)
+      else self.unfreeze
+      for tower in towers
+    ]
 
 
 @dataclasses.dataclass
 class PhaseConfig(_Section):
   """One entry of trainer.phases: a fine-tuning phase after phase 1."""
+
   epochs: Optional[int] = setting(
-      None, help='Epochs of this phase.', check=lambda v: v >= 0,
-      requirement='an integer >= 0')
+    None,
+    help='Epochs of this phase.',
+    check=lambda v: v >= 0,
+    requirement='an integer >= 0',
+  )
   learning_rate: Optional[float] = setting(
-      None, help='Its learning rate.', check=lambda v: v > 0,
-      requirement='a number > 0')
+    None,
+    help='Its learning rate.',
+    check=lambda v: v > 0,
+    requirement='a number > 0',
+  )
   fine_tune_layers: Optional[int] = setting(
-      None, help='Unfreeze the top N layers (default: the trainer\'s).')
+    None, help="Unfreeze the top N layers (default: the trainer's)."
+  )
   fine_tune_from: Optional[str] = setting(
-      None, help='Or: unfreeze from this layer or block name up.')
+    None, help='Or: unfreeze from this layer or block name up.'
+  )
   fine_tune_fraction: Optional[float] = setting(
-      None, help='Or: unfreeze the top fraction of the layers.')
+    None, help='Or: unfreeze the top fraction of the layers.'
+  )
   text_fine_tune_layers: Optional[int] = setting(
-      None, help='Text towers: top transformer blocks unfrozen.')
+    None, help='Text towers: top transformer blocks unfrozen.'
+  )
 
   def check(self, where: str) -> None:
     """Raises ConfigError for a missing or bad value; `where` names it."""
-    _require(_is_int(self.epochs), f'{where}.epochs', 'an integer >= 0',
-             self.epochs)
-    _require(_is_number(self.learning_rate), f'{where}.learning_rate',
-             'a number > 0', self.learning_rate)
+    _require(
+      _is_int(self.epochs), f'{where}.epochs', 'an integer >= 0', self.epochs
+    )
+    _require(
+      _is_number(self.learning_rate),
+      f'{where}.learning_rate',
+      'a number > 0',
+      self.learning_rate,
+    )
     self._check_fields(where)
     self.phase(where, Unfreeze(top=0), Unfreeze(top=0))
 
-  def phase(self, name: str, unfreeze: Unfreeze, text_unfreeze: Unfreeze,
-            where: str = '') -> Phase:
+  def phase(
+    self,
+    name: str,
+    unfreeze: Unfreeze,
+    text_unfreeze: Unfreeze,
+    where: str = '',
+  ) -> Phase:
     """The Phase `name`; unset unfreeze settings are the trainer's."""
     where = where or name
     if any(getattr(self, key) is not None for key in UNFREEZE_KEYS):
       unfreeze = parse_unfreeze(dataclasses.asdict(self), where)
     if self.text_fine_tune_layers is not None:
-      text_unfreeze = _text_unfreeze(self.text_fine_tune_layers,
-                                     f'{where}.text_fine_tune_layers')
-    return Phase(name, self.epochs, float(self.learning_rate), unfreeze,
-                 text_unfreeze)
+      text_unfreeze = _text_unfreeze(
+        self.text_fine_tune_layers, f'{where}.text_fine_tune_layers'
+      )
+    return Phase(
+      name, self.epochs, float(self.learning_rate), unfreeze, text_unfreeze
+    )
 
 
 def _text_unfreeze(blocks: Any, where: str) -> Unfreeze:
@@ -326,31 +391,49 @@ class AugmentationConfig(_Section):
 
   Applied in this order (modules/augmentation.py); unset ones are off.
   """
+
   WHERE = 'trainer.augmentation'
   crop: Optional[float] = setting(
-      None, help='Crop a random window of this fraction of each side.',
-      check=lambda v: 0 < v < 1, requirement='a number in (0, 1)')
+    None,
+    help='Crop a random window of this fraction of each side.',
+    check=lambda v: 0 < v < 1,
+    requirement='a number in (0, 1)',
+  )
   flip: Optional[str] = setting(
-      None, help=f'One of {list(AUGMENTATION_FLIPS)}.',
-      check=lambda v: v in AUGMENTATION_FLIPS,
-      requirement=f'one of {list(AUGMENTATION_FLIPS)}')
+    None,
+    help=f'One of {list(AUGMENTATION_FLIPS)}.',
+    check=lambda v: v in AUGMENTATION_FLIPS,
+    requirement=f'one of {list(AUGMENTATION_FLIPS)}',
+  )
   rotation: Optional[float] = setting(
-      None, help='Up to this fraction of a full turn either way.',
-      check=lambda v: 0 < v <= 0.5, requirement='a number in (0, 0.5]')
+    None,
+    help='Up to this fraction of a full turn either way.',
+    check=lambda v: 0 < v <= 0.5,
+    requirement='a number in (0, 0.5]',
+  )
   zoom: Optional[float] = setting(
-      None, help='Zoom in or out by up to this fraction.',
-      check=lambda v: 0 < v < 1, requirement='a number in (0, 1)')
+    None,
+    help='Zoom in or out by up to this fraction.',
+    check=lambda v: 0 < v < 1,
+    requirement='a number in (0, 1)',
+  )
   contrast: Optional[float] = setting(
-      None, help='Contrast factor in [1 - c, 1 + c].',
-      check=lambda v: 0 < v <= 1, requirement='a number in (0, 1]')
+    None,
+    help='Contrast factor in [1 - c, 1 + c].',
+    check=lambda v: 0 < v <= 1,
+    requirement='a number in (0, 1]',
+  )
 
   def __post_init__(self):
     self._check_fields(self.WHERE)
 
   def items(self) -> List[tuple]:
     """(key, value) of the transforms that are on, in the order applied."""
-    return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
-            if getattr(self, f.name) is not None]
+    return [
+      (f.name, getattr(self, f.name))
+      for f in dataclasses.fields(self)
+      if getattr(self, f.name) is not None
+    ]
 
 
 @dataclasses.dataclass
@@ -367,21 +450,36 @@ class DomainAdaptationConfig(_Section):
       new head needs the faster rate of phase 1, not the fine-tuning one,
       or the features outrun it and the adversarial game breaks down.
   """
+
   WHERE = 'domain_adaptation'
   NOUN = 'settings'
   target_data_root: str = setting(
-      help='Folder of unlabelled target-domain images (required).')
-  weight: float = setting(0.1, help="The domain loss's weight.",
-                          check=lambda v: v > 0, requirement='> 0')
+    help='Folder of unlabelled target-domain images (required).'
+  )
+  weight: float = setting(
+    0.1,
+    help="The domain loss's weight.",
+    check=lambda v: v > 0,
+    requirement='> 0',
+  )
   schedule: str = setting(
-      'ganin', help=f'Lambda schedule, one of {list(DANN_SCHEDULES)}.',
-      check=lambda v: v in DANN_SCHEDULES,
-      requirement=f'one of {list(DANN_SCHEDULES)}')
-  hidden_units: int = setting(64, help="The domain head's hidden width.",
-                              check=lambda v: v >= 1, requirement='>= 1')
+    'ganin',
+    help=f'Lambda schedule, one of {list(DANN_SCHEDULES)}.',
+    check=lambda v: v in DANN_SCHEDULES,
+    requirement=f'one of {list(DANN_SCHEDULES)}',
+  )
+  hidden_units: int = setting(
+    64,
+    help="The domain head's hidden width.",
+    check=lambda v: v >= 1,
+    requirement='>= 1',
+  )
   domain_learning_rate: float = setting(
-      1e-3, help="The domain head's learning rate.", check=lambda v: v > 0,
-      requirement='> 0')
+    1e-3,
+    help="The domain head's learning rate.",
+    check=lambda v: v > 0,
+    requirement='> 0',
+  )
 
   @classmethod
   def from_dict(cls, values, where: str = ''):
@@ -389,24 +487,30 @@ class DomainAdaptationConfig(_Section):
     if not values:
       return None
     if isinstance(values, Mapping) and 'target_data_root' not in values:
-      raise ConfigError('domain_adaptation needs target_data_root: a folder '
-                        'of unlabelled target-domain images.')
+      raise ConfigError(
+        'domain_adaptation needs target_data_root: a folder '
+        'of unlabelled target-domain images.'
+      )
     return super().from_dict(values, where)
 
   def __post_init__(self):
     self._check_fields(self.WHERE)
     if not _isdir(self.target_data_root):
-      raise ConfigError(f'domain_adaptation.target_data_root '
-                        f'{self.target_data_root!r} is not a folder.')
+      raise ConfigError(
+        f'domain_adaptation.target_data_root '
+        f'{self.target_data_root!r} is not a folder.'
+      )
     if not _has_image(self.target_data_root):
       raise ConfigError(
-          f'domain_adaptation.target_data_root {self.target_data_root!r} '
-          f'holds no images (any of {list(IMAGE_EXTENSIONS)}, at any depth).')
+        f'domain_adaptation.target_data_root {self.target_data_root!r} '
+        f'holds no images (any of {list(IMAGE_EXTENSIONS)}, at any depth).'
+      )
 
 
 def _gfile():
   """tf.io.gfile, for URIs (gs://, s3://) only: it loads TensorFlow."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+
   return tf.io.gfile
 
 
@@ -416,8 +520,11 @@ def _isdir(path: str) -> bool:
 
 def _has_image(root: str) -> bool:
   walk = _gfile().walk(root) if '://' in root else os.walk(root)
-  return any(name.lower().endswith(IMAGE_EXTENSIONS)
-             for _, _, names in walk for name in names)
+  return any(
+    name.lower().endswith(IMAGE_EXTENSIONS)
+    for _, _, names in walk
+    for name in names
+  )
 
 
 @dataclasses.dataclass
@@ -428,155 +535,269 @@ class TrainerConfig(_Section):
   one of `fine_tune_from`, `fine_tune_fraction`, else `fine_tune_layers`)
   or, when `phases` is set, those phases in order (progressive unfreezing).
   """
+
   WHERE = 'trainer'
   NOUN = 'settings'
   backbone: str = setting(
-      DEFAULT_BACKBONE, flag=True,
-      help='Image backbone: a Keras Applications name (e.g. MobileNet, '
-      'MobileNetV2), hub:<handle> or file:<path>.')
-  weights: str = setting(DEFAULT_WEIGHTS, flag=True,
-                         help='offline | imagenet | none | <file>.')
+    DEFAULT_BACKBONE,
+    flag=True,
+    help='Image backbone: a Keras Applications name (e.g. MobileNet, '
+    'MobileNetV2), hub:<handle> or file:<path>.',
+  )
+  weights: str = setting(
+    DEFAULT_WEIGHTS, flag=True, help='offline | imagenet | none | <file>.'
+  )
   image_size: int = setting(
-      DEFAULT_IMAGE_SIZE, flag=True, check=lambda v: v >= 1,
-      requirement='>= 1', help='Square input size in pixels; the front '
-      f'ends require >= {MIN_IMAGE_SIZE} and the backbone\'s minimum '
-      '(check_models).')
+    DEFAULT_IMAGE_SIZE,
+    flag=True,
+    check=lambda v: v >= 1,
+    requirement='>= 1',
+    help='Square input size in pixels; the front '
+    f"ends require >= {MIN_IMAGE_SIZE} and the backbone's minimum "
+    '(check_models).',
+  )
   batch_size: int = setting(
-      32, check=lambda v: v >= 1, requirement='>= 1',
-      help='Per replica; the global batch scales with replicas.')
+    32,
+    check=lambda v: v >= 1,
+    requirement='>= 1',
+    help='Per replica; the global batch scales with replicas.',
+  )
   text_encoder: str = setting(
-      DEFAULT_TEXT_ENCODER, help='Text and image+text models: MiniLM, '
-      'bert:<dir>, hub:<handle> or file:<dir>.')
-  text_weights: str = setting(DEFAULT_WEIGHTS,
-                              help="The text encoder's: offline | none.")
+    DEFAULT_TEXT_ENCODER,
+    help='Text and image+text models: MiniLM, '
+    'bert:<dir>, hub:<handle> or file:<dir>.',
+  )
+  text_weights: str = setting(
+    DEFAULT_WEIGHTS, help="The text encoder's: offline | none."
+  )
   max_length: int = setting(
-      DEFAULT_MAX_LENGTH, check=lambda v: v >= 2, requirement='>= 2',
-      help='Tokens per text, [CLS]/[SEP] included.')
+    DEFAULT_MAX_LENGTH,
+    check=lambda v: v >= 2,
+    requirement='>= 2',
+    help='Tokens per text, [CLS]/[SEP] included.',
+  )
   phase1_epochs: int = setting(
-      100, flag=True, check=lambda v: v >= 0, requirement='>= 0',
-      help='Epochs with the backbone frozen: the cap (phase1_patience '
-      'stops it earlier); 0 skips phase 1.')
+    100,
+    flag=True,
+    check=lambda v: v >= 0,
+    requirement='>= 0',
+    help='Epochs with the backbone frozen: the cap (phase1_patience '
+    'stops it earlier); 0 skips phase 1.',
+  )
   phase1_learning_rate: float = setting(
-      1e-3, check=lambda v: v > 0, requirement='> 0',
-      help="Phase 1's learning rate.")
+    1e-3,
+    check=lambda v: v > 0,
+    requirement='> 0',
+    help="Phase 1's learning rate.",
+  )
   phase1_patience: int = setting(
-      10, check=lambda v: v >= 0, requirement='an integer >= 0',
-      help='Phase 1 stops after N epochs without a lower validation loss; '
-      '0: runs every epoch.')
+    10,
+    check=lambda v: v >= 0,
+    requirement='an integer >= 0',
+    help='Phase 1 stops after N epochs without a lower validation loss; '
+    '0: runs every epoch.',
+  )
   phase1_start: str = setting(
-      PHASE1_STARTS[0], check=lambda v: v in PHASE1_STARTS,
-      requirement=f'one of {list(PHASE1_STARTS)}',
-      help='Where the head starts: the closed-form logistic regression on '
-      'the cached embeddings, or random.')
+    PHASE1_STARTS[0],
+    check=lambda v: v in PHASE1_STARTS,
+    requirement=f'one of {list(PHASE1_STARTS)}',
+    help='Where the head starts: the closed-form logistic regression on '
+    'the cached embeddings, or random.',
+  )
   head_weight_decay: float = setting(
-      1e-4, check=lambda v: v >= 0, requirement='a number >= 0',
-      help="L2 penalty on the head's kernel (the start and every phase).")
+    1e-4,
+    check=lambda v: v >= 0,
+    requirement='a number >= 0',
+    help="L2 penalty on the head's kernel (the start and every phase).",
+  )
   validation_fraction: float = setting(
-      0.2, check=lambda v: 0 < v <= 0.5, requirement='a number in (0, 0.5]',
-      help='The part of the train split held out to stop phases early and '
-      'choose the exported phase; never the eval split.')
+    0.2,
+    check=lambda v: 0 < v <= 0.5,
+    requirement='a number in (0, 0.5]',
+    help='The part of the train split held out to stop phases early and '
+    'choose the exported phase; never the eval split.',
+  )
   phase2_epochs: int = setting(
-      2, flag=True, check=lambda v: v >= 0, requirement='>= 0',
-      help='Fine-tuning epochs (0 skips fine-tuning).')
+    2,
+    flag=True,
+    check=lambda v: v >= 0,
+    requirement='>= 0',
+    help='Fine-tuning epochs (0 skips fine-tuning).',
+  )
   phase2_learning_rate: float = setting(
-      1e-4, check=lambda v: v > 0, requirement='> 0',
-      help="Phase 2's learning rate.")
+    1e-4,
+    check=lambda v: v > 0,
+    requirement='> 0',
+    help="Phase 2's learning rate.",
+  )
   fine_tune_layers: int = setting(
-      20, flag=True, check=lambda v: v >= 0, requirement='>= 0',
-      help='Phase 2 unfreezes the top N backbone layers.')
+    20,
+    flag=True,
+    check=lambda v: v >= 0,
+    requirement='>= 0',
+    help='Phase 2 unfreezes the top N backbone layers.',
+  )
   fine_tune_from: Optional[str] = setting(
-      None, help='Or: unfreeze from this layer or block name up.')
+    None, help='Or: unfreeze from this layer or block name up.'
+  )
   fine_tune_fraction: Optional[float] = setting(
-      None, check=lambda v: 0 < v <= 1, requirement='a number in (0, 1]',
-      help='Or: unfreeze the top fraction of the layers.')
+    None,
+    check=lambda v: 0 < v <= 1,
+    requirement='a number in (0, 1]',
+    help='Or: unfreeze the top fraction of the layers.',
+  )
   text_fine_tune_layers: int = setting(
-      2, check=lambda v: v >= 0, requirement='an integer >= 0',
-      help='Text towers: top transformer blocks unfrozen in phase 2.')
+    2,
+    check=lambda v: v >= 0,
+    requirement='an integer >= 0',
+    help='Text towers: top transformer blocks unfrozen in phase 2.',
+  )
   phases: Optional[List[PhaseConfig]] = setting(
-      None, help='Progressive unfreezing: a list of phases, each with '
-      'epochs, learning_rate and optionally an unfreeze setting; replaces '
-      'phase2_*.')
+    None,
+    help='Progressive unfreezing: a list of phases, each with '
+    'epochs, learning_rate and optionally an unfreeze setting; replaces '
+    'phase2_*.',
+  )
   lr_schedule: str = setting(
-      LR_SCHEDULES[0], check=lambda v: v in LR_SCHEDULES,
-      requirement=f'one of {list(LR_SCHEDULES)}',
-      help=f'Learning-rate schedule: one of {list(LR_SCHEDULES)}.')
+    LR_SCHEDULES[0],
+    check=lambda v: v in LR_SCHEDULES,
+    requirement=f'one of {list(LR_SCHEDULES)}',
+    help=f'Learning-rate schedule: one of {list(LR_SCHEDULES)}.',
+  )
   lr_decay_rate: float = setting(
-      0.9, check=lambda v: 0 < v <= 1, requirement='a number in (0, 1]',
-      help='exponential: factor per epoch.')
+    0.9,
+    check=lambda v: 0 < v <= 1,
+    requirement='a number in (0, 1]',
+    help='exponential: factor per epoch.',
+  )
   lr_warmup_epochs: float = setting(
-      0.0, check=lambda v: v >= 0, requirement='a number >= 0',
-      help='cosine: linear warm-up from 0.')
+    0.0,
+    check=lambda v: v >= 0,
+    requirement='a number >= 0',
+    help='cosine: linear warm-up from 0.',
+  )
   early_stopping_patience: int = setting(
-      0, check=lambda v: v >= 0, requirement='an integer >= 0',
-      help='Fine-tuning phases: epochs without a lower validation loss '
-      'before stopping; 0: off.')
+    0,
+    check=lambda v: v >= 0,
+    requirement='an integer >= 0',
+    help='Fine-tuning phases: epochs without a lower validation loss '
+    'before stopping; 0: off.',
+  )
   class_weights: Union[str, Dict[str, float]] = setting(
-      'none', check=lambda v: v in ('none', 'balanced') or (
-          isinstance(v, dict) and all(
-              isinstance(k, str) and _is_number(w) and w > 0
-              for k, w in v.items())),
-      requirement="'none', 'balanced' or a mapping {class name: weight > 0}",
-      help="'none', 'balanced' or {class name: weight}.")
+    'none',
+    check=lambda v: (
+      v in ('none', 'balanced')
+      or (
+        isinstance(v, dict)
+        and all(
+          isinstance(k, str) and _is_number(w) and w > 0 for k, w in v.items()
+        )
+      )
+    ),
+    requirement="'none', 'balanced' or a mapping {class name: weight > 0}",
+    help="'none', 'balanced' or {class name: weight}.",
+  )
   augmentation: Optional[AugmentationConfig] = setting(
-      None, help='Random image transforms in training (images).')
+    None, help='Random image transforms in training (images).'
+  )
   precision: str = setting(
-      PRECISIONS[0], check=lambda v: v in PRECISIONS,
-      requirement=f'one of {list(PRECISIONS)}',
-      help=f'Keras dtype policy: one of {list(PRECISIONS)}.')
-  dropout: float = setting(0.2, check=lambda v: 0 <= v < 1,
-                           requirement='in [0, 1)', help='Head dropout.')
+    PRECISIONS[0],
+    check=lambda v: v in PRECISIONS,
+    requirement=f'one of {list(PRECISIONS)}',
+    help=f'Keras dtype policy: one of {list(PRECISIONS)}.',
+  )
+  dropout: float = setting(
+    0.2,
+    check=lambda v: 0 <= v < 1,
+    requirement='in [0, 1)',
+    help='Head dropout.',
+  )
   seed: int = setting(42, help='Random seed.')
   phase1_cache: bool = setting(
-      True, help='Phase 1 trains the head on embeddings computed once.')
+    True, help='Phase 1 trains the head on embeddings computed once.'
+  )
   domain_adaptation: Optional[DomainAdaptationConfig] = setting(
-      None, help='DANN in the fine-tuning phases (images); unset: off.')
+    None, help='DANN in the fine-tuning phases (images); unset: off.'
+  )
 
   @classmethod
   def from_dict(cls, values, where: str = ''):
     values = dict(values or {})
-    check_keys(values, [f.name for f in dataclasses.fields(cls)], 'trainer',
-               noun='settings')
+    check_keys(
+      values,
+      [f.name for f in dataclasses.fields(cls)],
+      'trainer',
+      noun='settings',
+    )
     unfreeze_keys = [k for k in UNFREEZE_KEYS if k in values]
     if len(unfreeze_keys) > 1:
-      raise ConfigError(f'trainer: {unfreeze_keys} are alternatives; give '
-                        'one of them')
-    replaced = [k for k in ('phase2_epochs', 'phase2_learning_rate')
-                if k in values]
+      raise ConfigError(
+        f'trainer: {unfreeze_keys} are alternatives; give one of them'
+      )
+    replaced = [
+      k for k in ('phase2_epochs', 'phase2_learning_rate') if k in values
+    ]
     if values.get('phases') is not None and replaced:
-      raise ConfigError(f'trainer: phases replaces {replaced}; give each '
-                        'phase its epochs and learning_rate there')
+      raise ConfigError(
+        f'trainer: phases replaces {replaced}; give each '
+        'phase its epochs and learning_rate there'
+      )
     return cls(**values)._given_keys(values)
 
   def __post_init__(self):
     if isinstance(self.augmentation, Mapping):
-      self.augmentation = AugmentationConfig.from_dict(
-          self.augmentation) if self.augmentation else None
+      self.augmentation = (
+        AugmentationConfig.from_dict(self.augmentation)
+        if self.augmentation
+        else None
+      )
     if isinstance(self.domain_adaptation, Mapping):
       self.domain_adaptation = DomainAdaptationConfig.from_dict(
-          self.domain_adaptation)
+        self.domain_adaptation
+      )
     if self.phases is not None:
-      _require(isinstance(self.phases, list), 'trainer.phases',
-               'a list of mappings', self.phases)
-      self.phases = [_phase_config(values, f'trainer.phases[{i}]')
-                     for i, values in enumerate(self.phases)]
+      _require(
+        isinstance(self.phases, list),
+        'trainer.phases',
+        'a list of mappings',
+        self.phases,
+      )
+      self.phases = [
+        _phase_config(values, f'trainer.phases[{i}]')
+        for i, values in enumerate(self.phases)
+      ]
     self._check_fields('trainer')
     self.fine_tuning_phases()  # Checks the unfreeze settings.
 
   def fine_tuning_phases(self) -> List[Phase]:
     """The phases after phase 1, named phase2, phase3, ..."""
-    alternatives = {key: getattr(self, key)
-                    for key in ('fine_tune_from', 'fine_tune_fraction')
-                    if getattr(self, key) is not None}
+    alternatives = {
+      key: getattr(self, key)
+      for key in ('fine_tune_from', 'fine_tune_fraction')
+      if getattr(self, key) is not None
+    }
     unfreeze = parse_unfreeze(
-        alternatives or {'fine_tune_layers': self.fine_tune_layers}, 'trainer')
-    text_unfreeze = _text_unfreeze(self.text_fine_tune_layers,
-                                   'trainer.text_fine_tune_layers')
+      alternatives or {'fine_tune_layers': self.fine_tune_layers}, 'trainer'
+    )
+    text_unfreeze = _text_unfreeze(
+      self.text_fine_tune_layers, 'trainer.text_fine_tune_layers'
+    )
     if self.phases is None:
-      return [Phase('phase2', self.phase2_epochs, self.phase2_learning_rate,
-                    unfreeze, text_unfreeze)]
-    return [phase.phase(f'phase{i + 2}', unfreeze, text_unfreeze,
-                        f'trainer.phases[{i}]')
-            for i, phase in enumerate(self.phases)]
+      return [
+        Phase(
+          'phase2',
+          self.phase2_epochs,
+          self.phase2_learning_rate,
+          unfreeze,
+          text_unfreeze,
+        )
+      ]
+    return [
+      phase.phase(
+        f'phase{i + 2}', unfreeze, text_unfreeze, f'trainer.phases[{i}]'
+      )
+      for i, phase in enumerate(self.phases)
+    ]
 
   # Read as the mapping of its settings that differ from the defaults (what
   # a settings file's `trainer` table holds): `{**config.trainer, ...}`.
@@ -600,8 +821,9 @@ def _phase_config(values: Any, where: str) -> PhaseConfig:
     return values
   if not isinstance(values, Mapping):
     raise ConfigError(
-        f'{where} must be a mapping with keys '
-        f'{[f.name for f in dataclasses.fields(PhaseConfig)]}, got {values!r}')
+      f'{where} must be a mapping with keys '
+      f'{[f.name for f in dataclasses.fields(PhaseConfig)]}, got {values!r}'
+    )
   check_keys(values, [f.name for f in dataclasses.fields(PhaseConfig)], where)
   phase = PhaseConfig(**values)
   phase.check(where)
@@ -614,109 +836,167 @@ class PipelineConfig(_Section):
 
   The top level of a settings file; `trainer` is its TrainerConfig table.
   """
+
   data_root: str = setting(
-      DEMO_DATA, flag=True,
-      help='Folder-per-class image tree, or the folder the manifest is in '
-      '(default: the bundled Fashion-MNIST demo).')
+    DEMO_DATA,
+    flag=True,
+    help='Folder-per-class image tree, or the folder the manifest is in '
+    '(default: the bundled Fashion-MNIST demo).',
+  )
   modality: str = setting(
-      'image', flag=True, check=lambda v: v in MODALITIES,
-      requirement=f'one of {list(MODALITIES)}',
-      help=f'What the examples hold: one of {list(MODALITIES)}.')
+    'image',
+    flag=True,
+    check=lambda v: v in MODALITIES,
+    requirement=f'one of {list(MODALITIES)}',
+    help=f'What the examples hold: one of {list(MODALITIES)}.',
+  )
   output_dir: str = setting(
-      os.path.join(PROJECT_ROOT, 'outputs'), flag=True,
-      help='Holds the pipeline root, MLMD, serving/ (the pushed models) and '
-      'reports/. A local path or an object store URI (s3://bucket/dir, '
-      'gs://bucket/dir); there, MLMD and the run lock stay local '
-      '(state_dir).')
-  pipeline_name: str = setting('transfer-learning', flag=True,
-                               help='The pipeline\'s name.')
+    os.path.join(PROJECT_ROOT, 'outputs'),
+    flag=True,
+    help='Holds the pipeline root, MLMD, serving/ (the pushed models) and '
+    'reports/. A local path or an object store URI (s3://bucket/dir, '
+    'gs://bucket/dir); there, MLMD and the run lock stay local '
+    '(state_dir).',
+  )
+  pipeline_name: str = setting(
+    'transfer-learning', flag=True, help="The pipeline's name."
+  )
   manifest: Optional[str] = setting(
-      None, flag=True,
-      help='Images: an optional CSV path,label under data_root; text and '
-      'image_text: the required CSV or JSONL data file.')
+    None,
+    flag=True,
+    help='Images: an optional CSV path,label under data_root; text and '
+    'image_text: the required CSV or JSONL data file.',
+  )
   split_folders: Optional[List[str]] = setting(
-      None, help="Images: predefined split folders, e.g. ['train', 'eval']; "
-      'by default files are hashed into train/eval 4:1.')
+    None,
+    help="Images: predefined split folders, e.g. ['train', 'eval']; "
+    'by default files are hashed into train/eval 4:1.',
+  )
   text_columns: List[str] = setting(
-      help='Text and image_text: the column(s) holding the text.',
-      factory=lambda: ['text'])
+    help='Text and image_text: the column(s) holding the text.',
+    factory=lambda: ['text'],
+  )
   label_column: str = setting('label', help='The column holding the class.')
   id_column: Optional[str] = setting(
-      None, help='An optional column of unique row ids.')
+    None, help='An optional column of unique row ids.'
+  )
   image_column: str = setting(
-      'path', help="image_text: the column holding each row's image path.")
-  trainer: TrainerConfig = setting(help="The Trainer's settings.",
-                                   factory=TrainerConfig)
+    'path', help="image_text: the column holding each row's image path."
+  )
+  trainer: TrainerConfig = setting(
+    help="The Trainer's settings.", factory=TrainerConfig
+  )
   tuning: Optional[Dict[str, int]] = setting(
-      None, check=lambda v: isinstance(v, dict) and set(v) == {'trials'} and
-      _is_int(v['trials']) and v['trials'] >= 1,
-      requirement='a mapping {trials: N}, N an integer >= 1',
-      help='A Tuner component searches the head\'s learning rate, dropout '
-      'and weight decay in N trials on cached embeddings (modules/tuner.py); '
-      'its best values override the trainer\'s. Unset: off.')
+    None,
+    check=lambda v: (
+      isinstance(v, dict)
+      and set(v) == {'trials'}
+      and _is_int(v['trials'])
+      and v['trials'] >= 1
+    ),
+    requirement='a mapping {trials: N}, N an integer >= 1',
+    help="A Tuner component searches the head's learning rate, dropout "
+    'and weight decay in N trials on cached embeddings (modules/tuner.py); '
+    "its best values override the trainer's. Unset: off.",
+  )
   accuracy_threshold: float = setting(
-      0.6, flag=True, check=lambda v: 0.0 <= v <= 1.0,
-      requirement='in [0, 1]',
-      help='The gate: eval accuracy must reach this.')
+    0.6,
+    flag=True,
+    check=lambda v: 0.0 <= v <= 1.0,
+    requirement='in [0, 1]',
+    help='The gate: eval accuracy must reach this.',
+  )
   max_accuracy_drop: float = setting(
-      0.0, flag=True, check=lambda v: v >= 0, requirement='>= 0',
-      help='The gate: allowed drop below the served model (0: no '
-      'regression).')
+    0.0,
+    flag=True,
+    check=lambda v: v >= 0,
+    requirement='>= 0',
+    help='The gate: allowed drop below the served model (0: no regression).',
+  )
   max_rejected_fraction: float = setting(
-      DEFAULT_MAX_REJECTED_FRACTION, check=lambda v: 0 <= v <= 1,
-      requirement='in [0, 1]',
-      help='ExampleGen fails above this fraction of bad files or rows.')
+    DEFAULT_MAX_REJECTED_FRACTION,
+    check=lambda v: 0 <= v <= 1,
+    requirement='in [0, 1]',
+    help='ExampleGen fails above this fraction of bad files or rows.',
+  )
   allow_paths_outside_data_root: bool = setting(
-      False, help='Read manifest paths outside data_root (../, absolute, '
-      'symlinks); off: they are rejected with the reason.')
+    False,
+    help='Read manifest paths outside data_root (../, absolute, '
+    'symlinks); off: they are rejected with the reason.',
+  )
   beam_pipeline_args: List[str] = setting(
-      help=("Beam options; default: the DirectRunner with one worker "
-            "process per core (docs/performance.md)."),
-      factory=lambda: ['--direct_running_mode=multi_processing',
-                       '--direct_num_workers=0'])
+    help=(
+      'Beam options; default: the DirectRunner with one worker '
+      'process per core (docs/performance.md).'
+    ),
+    factory=lambda: [
+      '--direct_running_mode=multi_processing',
+      '--direct_num_workers=0',
+    ],
+  )
   # The data validation gate (components/data_validator.py,
   # docs/data-validation.md).
   schema_file: Optional[str] = setting(
-      None, flag=True,
-      help='The curated schema (schema.pbtxt) the data is validated against; '
-      "unset: the schema recorded beside the served model.")
+    None,
+    flag=True,
+    help='The curated schema (schema.pbtxt) the data is validated against; '
+    'unset: the schema recorded beside the served model.',
+  )
   label_drift_comparator: str = setting(
-      'infinity_norm', check=lambda v: v in LABEL_COMPARATORS,
-      requirement=f'one of {list(LABEL_COMPARATORS)}',
-      help="The label's drift and skew measure: L-infinity or Jensen-Shannon.")
+    'infinity_norm',
+    check=lambda v: v in LABEL_COMPARATORS,
+    requirement=f'one of {list(LABEL_COMPARATORS)}',
+    help="The label's drift and skew measure: L-infinity or Jensen-Shannon.",
+  )
   label_drift_threshold: float = setting(
-      0.1, check=lambda v: 0.0 <= v <= 1.0, requirement='in [0, 1]',
-      help="How far the label distribution may move from the served run's.")
+    0.1,
+    check=lambda v: 0.0 <= v <= 1.0,
+    requirement='in [0, 1]',
+    help="How far the label distribution may move from the served run's.",
+  )
   feature_drift_threshold: float = setting(
-      0.1, check=lambda v: 0.0 <= v <= 1.0, requirement='in [0, 1]',
-      help='Jensen-Shannon divergence allowed for image width, height and '
-      "text length against the served run's.")
+    0.1,
+    check=lambda v: 0.0 <= v <= 1.0,
+    requirement='in [0, 1]',
+    help='Jensen-Shannon divergence allowed for image width, height and '
+    "text length against the served run's.",
+  )
   split_skew_threshold: float = setting(
-      0.15, check=lambda v: 0.0 <= v <= 1.0, requirement='in [0, 1]',
-      help='Train against eval: the label and the same features.')
+    0.15,
+    check=lambda v: 0.0 <= v <= 1.0,
+    requirement='in [0, 1]',
+    help='Train against eval: the label and the same features.',
+  )
   warn_anomalies: List[str] = setting(
-      help='Anomalies reported as warnings instead of stopping the run: a '
-      "check ('drift') or check:feature ('drift:label').",
-      check=lambda v: all(isinstance(n, str) and n.split(':')[0] in
-                          VALIDATION_CHECKS for n in v),
-      requirement=f'checks or check:feature; checks: {list(VALIDATION_CHECKS)}',
-      factory=list)
+    help='Anomalies reported as warnings instead of stopping the run: a '
+    "check ('drift') or check:feature ('drift:label').",
+    check=lambda v: all(
+      isinstance(n, str) and n.split(':')[0] in VALIDATION_CHECKS for n in v
+    ),
+    requirement=f'checks or check:feature; checks: {list(VALIDATION_CHECKS)}',
+    factory=list,
+  )
 
   def __post_init__(self):
     if isinstance(self.trainer, Mapping):
       self.trainer = TrainerConfig.from_dict(self.trainer)
     if self.modality not in MODALITIES:
-      raise ConfigError(f'modality {self.modality!r} is not supported; '
-                        f'supported: {list(MODALITIES)}')
+      raise ConfigError(
+        f'modality {self.modality!r} is not supported; '
+        f'supported: {list(MODALITIES)}'
+      )
     self._check_fields('')
     if self.modality != features.IMAGE:
       if not self.manifest or not self.manifest.endswith(TEXT_FILE_EXTENSIONS):
         raise ConfigError(
-            f'modality {self.modality!r} needs manifest: a CSV or JSONL data '
-            f'file under data_root, got {self.manifest!r}')
+          f'modality {self.modality!r} needs manifest: a CSV or JSONL data '
+          f'file under data_root, got {self.manifest!r}'
+        )
       if self.split_folders:
-        raise ConfigError(f'split_folders is for images; modality '
-                          f'{self.modality!r} hashes rows into train/eval')
+        raise ConfigError(
+          f'split_folders is for images; modality '
+          f'{self.modality!r} hashes rows into train/eval'
+        )
 
   @property
   def pipeline_root(self) -> str:
@@ -733,9 +1013,11 @@ class PipelineConfig(_Section):
     if not object_store.is_remote(self.output_dir):
       return self.output_dir
     cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(
-        os.path.expanduser('~'), '.cache')
-    return os.path.join(cache, 'tfx-transfer',
-                        self.output_dir.replace('://', '/', 1).rstrip('/'))
+      os.path.expanduser('~'), '.cache'
+    )
+    return os.path.join(
+      cache, 'tfx-transfer', self.output_dir.replace('://', '/', 1).rstrip('/')
+    )
 
   @property
   def metadata_path(self) -> str:
@@ -765,9 +1047,11 @@ def check_models(config: PipelineConfig) -> None:
   loads TensorFlow): every front end calls it before any component runs.
   """
   if config.modality != features.TEXT and config.image_size < MIN_IMAGE_SIZE:
-    raise ConfigError(f'trainer.image_size must be >= {MIN_IMAGE_SIZE}, got '
-                      f'{config.image_size}')
-  from modules import backbones  # pylint: disable=g-import-not-at-top
+    raise ConfigError(
+      f'trainer.image_size must be >= {MIN_IMAGE_SIZE}, got {config.image_size}'
+    )
+  from modules import backbones
+
   try:
     if config.modality != features.TEXT:
       backbones.check_spec(config.trainer.backbone, config.image_size)
@@ -789,31 +1073,33 @@ def load_file(path: str) -> Dict[str, Any]:
   extension = os.path.splitext(path)[1].lower()
   if extension not in ('.yaml', '.yml', '.toml'):
     raise ConfigError(
-        f'{path}: settings files are .yaml, .yml or .toml, not {extension!r}')
+      f'{path}: settings files are .yaml, .yml or .toml, not {extension!r}'
+    )
   try:
     with open(path, 'rb') as f:
-      values = (tomli.load(f) if extension == '.toml' else
-                yaml.safe_load(f))
+      values = tomli.load(f) if extension == '.toml' else yaml.safe_load(f)
   except OSError as e:
     raise ConfigError(f'cannot read settings file {path}: {e.strerror}') from e
   except (tomli.TOMLDecodeError, yaml.YAMLError) as e:
-    raise ConfigError(f'{path} is not valid {extension[1:].upper()}: '
-                      f'{e}') from e
+    raise ConfigError(
+      f'{path} is not valid {extension[1:].upper()}: {e}'
+    ) from e
   if values is None:
     return {}
   if not isinstance(values, dict):
-    raise ConfigError(f'{path}: expected a mapping of settings, got '
-                      f'{type(values).__name__}')
-  check_keys(values, [f.name for f in dataclasses.fields(PipelineConfig)],
-             path)
+    raise ConfigError(
+      f'{path}: expected a mapping of settings, got {type(values).__name__}'
+    )
+  check_keys(values, [f.name for f in dataclasses.fields(PipelineConfig)], path)
   return values
 
 
 # Flags.
 
 
-def flag_fields(section: type = PipelineConfig,
-                exclude: Sequence[str] = ()) -> List[tuple]:
+def flag_fields(
+  section: type = PipelineConfig, exclude: Sequence[str] = ()
+) -> List[tuple]:
   """(key path, field) of every setting with a dedicated flag.
 
   Trainer settings' flags drop the `trainer.` prefix (--phase1-epochs).
@@ -821,13 +1107,18 @@ def flag_fields(section: type = PipelineConfig,
   fields = []
   for field in dataclasses.fields(section):
     if field.name == 'trainer':
-      fields += [(f'trainer.{f.name}', f)
-                 for f in dataclasses.fields(TrainerConfig)
-                 if f.metadata.get('flag')]
+      fields += [
+        (f'trainer.{f.name}', f)
+        for f in dataclasses.fields(TrainerConfig)
+        if f.metadata.get('flag')
+      ]
     elif field.metadata.get('flag'):
       fields.append((field.name, field))
-  return [(key, field) for key, field in fields
-          if key not in exclude and field.name not in exclude]
+  return [
+    (key, field)
+    for key, field in fields
+    if key not in exclude and field.name not in exclude
+  ]
 
 
 def flag_name(key: str) -> str:
@@ -835,8 +1126,11 @@ def flag_name(key: str) -> str:
   return '--' + key.rsplit('.', 1)[-1].replace('_', '-')
 
 
-def add_flags(parser: argparse.ArgumentParser,
-              exclude: Sequence[str] = (), set_help: str = '') -> None:
+def add_flags(
+  parser: argparse.ArgumentParser,
+  exclude: Sequence[str] = (),
+  set_help: str = '',
+) -> None:
   """Adds the settings' flags to `parser`: dedicated ones and --set.
 
   `exclude` leaves out keys (or field names) this command cannot set.
@@ -844,11 +1138,15 @@ def add_flags(parser: argparse.ArgumentParser,
   for key, _ in flag_fields(exclude=exclude):
     add_flag(parser, key)
   parser.add_argument(
-      '--set', action='append', default=[], metavar='KEY=VALUE',
-      dest='settings_overrides',
-      help='Any setting by its key, e.g. --set trainer.dropout=0.3 or '
-      '--set trainer.augmentation.flip=horizontal; VALUE is read as YAML '
-      '(repeatable; docs/cli.md lists the keys).' + set_help)
+    '--set',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    dest='settings_overrides',
+    help='Any setting by its key, e.g. --set trainer.dropout=0.3 or '
+    '--set trainer.augmentation.flip=horizontal; VALUE is read as YAML '
+    '(repeatable; docs/cli.md lists the keys).' + set_help,
+  )
 
 
 def add_flag(parser: argparse.ArgumentParser, key: str, **kwargs) -> None:
@@ -858,23 +1156,34 @@ def add_flag(parser: argparse.ArgumentParser, key: str, **kwargs) -> None:
   the settings file's value, else the field's default, which the help
   shows); `kwargs` override argparse arguments (e.g. required=True).
   """
-  section, name = ((TrainerConfig, key.split('.', 1)[1])
-                   if key.startswith('trainer.') else (PipelineConfig, key))
-  field, = [f for f in dataclasses.fields(section) if f.name == name]
+  section, name = (
+    (TrainerConfig, key.split('.', 1)[1])
+    if key.startswith('trainer.')
+    else (PipelineConfig, key)
+  )
+  (field,) = [f for f in dataclasses.fields(section) if f.name == name]
   annotation = typing.get_type_hints(section)[name]
   scalar = {int: int, float: float}.get(_scalar(annotation), str)
   default = _default(field)
-  shown = '' if name in ('data_root', 'output_dir') else (
-      f' (default {default})')
-  parser.add_argument(flag_name(key), dest=key, type=scalar,
-                      metavar=name.upper(), **{
-                          'help': field.metadata['help'] + shown, **kwargs})
+  shown = (
+    '' if name in ('data_root', 'output_dir') else (f' (default {default})')
+  )
+  parser.add_argument(
+    flag_name(key),
+    dest=key,
+    type=scalar,
+    metavar=name.upper(),
+    **{'help': field.metadata['help'] + shown, **kwargs},
+  )
 
 
 def _scalar(annotation: Any) -> Any:
   args = [a for a in typing.get_args(annotation) if a is not types.NoneType]
-  return args[0] if typing.get_origin(annotation) is Union and len(
-      args) == 1 else annotation
+  return (
+    args[0]
+    if typing.get_origin(annotation) is Union and len(args) == 1
+    else annotation
+  )
 
 
 def overrides(args: argparse.Namespace) -> Dict[str, Any]:
@@ -887,8 +1196,9 @@ def overrides(args: argparse.Namespace) -> Dict[str, Any]:
     try:
       value = yaml.safe_load(text)
     except yaml.YAMLError as e:
-      raise ConfigError(f'--set {key}: {text!r} is not a YAML value: {e}'
-                        ) from e
+      raise ConfigError(
+        f'--set {key}: {text!r} is not a YAML value: {e}'
+      ) from e
     _set(values, key, value)
   for key in _FLAG_KEYS:
     if getattr(args, key, None) is not None:
@@ -908,8 +1218,7 @@ def _set(values: Dict[str, Any], key: str, value: Any) -> None:
 _FLAG_KEYS = frozenset(key for key, _ in flag_fields())
 
 
-def merge(base: Mapping[str, Any], update: Mapping[str, Any]
-          ) -> Dict[str, Any]:
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
   """`base` with `update`'s values; nested mappings are merged key by key."""
   merged = dict(base)
   for key, value in update.items():
@@ -920,21 +1229,21 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]
   return merged
 
 
-def from_sources(config_path: Optional[str], args: argparse.Namespace,
-                 defaults: Optional[Mapping[str, Any]] = None
-                 ) -> PipelineConfig:
+def from_sources(
+  config_path: Optional[str],
+  args: argparse.Namespace,
+  defaults: Optional[Mapping[str, Any]] = None,
+) -> PipelineConfig:
   """PipelineConfig from the defaults, a settings file, then the flags.
 
   `defaults` replace PipelineConfig's own for this command (e.g. compile's
   data root inside the container image).
   """
-  values = merge(defaults or {},
-                 load_file(config_path) if config_path else {})
+  values = merge(defaults or {}, load_file(config_path) if config_path else {})
   return PipelineConfig.from_dict(merge(values, overrides(args)), 'settings')
 
 
-def setting_keys(section: type = PipelineConfig, prefix: str = ''
-                 ) -> List[str]:
+def setting_keys(section: type = PipelineConfig, prefix: str = '') -> List[str]:
   """Every settings key path, nested sections' fields included."""
   keys = []
   hints = typing.get_type_hints(section)
@@ -994,10 +1303,14 @@ def _describe(annotation: Any) -> str:
     return ' or '.join(_describe(arg) for arg in args)
   if origin is list:
     return f'a list of {_describe(args[0])}'
-  if origin is dict or (isinstance(annotation, type) and
-                        issubclass(annotation, _Section)):
+  if origin is dict or (
+    isinstance(annotation, type) and issubclass(annotation, _Section)
+  ):
     return 'a mapping'
   return {
-      float: 'a number', int: 'an integer', str: 'a string', bool: 'true/false',
-      types.NoneType: 'null'
+    float: 'a number',
+    int: 'an integer',
+    str: 'a string',
+    bool: 'true/false',
+    types.NoneType: 'null',
   }.get(annotation, getattr(annotation, '__name__', str(annotation)))

@@ -10,11 +10,12 @@ import os
 import sys
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
 
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
-    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+  cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 import numpy as np
 import tf_keras as keras
@@ -26,10 +27,13 @@ from modules import model as model_lib
 IMAGE_SIZE, EXAMPLES, BATCH = 32, 37, 8  # A partial last batch.
 rng = np.random.default_rng(0)
 labels = rng.integers(0, 3, EXAMPLES)
-images = (rng.uniform(0, 80, (EXAMPLES, IMAGE_SIZE, IMAGE_SIZE, 3)) +
-          80 * labels[:, None, None, None]).astype('float32')
+images = (
+  rng.uniform(0, 80, (EXAMPLES, IMAGE_SIZE, IMAGE_SIZE, 3))
+  + 80 * labels[:, None, None, None]
+).astype('float32')
 dataset = tf.data.Dataset.from_tensor_slices(
-    (images, labels.astype('int64'))).batch(BATCH)
+  (images, labels.astype('int64'))
+).batch(BATCH)
 
 mirrored = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 with mirrored.scope():
@@ -38,24 +42,41 @@ with mirrored.scope():
   model = model_lib.build_classifier(backbone, IMAGE_SIZE, 3, 0.0)
 embedder = embedding_cache.embedding_model(model)
 caches = {}
-for name, strategy in (('mirrored', mirrored),
-                       ('single', tf.distribute.get_strategy())):
+for name, strategy in (
+  ('mirrored', mirrored),
+  ('single', tf.distribute.get_strategy()),
+):
   path = os.path.join(sys.argv[1], f'{name}.tfrecord')
-  per_replica = embedding_cache.write_embeddings(strategy, embedder, dataset,
-                                                 path)
-  (features, cached_labels), = embedding_cache.read_embeddings(
-      path, EXAMPLES, False, 0)
-  caches[name] = {'per_replica': per_replica, 'features': features.numpy(),
-                  'labels': cached_labels.numpy()}
-print('VERDICT ' + json.dumps({
-    'replicas': mirrored.num_replicas_in_sync,
-    'per_replica_mirrored': caches['mirrored']['per_replica'],
-    'per_replica_single': caches['single']['per_replica'],
-    'labels_equal': bool(np.array_equal(caches['mirrored']['labels'],
-                                        caches['single']['labels'])),
-    'labels_are_the_datasets': bool(np.array_equal(
-        caches['single']['labels'], labels)),
-    'max_abs_difference': float(np.abs(caches['mirrored']['features'] -
-                                       caches['single']['features']).max()),
-    'shape': list(caches['mirrored']['features'].shape),
-}))
+  per_replica = embedding_cache.write_embeddings(
+    strategy, embedder, dataset, path
+  )
+  ((features, cached_labels),) = embedding_cache.read_embeddings(
+    path, EXAMPLES, False, 0
+  )
+  caches[name] = {
+    'per_replica': per_replica,
+    'features': features.numpy(),
+    'labels': cached_labels.numpy(),
+  }
+print(
+  'VERDICT '
+  + json.dumps(
+    {
+      'replicas': mirrored.num_replicas_in_sync,
+      'per_replica_mirrored': caches['mirrored']['per_replica'],
+      'per_replica_single': caches['single']['per_replica'],
+      'labels_equal': bool(
+        np.array_equal(caches['mirrored']['labels'], caches['single']['labels'])
+      ),
+      'labels_are_the_datasets': bool(
+        np.array_equal(caches['single']['labels'], labels)
+      ),
+      'max_abs_difference': float(
+        np.abs(
+          caches['mirrored']['features'] - caches['single']['features']
+        ).max()
+      ),
+      'shape': list(caches['mirrored']['features'].shape),
+    }
+  )
+)

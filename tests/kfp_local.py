@@ -105,10 +105,18 @@ _BUCKET = re.compile(r'(^[a-z][a-z0-9]+:///?)([^/?]+)(/[^?]*)?(\?.+)?$')
 _BUCKET_SCHEMES = ('gs://', 's3://', 'minio://')
 _LOCAL_PREFIXES = {'gs://': '/gcs/', 'minio://': '/minio/', 's3://': '/s3/'}
 _CONDITION = re.compile(
-    r"^\(inputs\.artifacts\['([^']+)'\]\.artifacts\[0\]\.metadata\['([^']+)'\]"
-    r' == ([0-9.]+)\)$')
-_KINDS = {str: 'STRING', bool: 'BOOLEAN', int: 'NUMBER', float: 'NUMBER',
-          list: 'LIST', dict: 'STRUCT', type(None): 'NULL'}
+  r"^\(inputs\.artifacts\['([^']+)'\]\.artifacts\[0\]\.metadata\['([^']+)'\]"
+  r' == ([0-9.]+)\)$'
+)
+_KINDS = {
+  str: 'STRING',
+  bool: 'BOOLEAN',
+  int: 'NUMBER',
+  float: 'NUMBER',
+  list: 'LIST',
+  dict: 'STRUCT',
+  type(None): 'NULL',
+}
 
 
 class KfpError(Exception):
@@ -120,6 +128,7 @@ class TaskResult:
   """A task's state ('succeeded', 'cached' or 'skipped'), the artifacts
   downstream tasks get for its outputs (RuntimeArtifact dicts), its executor
   input and its cache fingerprint."""
+
   state: str
   outputs: Dict[str, Dict[str, Any]]
   executor_input: Optional[Dict[str, Any]] = None
@@ -130,11 +139,13 @@ def parse_bucket(root: str) -> re.Match:
   """`objectstore/config.go` `ParseBucketPathToConfig`, or KfpError."""
   match = _BUCKET.match(root)
   if not match:
-    raise KfpError('parse bucket config failed: unrecognized pipeline root '
-                   f'format: "{root}"')
+    raise KfpError(
+      f'parse bucket config failed: unrecognized pipeline root format: "{root}"'
+    )
   if match.group(1) not in _BUCKET_SCHEMES:
-    raise KfpError(f'parse bucket config failed: unsupported Cloud bucket: '
-                   f'"{root}"')
+    raise KfpError(
+      f'parse bucket config failed: unsupported Cloud bucket: "{root}"'
+    )
   return match
 
 
@@ -142,7 +153,7 @@ def local_path_for_uri(uri: str) -> Optional[str]:
   """`launcher_v2.go` `LocalPathForURI`; None for an unsupported scheme."""
   for scheme, prefix in _LOCAL_PREFIXES.items():
     if uri.startswith(scheme):
-      return prefix + uri[len(scheme):]
+      return prefix + uri[len(scheme) :]
   return None
 
 
@@ -163,13 +174,15 @@ def to_mlmd_value(value: Any) -> Dict[str, Any]:
     return {'struct_value': {'list': value}}
   if kind == 'STRUCT':
     return {'struct_value': {'struct': value}}
-  raise KfpError(f'failed to convert RuntimeArtifact to MLMD artifact: '
-                 f'unknown/unsupported value type {kind}')
+  raise KfpError(
+    f'failed to convert RuntimeArtifact to MLMD artifact: '
+    f'unknown/unsupported value type {kind}'
+  )
 
 
 def from_mlmd_value(value: Dict[str, Any]) -> Any:
   """`converter.go` `toRuntimeArtifact`: an MLMD Value as a JSON value."""
-  (kind, content), = value.items()
+  ((kind, content),) = value.items()
   return float(content) if kind in ('int_value', 'double_value') else content
 
 
@@ -189,14 +202,16 @@ def _cache_json(value: Any) -> str:
   return json.dumps(value, separators=(',', ':'), sort_keys=True)
 
 
-def check_run_parameters(spec: Dict[str, Any],
-                         values: Mapping[str, Any]) -> Dict[str, Any]:
+def check_run_parameters(
+  spec: Dict[str, Any], values: Mapping[str, Any]
+) -> Dict[str, Any]:
   """The run's parameter values, defaults filled in, as KFP accepts them."""
   definitions = spec['root'].get('inputDefinitions', {}).get('parameters', {})
   extra = sorted(set(values) - set(definitions))
   if extra:
-    raise KfpError('parameter(s) provided are not required by pipeline: '
-                   + ', '.join(extra))
+    raise KfpError(
+      'parameter(s) provided are not required by pipeline: ' + ', '.join(extra)
+    )
   result = {}
   for name, definition in definitions.items():
     expected = definition.get('parameterType', 'UNSPECIFIED')
@@ -204,17 +219,21 @@ def check_run_parameters(spec: Dict[str, Any],
       kind = _kind(values[name])
       wanted = 'NUMBER' if expected.startswith('NUMBER_') else expected
       if kind != wanted:
-        raise KfpError(f'input parameter {name} requires type {expected}, but '
-                       f'the parameter value is not of {wanted.lower()} value '
-                       'type')
+        raise KfpError(
+          f'input parameter {name} requires type {expected}, but '
+          f'the parameter value is not of {wanted.lower()} value '
+          'type'
+        )
       result[name] = values[name]
     elif 'defaultValue' in definition:
       result[name] = definition['defaultValue']
     elif definition.get('isOptional'):
       result[name] = None
     else:
-      raise KfpError(f'parameter {name} is not optional, yet has neither '
-                     'default value nor user provided value')
+      raise KfpError(
+        f'parameter {name} is not optional, yet has neither '
+        'default value nor user provided value'
+      )
   return result
 
 
@@ -223,8 +242,10 @@ def _order(tasks: Dict[str, Any]) -> List[str]:
   done, order = set(), []
   while len(order) < len(tasks):
     ready = sorted(
-        name for name, task in tasks.items() if name not in done and
-        set(task.get('dependentTasks', [])) <= done)
+      name
+      for name, task in tasks.items()
+      if name not in done and set(task.get('dependentTasks', [])) <= done
+    )
     if not ready:
       raise ValueError(f'Cycle among {sorted(set(tasks) - done)}')
     done.update(ready)
@@ -250,9 +271,13 @@ class Kfp:
     claims: PersistentVolumeClaim name -> the host folder holding its files.
   """
 
-  def __init__(self, work_dir: str, version: str = MASTER,
-               launcher_config: Optional[Dict[str, str]] = None,
-               claims: Optional[Dict[str, str]] = None):
+  def __init__(
+    self,
+    work_dir: str,
+    version: str = MASTER,
+    launcher_config: Optional[Dict[str, str]] = None,
+    claims: Optional[Dict[str, str]] = None,
+  ):
     if version not in (MASTER, V2_0_5):
       raise ValueError(f'Unknown KFP version {version}')
     self.work_dir = work_dir
@@ -266,16 +291,21 @@ class Kfp:
 
   def pipeline_root(self, run_pipeline_root: Optional[str]) -> str:
     """The root `RootDAG` resolves (module docstring)."""
-    return (run_pipeline_root or
-            self.launcher_config.get('defaultPipelineRoot') or
-            DEFAULT_PIPELINE_ROOT)
+    return (
+      run_pipeline_root
+      or self.launcher_config.get('defaultPipelineRoot')
+      or DEFAULT_PIPELINE_ROOT
+    )
 
-  def run(self, spec: Dict[str, Any],
-          pipeline_root: Optional[str] = None,
-          parameters: Optional[Mapping[str, Any]] = None,
-          platform_spec: Optional[Dict[str, Any]] = None,
-          enable_caching: bool = True,
-          allow_local_root: bool = False) -> Dict[str, TaskResult]:
+  def run(
+    self,
+    spec: Dict[str, Any],
+    pipeline_root: Optional[str] = None,
+    parameters: Optional[Mapping[str, Any]] = None,
+    platform_spec: Optional[Dict[str, Any]] = None,
+    enable_caching: bool = True,
+    allow_local_root: bool = False,
+  ) -> Dict[str, TaskResult]:
     """Creates and runs one run of `spec`; returns each task's result.
 
     Args:
@@ -299,8 +329,13 @@ class Kfp:
     if not self._local_root:
       parse_bucket(root)
     session_info = self._session_info(root)
-    executors = (platform_spec or {}).get('platforms', {}).get(
-        'kubernetes', {}).get('deploymentSpec', {}).get('executors', {})
+    executors = (
+      (platform_spec or {})
+      .get('platforms', {})
+      .get('kubernetes', {})
+      .get('deploymentSpec', {})
+      .get('executors', {})
+    )
     tasks = spec['root']['dag']['tasks']
     results: Dict[str, TaskResult] = {}
     for name in _order(tasks):
@@ -309,57 +344,81 @@ class Kfp:
       label = component['executorLabel']
       container = spec['deploymentSpec']['executors'][label]['container']
       inputs = {
-          'parameterValues': self._parameters(name, task, component, values),
-          'artifacts': {
-              key: {'artifacts': [self._input_artifact(name, source, results)]}
-              for key, source in task.get('inputs', {}).get('artifacts',
-                                                            {}).items()
-          },
+        'parameterValues': self._parameters(name, task, component, values),
+        'artifacts': {
+          key: {'artifacts': [self._input_artifact(name, source, results)]}
+          for key, source in task.get('inputs', {}).get('artifacts', {}).items()
+        },
       }
       if not self._triggered(task, inputs):
         results[name] = TaskResult('skipped', {})
         continue
       pod = os.path.join(self.work_dir, 'pods', run_id, name)
-      executor_input = {'inputs': inputs,
-                        'outputs': self._provision(root, name, component, pod)}
+      executor_input = {
+        'inputs': inputs,
+        'outputs': self._provision(root, name, component, pod),
+      }
       mounts = executors.get(label, {}).get('pvcMount', [])
       fingerprint = ''
       if enable_caching and task.get('cachingOptions', {}).get('enableCache'):
-        fingerprint = self._fingerprint(executor_input, container, component,
-                                        mounts)
+        fingerprint = self._fingerprint(
+          executor_input, container, component, mounts
+        )
         if fingerprint in self._cache:
           cached = self._cache[fingerprint]
           results[name] = TaskResult(
-              'cached', {key: self._runtime_artifact(artifact_id)
-                         for key, artifact_id in cached.items()},
-              executor_input, fingerprint)
+            'cached',
+            {
+              key: self._runtime_artifact(artifact_id)
+              for key, artifact_id in cached.items()
+            },
+            executor_input,
+            fingerprint,
+          )
           continue
-      outputs = self._launch(name, pod, container, executor_input, mounts,
-                             session_info)
+      outputs = self._launch(
+        name, pod, container, executor_input, mounts, session_info
+      )
       if fingerprint:
         self._cache[fingerprint] = outputs
       results[name] = TaskResult(
-          'succeeded', {key: self._runtime_artifact(artifact_id)
-                        for key, artifact_id in outputs.items()},
-          executor_input, fingerprint)
+        'succeeded',
+        {
+          key: self._runtime_artifact(artifact_id)
+          for key, artifact_id in outputs.items()
+        },
+        executor_input,
+        fingerprint,
+      )
     return results
 
   def _session_info(self, root: str) -> str:
     """`config/env.go` `GetStoreSessionInfo` without provider settings."""
     scheme = root.split('://', 1)[0] if '://' in root else ''
     if scheme == 'minio':
-      params = {'region': 'minio', 'endpoint': 'seaweedfs.kubeflow:9000',
-                'disableSSL': 'true', 'fromEnv': 'false', 'maxRetries': '5',
-                'secretName': 'mlpipeline-minio-artifact',
-                'accessKeyKey': 'accesskey', 'secretKeyKey': 'secretkey'}
+      params = {
+        'region': 'minio',
+        'endpoint': 'seaweedfs.kubeflow:9000',
+        'disableSSL': 'true',
+        'fromEnv': 'false',
+        'maxRetries': '5',
+        'secretName': 'mlpipeline-minio-artifact',
+        'accessKeyKey': 'accesskey',
+        'secretKeyKey': 'secretkey',
+      }
     else:
       params = {'fromEnv': 'true'}
-    return json.dumps({'Provider': scheme, 'Params': params},
-                      separators=(',', ':'))
+    return json.dumps(
+      {'Provider': scheme, 'Params': params}, separators=(',', ':')
+    )
 
-  def _parameters(self, name: str, task: Dict[str, Any],
-                  component: Dict[str, Any],
-                  run_values: Dict[str, Any]) -> Dict[str, Any]:
+  def _parameters(
+    self,
+    name: str,
+    task: Dict[str, Any],
+    component: Dict[str, Any],
+    run_values: Dict[str, Any],
+  ) -> Dict[str, Any]:
     """`resolve.go` `resolveInputs`: resolved and type-checked values."""
     values = {}
     for key, source in task.get('inputs', {}).get('parameters', {}).items():
@@ -376,21 +435,27 @@ class Kfp:
     for key, definition in definitions.items():
       if key not in values:
         if not definition.get('isOptional') and 'defaultValue' not in (
-            definition):
-          raise KfpError(f'{name}: neither value nor default value provided '
-                         f'for non-optional parameter "{key}"')
+          definition
+        ):
+          raise KfpError(
+            f'{name}: neither value nor default value provided '
+            f'for non-optional parameter "{key}"'
+          )
         continue
       expected = definition.get('parameterType')
       kind = _kind(values[key])
       if expected == 'STRING':
         values[key] = _text(values[key])
       elif kind != ('NUMBER' if expected.startswith('NUMBER_') else expected):
-        raise KfpError(f'{name}: input parameter "{key}" type mismatch: '
-                       f'expect {expected}, got {kind.lower()}')
+        raise KfpError(
+          f'{name}: input parameter "{key}" type mismatch: '
+          f'expect {expected}, got {kind.lower()}'
+        )
     return values
 
-  def _input_artifact(self, name: str, source: Dict[str, Any],
-                      results: Dict[str, TaskResult]) -> Dict[str, Any]:
+  def _input_artifact(
+    self, name: str, source: Dict[str, Any], results: Dict[str, TaskResult]
+  ) -> Dict[str, Any]:
     """`resolve.go` `resolveUpstreamArtifacts`: the producer's output."""
     if 'taskOutputArtifact' not in source:
       raise KfpError(f'{name}: artifact spec {source} not emulated')
@@ -398,19 +463,23 @@ class Kfp:
     key = source['taskOutputArtifact']['outputArtifactKey']
     result = results.get(producer)
     if result is None or key not in result.outputs:
-      raise KfpError(f'{name}: cannot find output artifact key "{key}" in '
-                     f'producer task "{producer}"')
+      raise KfpError(
+        f'{name}: cannot find output artifact key "{key}" in '
+        f'producer task "{producer}"'
+      )
     return copy.deepcopy(result.outputs[key])
 
   def _runtime_artifact(self, artifact_id: int) -> Dict[str, Any]:
     """`OutputArtifact.ToRuntimeArtifact` of an MLMD artifact."""
     artifact = self._artifacts[artifact_id]
     return {
-        'name': str(artifact.id),
-        'uri': artifact.uri,
-        'metadata': {key: from_mlmd_value(value) for key, value in
-                     artifact.custom_properties.items()},
-        'type': {'instanceSchema': ''},
+      'name': str(artifact.id),
+      'uri': artifact.uri,
+      'metadata': {
+        key: from_mlmd_value(value)
+        for key, value in artifact.custom_properties.items()
+      },
+      'type': {'instanceSchema': ''},
     }
 
   @staticmethod
@@ -425,66 +494,88 @@ class Kfp:
     artifact = inputs['artifacts'][key]['artifacts'][0]
     return artifact.get('metadata', {}).get(field) == float(number)
 
-  def _provision(self, root: str, task: str, component: Dict[str, Any],
-                 pod: str) -> Dict[str, Any]:
+  def _provision(
+    self, root: str, task: str, component: Dict[str, Any], pod: str
+  ) -> Dict[str, Any]:
     """`driver.go` `provisionOutputs`."""
     definitions = component.get('outputDefinitions', {}).get('artifacts', {})
     if self.version == MASTER:
       task_root = f'{root.rstrip("/")}/{task}/{uuid.uuid4()}'
       local_root = local_path_for_uri(task_root)
-      output_file = (f'{local_root}/output_metadata.json' if local_root else
-                     OUTPUT_METADATA_FILEPATH)
+      output_file = (
+        f'{local_root}/output_metadata.json'
+        if local_root
+        else OUTPUT_METADATA_FILEPATH
+      )
     else:
       task_root = f'{root.rstrip("/")}/{task}'
       output_file = OUTPUT_METADATA_FILEPATH
     artifacts = {}
     for key, definition in definitions.items():
-      artifact = {'uri': f'{task_root}/{key}',
-                  'type': definition['artifactType']}
+      artifact = {
+        'uri': f'{task_root}/{key}',
+        'type': definition['artifactType'],
+      }
       if self.version == MASTER:
         artifact['name'] = key
       if 'metadata' in definition:
         artifact['metadata'] = definition['metadata']
       artifacts[key] = {'artifacts': [artifact]}
-    return {'artifacts': artifacts,
-            'outputFile': os.path.join(pod, output_file.lstrip('/'))}
+    return {
+      'artifacts': artifacts,
+      'outputFile': os.path.join(pod, output_file.lstrip('/')),
+    }
 
-  def _fingerprint(self, executor_input: Dict[str, Any],
-                   container: Dict[str, Any], component: Dict[str, Any],
-                   mounts: List[Dict[str, Any]]) -> str:
+  def _fingerprint(
+    self,
+    executor_input: Dict[str, Any],
+    container: Dict[str, Any],
+    component: Dict[str, Any],
+    mounts: List[Dict[str, Any]],
+  ) -> str:
     """`cacheutils/cache.go` `GenerateCacheKey`, `GenerateFingerPrint`."""
     inputs, outputs = executor_input['inputs'], executor_input['outputs']
     key = {
-        'inputArtifactNames': {
-            name: {'artifactNames': [a['name'] for a in value['artifacts']]}
-            for name, value in inputs['artifacts'].items()},
-        'inputParameterValues': inputs['parameterValues'],
-        'outputArtifactsSpec': {
-            name: {k: v for k, v in value['artifacts'][0].items()
-                   if k != 'uri'}
-            for name, value in outputs['artifacts'].items()},
-        'outputParametersSpec': {
-            name: definition['parameterType'] for name, definition in
-            component.get('outputDefinitions', {}).get('parameters',
-                                                       {}).items()},
-        'containerSpec': {
-            'image': container['image'],
-            'cmdArgs': container.get('command', []) + container.get('args',
-                                                                    []),
-            'pvcNames': sorted({m['constant'] for m in mounts}),
-        },
+      'inputArtifactNames': {
+        name: {'artifactNames': [a['name'] for a in value['artifacts']]}
+        for name, value in inputs['artifacts'].items()
+      },
+      'inputParameterValues': inputs['parameterValues'],
+      'outputArtifactsSpec': {
+        name: {k: v for k, v in value['artifacts'][0].items() if k != 'uri'}
+        for name, value in outputs['artifacts'].items()
+      },
+      'outputParametersSpec': {
+        name: definition['parameterType']
+        for name, definition in component.get('outputDefinitions', {})
+        .get('parameters', {})
+        .items()
+      },
+      'containerSpec': {
+        'image': container['image'],
+        'cmdArgs': container.get('command', []) + container.get('args', []),
+        'pvcNames': sorted({m['constant'] for m in mounts}),
+      },
     }
     return hashlib.sha256(_cache_json(key).encode()).hexdigest()
 
-  def _launch(self, name: str, pod: str, container: Dict[str, Any],
-              executor_input: Dict[str, Any], mounts: List[Dict[str, Any]],
-              session_info: str) -> Dict[str, int]:
+  def _launch(
+    self,
+    name: str,
+    pod: str,
+    container: Dict[str, Any],
+    executor_input: Dict[str, Any],
+    mounts: List[Dict[str, Any]],
+    session_info: str,
+  ) -> Dict[str, int]:
     """The launcher: runs the task's command; returns output key -> MLMD id."""
     # Imported here: the rest of this module needs no TensorFlow.
-    from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
-    from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=g-import-not-at-top
-    message = json_format.ParseDict(executor_input,
-                                    pipeline_spec_pb2.ExecutorInput())
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    message = json_format.ParseDict(
+      executor_input, pipeline_spec_pb2.ExecutorInput()
+    )
     placeholders = {'{{$}}': json_format.MessageToJson(message, indent=None)}
     for key, value in executor_input['inputs']['parameterValues'].items():
       placeholders[f"{{{{$.inputs.parameters['{key}']}}}}"] = _text(value)
@@ -495,15 +586,18 @@ class Kfp:
         local = local_path_for_uri(uri)
         if local:
           placeholders[f"{{{{$.{direction}.artifacts['{key}'].path}}}}"] = (
-              os.path.join(pod, local.lstrip('/')))
+            os.path.join(pod, local.lstrip('/'))
+          )
 
     def fill(word: str) -> str:
       for placeholder, value in placeholders.items():
         word = word.replace(placeholder, value)
       return word
 
-    command = [sys.executable if word == 'python' else fill(word)
-               for word in container['command']]
+    command = [
+      sys.executable if word == 'python' else fill(word)
+      for word in container['command']
+    ]
     args = [fill(arg) for arg in container.get('args', [])]
     if any('{{$' in arg for arg in command + args):
       raise ValueError(f'{name}: placeholder not emulated in {args}')
@@ -515,22 +609,27 @@ class Kfp:
       if local is None and self._local_root:
         continue  # The launcher would have refused the root already.
       if local is None:
-        raise KfpError(f'{name}: failed to generate local storage path for '
-                       f'output artifact {value["artifacts"][0]["uri"]}')
-      os.makedirs(os.path.dirname(os.path.join(pod, local.lstrip('/'))),
-                  exist_ok=True)
+        raise KfpError(
+          f'{name}: failed to generate local storage path for '
+          f'output artifact {value["artifacts"][0]["uri"]}'
+        )
+      os.makedirs(
+        os.path.dirname(os.path.join(pod, local.lstrip('/'))), exist_ok=True
+      )
     output_file = executor_input['outputs']['outputFile']
     os.makedirs(os.path.dirname(output_file), exist_ok=True)
     run_id = os.path.basename(os.path.dirname(pod))
     log_path = os.path.join(self.work_dir, 'logs', f'{run_id}-{name}.log')
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with self._mounted(mounts), open(log_path, 'w') as log:
-      returncode = subprocess.call(command + args, stdout=log,
-                                   stderr=subprocess.STDOUT)
+      returncode = subprocess.call(
+        command + args, stdout=log, stderr=subprocess.STDOUT
+      )
     if returncode:
       with open(log_path) as log:
-        raise KfpError(f'{name} failed (exit {returncode}):\n'
-                       + log.read()[-6000:])
+        raise KfpError(
+          f'{name} failed (exit {returncode}):\n' + log.read()[-6000:]
+        )
     reported = {}
     if os.path.exists(output_file):
       with open(output_file) as f:
@@ -546,19 +645,23 @@ class Kfp:
       outputs[key] = self._record(key, artifact, session_info)
     return outputs
 
-  def _record(self, key: str, artifact: Dict[str, Any],
-              session_info: str) -> int:
+  def _record(
+    self, key: str, artifact: Dict[str, Any], session_info: str
+  ) -> int:
     """`RecordArtifact`: stores the artifact in MLMD; returns its id."""
-    properties = {k: to_mlmd_value(v)
-                  for k, v in artifact.get('metadata', {}).items()}
+    properties = {
+      k: to_mlmd_value(v) for k, v in artifact.get('metadata', {}).items()
+    }
     properties.setdefault('display_name', to_mlmd_value(key))
     if self.version == MASTER:
       properties.setdefault('store_session_info', to_mlmd_value(session_info))
     schema = artifact['type'].get('instanceSchema') or (
-        'title: ' + artifact['type'].get('schemaTitle', ''))
+      'title: ' + artifact['type'].get('schemaTitle', '')
+    )
     artifact_id = len(self._artifacts) + 1
-    self._artifacts[artifact_id] = _MlmdArtifact(artifact_id, artifact['uri'],
-                                                 schema, properties)
+    self._artifacts[artifact_id] = _MlmdArtifact(
+      artifact_id, artifact['uri'], schema, properties
+    )
     return artifact_id
 
   def _download(self, uri: str, pod: str) -> None:
@@ -566,8 +669,11 @@ class Kfp:
     `uri` into the pod's disk."""
     local = local_path_for_uri(uri)
     if local is None:
-      logging.warning('Input Artifact does not have a recognized storage URI '
-                      '%r. Skipping downloading to local path.', uri)
+      logging.warning(
+        'Input Artifact does not have a recognized storage URI '
+        '%r. Skipping downloading to local path.',
+        uri,
+      )
       return
     target = os.path.join(pod, local.lstrip('/'))
     store = _Bucket(uri)
@@ -588,8 +694,9 @@ class Kfp:
     for directory, _, files in os.walk(path):
       for file_name in files:
         relative = os.path.relpath(os.path.join(directory, file_name), path)
-        store.upload(os.path.join(directory, file_name),
-                     f'{store.prefix}/{relative}')
+        store.upload(
+          os.path.join(directory, file_name), f'{store.prefix}/{relative}'
+        )
 
   @contextlib.contextmanager
   def _mounted(self, mounts: List[Dict[str, Any]]) -> Iterator[None]:
@@ -599,14 +706,18 @@ class Kfp:
       for mount in mounts:
         claim, path = mount.get('constant'), mount.get('mountPath')
         if not claim or not path:
-          raise KfpError(f'failed to mount volume {mount}: claim name and '
-                         'mount path are required')
+          raise KfpError(
+            f'failed to mount volume {mount}: claim name and '
+            'mount path are required'
+          )
         if claim not in self.claims:
-          raise KfpError(f'persistentvolumeclaim "{claim}" not found: the pod '
-                         'stays Pending')
+          raise KfpError(
+            f'persistentvolumeclaim "{claim}" not found: the pod stays Pending'
+          )
         if os.path.lexists(path):
-          raise KfpError(f'{path} exists on this machine: cannot mount '
-                         f'{claim} there')
+          raise KfpError(
+            f'{path} exists on this machine: cannot mount {claim} there'
+          )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         os.symlink(self.claims[claim], path)
         made.append(path)
@@ -626,14 +737,20 @@ class _Bucket:
     self.name, _, prefix = rest.partition('/')
     self.prefix = prefix.rstrip('/')
     if scheme == 'gs':
-      from google.cloud import storage  # pylint: disable=g-import-not-at-top
+      from google.cloud import storage
+
       self._gcs = storage.Client().bucket(self.name)
       self._s3 = None
     else:
-      import boto3  # pylint: disable=g-import-not-at-top
-      self._s3 = boto3.client('s3', endpoint_url=(
-          os.environ.get('AWS_ENDPOINT_URL_S3') or
-          os.environ.get('AWS_ENDPOINT_URL')))
+      import boto3
+
+      self._s3 = boto3.client(
+        's3',
+        endpoint_url=(
+          os.environ.get('AWS_ENDPOINT_URL_S3')
+          or os.environ.get('AWS_ENDPOINT_URL')
+        ),
+      )
 
   def keys(self) -> Iterator[str]:
     """Object keys under the prefix (`isBlobKeyUnderPrefix`)."""
@@ -641,7 +758,8 @@ class _Bucket:
       names = (b.name for b in self._gcs.list_blobs(prefix=self.prefix))
     else:
       pages = self._s3.get_paginator('list_objects_v2').paginate(
-          Bucket=self.name, Prefix=self.prefix)
+        Bucket=self.name, Prefix=self.prefix
+      )
       names = (o['Key'] for page in pages for o in page.get('Contents', []))
     for name in names:
       if name.startswith(self.prefix + '/') and not name.endswith('/'):

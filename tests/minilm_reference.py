@@ -20,8 +20,12 @@ class NumpyMiniLM:
   def __init__(self, model_dir: str):
     with open(os.path.join(model_dir, 'config.json')) as f:
       self.config = json.load(f)
-    self.w = {k: v.astype(np.float64) for k, v in safetensors_numpy.load_file(
-        os.path.join(model_dir, 'model.safetensors')).items()}
+    self.w = {
+      k: v.astype(np.float64)
+      for k, v in safetensors_numpy.load_file(
+        os.path.join(model_dir, 'model.safetensors')
+      ).items()
+    }
 
   def _layer_norm(self, x, name):
     mean = x.mean(-1, keepdims=True)
@@ -37,9 +41,11 @@ class NumpyMiniLM:
     n, length = ids.shape
     heads = self.config['num_attention_heads']
     size = self.config['hidden_size'] // heads
-    x = (self.w['embeddings.word_embeddings.weight'][ids] +
-         self.w['embeddings.position_embeddings.weight'][np.arange(length)] +
-         self.w['embeddings.token_type_embeddings.weight'][0])
+    x = (
+      self.w['embeddings.word_embeddings.weight'][ids]
+      + self.w['embeddings.position_embeddings.weight'][np.arange(length)]
+      + self.w['embeddings.token_type_embeddings.weight'][0]
+    )
     x = self._layer_norm(x, 'embeddings.LayerNorm')
     bias = np.where(mask[:, None, None, :] > 0, 0.0, np.finfo(np.float64).min)
     for i in range(self.config['num_hidden_layers']):
@@ -55,12 +61,14 @@ class NumpyMiniLM:
       probs = special.softmax(scores, axis=-1)
       context = (probs @ v).transpose(0, 2, 1, 3).reshape(n, length, -1)
       x = self._layer_norm(
-          x + self._linear(context, f'{p}.attention.output.dense'),
-          f'{p}.attention.output.LayerNorm')
+        x + self._linear(context, f'{p}.attention.output.dense'),
+        f'{p}.attention.output.LayerNorm',
+      )
       h = self._linear(x, f'{p}.intermediate.dense')
       h = 0.5 * h * (1.0 + special.erf(h / np.sqrt(2.0)))  # Exact GELU.
-      x = self._layer_norm(x + self._linear(h, f'{p}.output.dense'),
-                           f'{p}.output.LayerNorm')
+      x = self._layer_norm(
+        x + self._linear(h, f'{p}.output.dense'), f'{p}.output.LayerNorm'
+      )
     return x
 
   def sentence_embeddings(self, ids, mask) -> np.ndarray:
@@ -69,4 +77,5 @@ class NumpyMiniLM:
     m = mask[:, :, None].astype(np.float64)
     pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
     return pooled / np.maximum(
-        np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+      np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12
+    )

@@ -10,16 +10,17 @@ import os
 import sys
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
 
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
-    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+  cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
-import tf_keras  # pylint: disable=g-import-not-at-top
-import helpers  # pylint: disable=g-import-not-at-top
-from modules import embedding_cache  # pylint: disable=g-import-not-at-top
-from modules import model as model_lib  # pylint: disable=g-import-not-at-top
+import tf_keras
+import helpers
+from modules import embedding_cache
+from modules import model as model_lib
 
 checks = []
 
@@ -35,14 +36,15 @@ def _checked(phase_fn, name_of):
     before = [v.numpy().copy() for v in kernel.values]
     result = phase_fn(*args, **kwargs)
     after = [v.numpy() for v in kernel.values]
-    checks.append({
+    checks.append(
+      {
         'phase': name,
         'replicas_in_sync': strategy.num_replicas_in_sync,
         'kernel_devices': sorted(v.device for v in kernel.values),
-        'replica_copies_equal': bool(all((a == after[0]).all()
-                                         for a in after)),
+        'replica_copies_equal': bool(all((a == after[0]).all() for a in after)),
         'changed': bool(any((b != a).any() for b, a in zip(before, after))),
-    })
+      }
+    )
     return result
 
   return wrapper
@@ -50,17 +52,26 @@ def _checked(phase_fn, name_of):
 
 # Phase 1 runs on cached embeddings, phase 2 through model.run_phase.
 embedding_cache.run_cached_phase1 = _checked(
-    embedding_cache.run_cached_phase1, lambda args: 'phase1')
+  embedding_cache.run_cached_phase1, lambda args: 'phase1'
+)
 model_lib.run_phase = _checked(model_lib.run_phase, lambda args: args[0])
-serving_dir = helpers.train_directly(sys.argv[1], sys.argv[2], {
-    'phase1_epochs': 2, 'phase2_epochs': 1, 'batch_size': 8})
+serving_dir = helpers.train_directly(
+  sys.argv[1],
+  sys.argv[2],
+  {'phase1_epochs': 2, 'phase2_epochs': 1, 'batch_size': 8},
+)
 with open(os.path.join(sys.argv[2], 'model_run', 'training_summary.json')) as f:
   summary = json.load(f)
-print('VERDICT ' + json.dumps({
-    'checks': checks,
-    'replicas': summary['replicas'],
-    'global_batch_size': summary['global_batch_size'],
-    'phase2_accuracy': summary['phase2']['eval_accuracy'],
-    'num_classes': len(summary['class_names']),
-    'serving_dir': serving_dir,
-}))
+print(
+  'VERDICT '
+  + json.dumps(
+    {
+      'checks': checks,
+      'replicas': summary['replicas'],
+      'global_batch_size': summary['global_batch_size'],
+      'phase2_accuracy': summary['phase2']['eval_accuracy'],
+      'num_classes': len(summary['class_names']),
+      'serving_dir': serving_dir,
+    }
+  )
+)

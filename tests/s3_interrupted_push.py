@@ -16,7 +16,8 @@ from pipeline import object_store
 
 
 def _saved_model(path: str, value: float) -> str:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+
   module = tf.Module()
   module.v = tf.Variable(value)
   module.f = tf.function(lambda: module.v, input_signature=[])
@@ -26,12 +27,14 @@ def _saved_model(path: str, value: float) -> str:
 
 def main(base: str, work_dir: str) -> dict:
   object_store.register(base)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfx.dsl.io import fileio  # pylint: disable=g-import-not-at-top
-  from components import atomic_pusher  # pylint: disable=g-import-not-at-top
-  from components import serving_baseline_evaluator as evaluator  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from tfx.dsl.io import fileio
+  from components import atomic_pusher
+  from components import serving_baseline_evaluator as evaluator
+
   first = atomic_pusher.push_atomically(
-      _saved_model(os.path.join(work_dir, 'm1'), 1.0), base)
+    _saved_model(os.path.join(work_dir, 'm1'), 1.0), base
+  )
   second = _saved_model(os.path.join(work_dir, 'm2'), 2.0)
   files = sum(len(names) for _, _, names in os.walk(second))
   real_copy = fileio.copy
@@ -50,20 +53,25 @@ def main(base: str, work_dir: str) -> dict:
       atomic_pusher.push_atomically(second, base)
       interrupted.append({'copied': copies, 'error': None})
     except OSError as e:
-      interrupted.append({'copied': copies, 'error': str(e),
-                          'served': evaluator.served_version(base)})
+      interrupted.append(
+        {
+          'copied': copies,
+          'error': str(e),
+          'served': evaluator.served_version(base),
+        }
+      )
     finally:
       fileio.copy = real_copy
   last = atomic_pusher.push_atomically(second, base)
   served = tf.saved_model.load(evaluator.served_version(base))
   return {
-      'files': files,
-      'first': first,
-      'interrupted': interrupted,
-      'last': last,
-      'served': evaluator.served_version(base),
-      'versions': atomic_pusher.pushed_versions(base),
-      'served_value': float(served.f().numpy()),
+    'files': files,
+    'first': first,
+    'interrupted': interrupted,
+    'last': last,
+    'served': evaluator.served_version(base),
+    'versions': atomic_pusher.pushed_versions(base),
+    'served_value': float(served.f().numpy()),
   }
 
 

@@ -27,21 +27,32 @@ class S3Server:
   """A `moto_server` process on 127.0.0.1, on a free port."""
 
   def __init__(self, log_path: str):
-    self._log = open(log_path, 'w+b')  # pylint: disable=consider-using-with
-    self._process = subprocess.Popen(  # pylint: disable=consider-using-with
-        [os.path.join(os.path.dirname(sys.executable), 'moto_server'),
-         '-H', '127.0.0.1', '-p', '0'],
-        stdout=self._log, stderr=subprocess.STDOUT)
+    self._log = open(log_path, 'w+b')
+    self._process = subprocess.Popen(
+      [
+        os.path.join(os.path.dirname(sys.executable), 'moto_server'),
+        '-H',
+        '127.0.0.1',
+        '-p',
+        '0',
+      ],
+      stdout=self._log,
+      stderr=subprocess.STDOUT,
+    )
     self.endpoint = self._wait_for_endpoint(log_path)
     self.env = {
-        'AWS_ENDPOINT_URL': self.endpoint,
-        'AWS_ACCESS_KEY_ID': 'testing',
-        'AWS_SECRET_ACCESS_KEY': 'testing',
-        'AWS_REGION': REGION,
+      'AWS_ENDPOINT_URL': self.endpoint,
+      'AWS_ACCESS_KEY_ID': 'testing',
+      'AWS_SECRET_ACCESS_KEY': 'testing',
+      'AWS_REGION': REGION,
     }
     self.client = boto3.client(
-        's3', endpoint_url=self.endpoint, region_name=REGION,
-        aws_access_key_id='testing', aws_secret_access_key='testing')
+      's3',
+      endpoint_url=self.endpoint,
+      region_name=REGION,
+      aws_access_key_id='testing',
+      aws_secret_access_key='testing',
+    )
 
   def _wait_for_endpoint(self, log_path: str, timeout: float = 60) -> str:
     deadline = time.time() + timeout
@@ -65,7 +76,7 @@ class S3Server:
 
   def upload_dir(self, local_dir: str, uri: str) -> None:
     """Uploads every file under `local_dir` to the prefix `uri`."""
-    bucket, _, prefix = uri[len('s3://'):].partition('/')
+    bucket, _, prefix = uri[len('s3://') :].partition('/')
     for directory, _, names in os.walk(local_dir):
       for name in names:
         path = os.path.join(directory, name)
@@ -74,16 +85,17 @@ class S3Server:
 
   def keys(self, uri: str) -> list:
     """The object keys under `uri`, relative to it, sorted."""
-    bucket, _, prefix = uri[len('s3://'):].partition('/')
+    bucket, _, prefix = uri[len('s3://') :].partition('/')
     prefix = prefix.rstrip('/') + '/' if prefix else ''
     keys = []
     for page in self.client.get_paginator('list_objects_v2').paginate(
-        Bucket=bucket, Prefix=prefix):
-      keys += [item['Key'][len(prefix):] for item in page.get('Contents', [])]
+      Bucket=bucket, Prefix=prefix
+    ):
+      keys += [item['Key'][len(prefix) :] for item in page.get('Contents', [])]
     return sorted(keys)
 
   def read(self, uri: str) -> bytes:
-    bucket, _, key = uri[len('s3://'):].partition('/')
+    bucket, _, key = uri[len('s3://') :].partition('/')
     return self.client.get_object(Bucket=bucket, Key=key)['Body'].read()
 
   def stop(self) -> None:

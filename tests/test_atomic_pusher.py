@@ -43,8 +43,9 @@ def test_push_is_atomic_and_not_duplicated(tmp_path, monkeypatch):
   with pytest.raises(OSError, match='disk full'):
     atomic_pusher.push_atomically(second, base)
   assert atomic_pusher.pushed_versions(base) == [os.path.basename(pushed)]
-  assert any(name.startswith(atomic_pusher.STAGING_PREFIX)
-             for name in os.listdir(base))
+  assert any(
+    name.startswith(atomic_pusher.STAGING_PREFIX) for name in os.listdir(base)
+  )
   # The gate compares with the served model, never with the half copy.
   assert serving_baseline_evaluator.served_version(base) == pushed
 
@@ -60,5 +61,6 @@ def test_push_is_atomic_and_not_duplicated(tmp_path, monkeypatch):
 def test_nothing_served_means_no_baseline(tmp_path):
   assert serving_baseline_evaluator.served_version(str(tmp_path / 'x')) is None
   os.makedirs(tmp_path / 'serving' / f'{atomic_pusher.STAGING_PREFIX}1-2')
-  assert serving_baseline_evaluator.served_version(
-      str(tmp_path / 'serving')) is None
+  assert (
+    serving_baseline_evaluator.served_version(str(tmp_path / 'serving')) is None
+  )

@@ -51,8 +51,11 @@ from modules import preprocessing
 from modules import trainer
 from pipeline import settings as settings_lib
 
-DEMO_DATA = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'data', 'fashion_demo')
+DEMO_DATA = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  'data',
+  'fashion_demo',
+)
 # The cheapest to save (20 layers; caffe-style preprocess_input, as ResNet).
 SAVE_AND_LOAD = ('VGG16',)
 _SAVE_ALL = os.environ.get('TFX_TRANSFER_ZOO_SAVE_ALL') == '1'
@@ -61,8 +64,10 @@ _SAVE_ALL = os.environ.get('TFX_TRANSFER_ZOO_SAVE_ALL') == '1'
 # Adam step on any weight they multiply is below float32 resolution: only the
 # logits bias moves. tests/test_model.py trains it with its offline weights.
 _VANISHING_FEATURES = ('MobileNet',)
-_RAW_SPEC = {features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-             features.LABEL_KEY: tf.io.FixedLenFeature([], tf.string)}
+_RAW_SPEC = {
+  features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+  features.LABEL_KEY: tf.io.FixedLenFeature([], tf.string),
+}
 
 
 def _demo_files():
@@ -81,32 +86,43 @@ def examples(tmp_path_factory):
   rows = []
   for path, label in _demo_files():
     with open(path, 'rb') as f:
-      rows.append({features.IMAGE_KEY: f.read(),
-                   features.LABEL_KEY: label.encode()})
+      rows.append(
+        {features.IMAGE_KEY: f.read(), features.LABEL_KEY: label.encode()}
+      )
   pattern = str(tmp_path_factory.mktemp('examples') / 'data.gz')
   with tf.io.TFRecordWriter(pattern, 'GZIP') as writer:
     for row in rows:
-      writer.write(tf.train.Example(features=tf.train.Features(feature={
-          k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
-          for k, v in row.items()})).SerializeToString())
+      writer.write(
+        tf.train.Example(
+          features=tf.train.Features(
+            feature={
+              k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+              for k, v in row.items()
+            }
+          )
+        ).SerializeToString()
+      )
   return rows, pattern
 
 
 def _make_transform_graph(rows, image_size, output_dir):
   """The Transform component's graph for `image_size`, made with tft_beam."""
   metadata = dataset_metadata.DatasetMetadata(
-      schema_utils.schema_from_feature_spec(_RAW_SPEC))
+    schema_utils.schema_from_feature_spec(_RAW_SPEC)
+  )
   preprocessing_fn = functools.partial(
-      preprocessing.preprocessing_fn,
-      custom_config={'image_size': image_size})
+    preprocessing.preprocessing_fn, custom_config={'image_size': image_size}
+  )
   with beam.Pipeline() as pipeline:
     with tft_beam.Context(temp_dir=os.path.join(output_dir, 'tmp')):
       data = pipeline | beam.Create(rows)
       transform_fn = (data, metadata) | tft_beam.AnalyzeDataset(
-          preprocessing_fn)
+        preprocessing_fn
+      )
       _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
-  metadata_io.write_metadata(metadata, os.path.join(
-      output_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+  metadata_io.write_metadata(
+    metadata, os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR)
+  )
   return tft.TFTransformOutput(output_dir)
 
 
@@ -120,7 +136,8 @@ def transform_graph(examples, tmp_path_factory):
   def _graph(image_size):
     if image_size not in graphs:
       graphs[image_size] = _make_transform_graph(
-          rows, image_size, str(root / str(image_size)))
+        rows, image_size, str(root / str(image_size))
+      )
     return graphs[image_size]
 
   return _graph
@@ -141,36 +158,51 @@ def eager_functions():
 
 
 @pytest.mark.parametrize('name', list(backbones.ZOO))
-def test_backbone_builds_trains_and_serves(name, examples, transform_graph,
-                                           eager_functions, tmp_path):
+def test_backbone_builds_trains_and_serves(
+  name, examples, transform_graph, eager_functions, tmp_path
+):
   del eager_functions  # Used for its effect.
   rows, pattern = examples
   entry = backbones.ZOO[name]
   tf_transform_output = transform_graph(entry.min_size)
   names = trainer.class_names(tf_transform_output)
   config = settings_lib.TrainerConfig.from_dict(
-      {'backbone': name, 'weights': 'none', 'image_size': entry.min_size})
+    {'backbone': name, 'weights': 'none', 'image_size': entry.min_size}
+  )
   keras.utils.set_random_seed(0)
   strategy = tf.distribute.get_strategy()
   with strategy.scope():
-    classifier, (backbone,) = trainer.build_model(features.IMAGE, config,
-                                                  len(names))
+    classifier, (backbone,) = trainer.build_model(
+      features.IMAGE, config, len(names)
+    )
   assert backbone.network.count_params() == entry.parameters
   assert backbone.preprocess is entry.preprocess_input
 
-  dataset = trainer.make_dataset([pattern], tf_transform_output,
-                                 batch_size=len(rows), shuffle=False)
+  dataset = trainer.make_dataset(
+    [pattern], tf_transform_output, batch_size=len(rows), shuffle=False
+  )
   before = _snapshot(classifier.layers)
   result = model_lib.run_phase(
-      'phase2', classifier, backbone, strategy, dataset, dataset, epochs=1,
-      learning_rate=1e-3, fine_tune_layers=config.fine_tune_layers)
+    'phase2',
+    classifier,
+    backbone,
+    strategy,
+    dataset,
+    dataset,
+    epochs=1,
+    learning_rate=1e-3,
+    fine_tune_layers=config.fine_tune_layers,
+  )
   after = _snapshot(classifier.layers)
   assert np.isfinite(result['history']['loss'][0])
   changed = {w for w in before if not np.array_equal(before[w], after[w])}
   logits = classifier.get_layer(model_lib.LOGITS)
-  unfrozen = {w.name for layer in backbone.layers
-              if layer.name in result['unfrozen_layers']
-              for w in layer.trainable_weights}
+  unfrozen = {
+    w.name
+    for layer in backbone.layers
+    if layer.name in result['unfrozen_layers']
+    for w in layer.trainable_weights
+  }
   assert unfrozen, 'fine-tuning unfroze no backbone weights'
   assert changed <= unfrozen | {w.name for w in logits.weights}
   if name in _VANISHING_FEATURES:
@@ -179,8 +211,9 @@ def test_backbone_builds_trains_and_serves(name, examples, transform_graph,
     assert {w.name for w in logits.weights} <= changed
     assert unfrozen & changed, 'no backbone weight trained'
 
-  signatures = trainer.make_serving_signatures(classifier, tf_transform_output,
-                                               names)
+  signatures = trainer.make_serving_signatures(
+    classifier, tf_transform_output, names
+  )
   image_bytes = tf.constant([row[features.IMAGE_KEY] for row in rows])
   served = signatures['serving_default'](image_bytes=image_bytes)
   probabilities = served['probabilities'].numpy()
@@ -194,15 +227,20 @@ def test_backbone_builds_trains_and_serves(name, examples, transform_graph,
     tf.saved_model.save(classifier, export_dir, signatures=signatures)
     loaded = tf.saved_model.load(export_dir).signatures['serving_default']
     reloaded = loaded(image_bytes=image_bytes)
-    np.testing.assert_allclose(reloaded['probabilities'].numpy(),
-                               probabilities, atol=1e-5)
-    assert reloaded['label'].numpy().tolist() == served['label'].numpy(
-        ).tolist()
+    np.testing.assert_allclose(
+      reloaded['probabilities'].numpy(), probabilities, atol=1e-5
+    )
+    assert (
+      reloaded['label'].numpy().tolist() == served['label'].numpy().tolist()
+    )
 
 
 def test_image_size_below_a_backbones_minimum_is_a_clear_error():
-  with pytest.raises(ValueError, match=r'image_size 74 is below the minimum '
-                     r'input size of InceptionV3 \(75; native 299\)'):
+  with pytest.raises(
+    ValueError,
+    match=r'image_size 74 is below the minimum '
+    r'input size of InceptionV3 \(75; native 299\)',
+  ):
     backbones.build_backbone('InceptionV3', 74, 'none')
   backbones.check_image_size('InceptionV3', 75)
   backbones.check_image_size('hub:inception_v3', 32)  # Sizes unknown: no check.
@@ -213,30 +251,41 @@ def test_image_size_below_a_backbones_minimum_is_a_clear_error():
 
 def test_hub_short_names_resolve_to_their_handles(tmp_path):
   assert backbones.hub_handle('mobilenet_v2_100_224') == (
-      'https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5')
+    'https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5'
+  )
   assert backbones.HUB_CATALOGUE['inception_v3'].native_size == 299
   for entry in backbones.HUB_CATALOGUE.values():
     assert entry.url.startswith('https://tfhub.dev/') and (
-        'feature' in entry.url), entry.url
+      'feature' in entry.url
+    ), entry.url
   url = 'https://tfhub.dev/google/imagenet/resnet_v2_101/feature_vector/5'
   assert backbones.hub_handle(url) == url
   assert backbones.hub_handle(str(tmp_path)) == str(tmp_path)
-  with pytest.raises(ValueError, match=r"Unknown TF Hub name 'mobilenet_v3'.*"
-                     r"'efficientnet_b0', 'inception_v3'"):
+  with pytest.raises(
+    ValueError,
+    match=r"Unknown TF Hub name 'mobilenet_v3'.*"
+    r"'efficientnet_b0', 'inception_v3'",
+  ):
     backbones.build_backbone('hub:mobilenet_v3', 32)
 
 
 def test_listing_covers_the_zoo_hub_names_and_text_encoders():
   listing = backbones.listing()
   assert [row['name'] for row in listing['image']] == list(backbones.ZOO)
-  mobilenet = listing['image'][[r['name'] for r in listing['image']].index(
-      'MobileNet')]
-  assert mobilenet == {'name': 'MobileNet', 'parameters': 3_228_864,
-                       'native_size': 224, 'min_size': 32,
-                       'offline_weights': True}
+  mobilenet = listing['image'][
+    [r['name'] for r in listing['image']].index('MobileNet')
+  ]
+  assert mobilenet == {
+    'name': 'MobileNet',
+    'parameters': 3_228_864,
+    'native_size': 224,
+    'min_size': 32,
+    'offline_weights': True,
+  }
   assert sum(row['offline_weights'] for row in listing['image']) == 1
   assert {f'hub:{name}' for name in backbones.HUB_CATALOGUE} <= {
-      row['name'] for row in listing['hub']}
+    row['name'] for row in listing['hub']
+  }
   minilm = listing['text'][0]
   assert minilm['name'] == 'MiniLM'
   encoder = backbones.build_text_backbone('MiniLM', 16, 'none')
@@ -246,42 +295,66 @@ def test_listing_covers_the_zoo_hub_names_and_text_encoders():
 
 @pytest.mark.parametrize('prefix', ['file:', 'hub:'])
 def test_local_saved_model_feature_extractor_end_to_end(
-    prefix, examples, transform_graph, tmp_path):
+  prefix, examples, transform_graph, tmp_path
+):
   """A Hub-style SavedModel ([0, 1] images -> vectors) from a local folder."""
   rows, pattern = examples
   image_size = 32
   keras.utils.set_random_seed(0)
-  extractor = keras.Sequential([
+  extractor = keras.Sequential(
+    [
       keras.Input((image_size, image_size, 3)),
       keras.layers.Conv2D(8, 3, activation='relu'),
       keras.layers.GlobalAveragePooling2D(),
-  ])
+    ]
+  )
   module_dir = str(tmp_path / 'feature_vector')
   tf.saved_model.save(extractor, module_dir)
   tf_transform_output = transform_graph(image_size)
   names = trainer.class_names(tf_transform_output)
   config = settings_lib.TrainerConfig.from_dict(
-      {'backbone': prefix + module_dir, 'image_size': image_size})
-  classifier, (backbone,) = trainer.build_model(features.IMAGE, config,
-                                                len(names))
-  dataset = trainer.make_dataset([pattern], tf_transform_output,
-                                 batch_size=len(rows), shuffle=False)
+    {'backbone': prefix + module_dir, 'image_size': image_size}
+  )
+  classifier, (backbone,) = trainer.build_model(
+    features.IMAGE, config, len(names)
+  )
+  dataset = trainer.make_dataset(
+    [pattern], tf_transform_output, batch_size=len(rows), shuffle=False
+  )
   logits = classifier.get_layer(model_lib.LOGITS)
   before = [w.numpy().copy() for w in logits.weights]
-  model_lib.run_phase('phase1', classifier, backbone,
-                      tf.distribute.get_strategy(), dataset, dataset,
-                      epochs=1, learning_rate=1e-2, fine_tune_layers=0)
-  assert all(not np.array_equal(b, w.numpy())
-             for b, w in zip(before, logits.weights))
+  model_lib.run_phase(
+    'phase1',
+    classifier,
+    backbone,
+    tf.distribute.get_strategy(),
+    dataset,
+    dataset,
+    epochs=1,
+    learning_rate=1e-2,
+    fine_tune_layers=0,
+  )
+  assert all(
+    not np.array_equal(b, w.numpy()) for b, w in zip(before, logits.weights)
+  )
 
   image_bytes = tf.constant([row[features.IMAGE_KEY] for row in rows])
-  expected = classifier(tf_transform_output.transform_features_layer()(
-      {features.IMAGE_KEY: image_bytes})[features.IMAGE_XF]).numpy()
+  expected = classifier(
+    tf_transform_output.transform_features_layer()(
+      {features.IMAGE_KEY: image_bytes}
+    )[features.IMAGE_XF]
+  ).numpy()
   export_dir = str(tmp_path / 'serving_model')
   tf.saved_model.save(
-      classifier, export_dir, signatures=trainer.make_serving_signatures(
-          classifier, tf_transform_output, names))
+    classifier,
+    export_dir,
+    signatures=trainer.make_serving_signatures(
+      classifier, tf_transform_output, names
+    ),
+  )
   served = tf.saved_model.load(export_dir).signatures['serving_default'](
-      image_bytes=image_bytes)
-  np.testing.assert_allclose(served['probabilities'].numpy(),
-                             tf.nn.softmax(expected).numpy(), atol=1e-5)
+    image_bytes=image_bytes
+  )
+  np.testing.assert_allclose(
+    served['probabilities'].numpy(), tf.nn.softmax(expected).numpy(), atol=1e-5
+  )

@@ -26,36 +26,58 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFX_TRANSFER = os.path.join(os.path.dirname(sys.executable), 'tfx-transfer')
 # Seconds a settings error may take: it is reported before TF loads.
 FAST = 10
-REPORT_FILES = ['confusion_matrix.png', 'report.json', 'report.md',
-                'training_curves.png']
+REPORT_FILES = [
+  'confusion_matrix.png',
+  'report.json',
+  'report.md',
+  'training_curves.png',
+]
 
 
 def _cli(*args, cwd=PROJECT_ROOT) -> subprocess.CompletedProcess:
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}
-  return subprocess.run([TFX_TRANSFER, *map(str, args)], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=900,
-                        check=False)
+  return subprocess.run(
+    [TFX_TRANSFER, *map(str, args)],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    check=False,
+  )
 
 
 def _explain(process: subprocess.CompletedProcess) -> str:
-  return (f'exit code {process.returncode}\nstdout:\n{process.stdout[-3000:]}'
-          f'\nstderr:\n{process.stderr[-3000:]}')
+  return (
+    f'exit code {process.returncode}\nstdout:\n{process.stdout[-3000:]}'
+    f'\nstderr:\n{process.stderr[-3000:]}'
+  )
 
 
-@pytest.mark.parametrize('settings,message', [
-    ('acuracy_threshold: 0.5\n',
-     "unknown key(s) ['acuracy_threshold']; known keys: ['accuracy_threshold'"),
-    ('accuracy_threshold: high\n',
-     "accuracy_threshold must be a number, got 'high' (str)"),
+@pytest.mark.parametrize(
+  'settings,message',
+  [
+    (
+      'acuracy_threshold: 0.5\n',
+      "unknown key(s) ['acuracy_threshold']; known keys: ['accuracy_threshold'",
+    ),
+    (
+      'accuracy_threshold: high\n',
+      "accuracy_threshold must be a number, got 'high' (str)",
+    ),
     ('accuracy_threshold: 1.5\n', 'accuracy_threshold must be in [0, 1]'),
-    ('modality: audio\n', "modality 'audio' is not supported; supported: "
-     "['image'"),
+    (
+      'modality: audio\n',
+      "modality 'audio' is not supported; supported: ['image'",
+    ),
     ('trainer: 3\n', 'trainer must be a mapping, got 3'),
     ('data_root: [1,\n', 'is not valid YAML'),
     ('- just\n- a list\n', 'expected a mapping of settings, got list'),
-])
-def test_bad_settings_file_exits_2_before_anything_runs(tmp_path, settings,
-                                                        message):
+  ],
+)
+def test_bad_settings_file_exits_2_before_anything_runs(
+  tmp_path, settings, message
+):
   path = tmp_path / 'settings.yaml'
   path.write_text(settings)
   started = time.time()
@@ -83,12 +105,14 @@ def test_bad_toml_and_unreadable_settings_files_exit_2(tmp_path):
 def test_missing_data_exits_2_before_anything_runs(tmp_path):
   started = time.time()
   missing = tmp_path / 'no_such_folder'
-  process = _cli('run', '--data-root', missing, '--output-dir',
-                 tmp_path / 'out')
+  process = _cli(
+    'run', '--data-root', missing, '--output-dir', tmp_path / 'out'
+  )
   assert process.returncode == cli.EXIT_BAD_INPUT, _explain(process)
   assert f'data root {missing} is not a directory' in process.stderr
-  process = _cli('run', '--manifest', 'labels.csv', '--output-dir',
-                 tmp_path / 'out')
+  process = _cli(
+    'run', '--manifest', 'labels.csv', '--output-dir', tmp_path / 'out'
+  )
   assert process.returncode == cli.EXIT_BAD_INPUT, _explain(process)
   assert 'manifest labels.csv is not a file under' in process.stderr
   assert time.time() - started < 2 * FAST
@@ -105,13 +129,16 @@ def test_unknown_trainer_setting_exits_2_listing_the_known_ones(tmp_path):
   assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('trainer,message', [
+@pytest.mark.parametrize(
+  'trainer,message',
+  [
     ({'phase1_epochs': -1}, 'trainer.phase1_epochs must be >= 0, got -1'),
     ({'phase2_epochs': 1.5}, 'trainer.phase2_epochs must be an integer'),
     ({'phase2_learning_rate': '1e-4'}, 'write 1.0e-4'),
     ({'dropout': 1.0}, 'trainer.dropout must be in [0, 1)'),
     ({'backbone': None}, 'trainer.backbone must be a string, got None'),
-])
+  ],
+)
 def test_bad_trainer_values_are_named(trainer, message):
   with pytest.raises(settings_lib.ConfigError) as error:
     settings_lib.TrainerConfig.from_dict(trainer)
@@ -119,41 +146,65 @@ def test_bad_trainer_values_are_named(trainer, message):
 
 
 def test_image_size_below_the_backbones_minimum_is_refused(tmp_path):
-  args = cli._parse_args([  # pylint: disable=protected-access
-      'run', '--backbone', 'InceptionV3', '--image-size', '64',
-      '--output-dir', str(tmp_path / 'out')])
-  with pytest.raises(ValueError, match=r'image_size 64 is below the minimum '
-                     r'input size of InceptionV3 \(75; native 299\)'):
-    cli._load_config(args)  # pylint: disable=protected-access
+  args = cli._parse_args(
+    [
+      'run',
+      '--backbone',
+      'InceptionV3',
+      '--image-size',
+      '64',
+      '--output-dir',
+      str(tmp_path / 'out'),
+    ]
+  )
+  with pytest.raises(
+    ValueError,
+    match=r'image_size 64 is below the minimum '
+    r'input size of InceptionV3 \(75; native 299\)',
+  ):
+    cli._load_config(args)
 
 
 def test_backbones_lists_the_zoo_hub_names_and_text_encoders():
   process = _cli('backbones', '--json')
   assert process.returncode == 0, _explain(process)
   listing = json.loads(process.stdout)
-  from modules import backbones  # pylint: disable=g-import-not-at-top
+  from modules import backbones
+
   assert listing == json.loads(json.dumps(backbones.listing()))
   assert len(listing['image']) == 17
   text = _cli('backbones')
   assert text.returncode == 0, _explain(text)
   assert '  InceptionV3            21,802,784    299   75  no' in text.stdout
   assert '  MobileNet               3,228,864    224   32  yes' in text.stdout
-  assert ('hub:inception_v3                      299 px  https://tfhub.dev/'
-          'google/imagenet/inception_v3/feature_vector/5') in text.stdout
+  assert (
+    'hub:inception_v3                      299 px  https://tfhub.dev/'
+    'google/imagenet/inception_v3/feature_vector/5'
+  ) in text.stdout
   assert 'MiniLM         22,565,376 parameters, 384-d, offline' in text.stdout
 
 
 def test_flags_override_the_settings_file(tmp_path):
   path = tmp_path / 'settings.toml'
-  path.write_text('data_root = "data/fashion_demo"\naccuracy_threshold = 0.7\n'
-                  '[trainer]\nphase1_epochs = 4\nphase2_epochs = 1\n')
-  args = cli._parse_args([  # pylint: disable=protected-access
-      'run', '--config', str(path), '--phase2-epochs', '0',
-      '--output-dir', str(tmp_path / 'out')])
+  path.write_text(
+    'data_root = "data/fashion_demo"\naccuracy_threshold = 0.7\n'
+    '[trainer]\nphase1_epochs = 4\nphase2_epochs = 1\n'
+  )
+  args = cli._parse_args(
+    [
+      'run',
+      '--config',
+      str(path),
+      '--phase2-epochs',
+      '0',
+      '--output-dir',
+      str(tmp_path / 'out'),
+    ]
+  )
   cwd = os.getcwd()
   os.chdir(PROJECT_ROOT)  # Relative paths are to the working directory.
   try:
-    config = cli._load_config(args)  # pylint: disable=protected-access
+    config = cli._load_config(args)
   finally:
     os.chdir(cwd)
   assert config.data_root == os.path.join(PROJECT_ROOT, 'data', 'fashion_demo')
@@ -165,6 +216,7 @@ def test_flags_override_the_settings_file(tmp_path):
 @dataclasses.dataclass
 class Runs:
   """Two runs in one output directory: pushed, then gate held."""
+
   output_dir: str
   first: subprocess.CompletedProcess
   versions_after_first: list
@@ -177,25 +229,40 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('cli_runs')
   output_dir = str(root / 'outputs')
   good = root / 'good.yaml'
-  good.write_text('data_root: data/fashion_demo\nmodality: image\n'
-                  'accuracy_threshold: 0.3\n'
-                  'trainer:\n  phase1_epochs: 2\n  phase2_epochs: 0\n')
+  good.write_text(
+    'data_root: data/fashion_demo\nmodality: image\n'
+    'accuracy_threshold: 0.3\n'
+    'trainer:\n  phase1_epochs: 2\n  phase2_epochs: 0\n'
+  )
   first = _cli('run', '--config', good, '--output-dir', output_dir)
-  versions = [version for version in os.listdir(
-      os.path.join(output_dir, 'serving')) if version.isdigit()]
+  versions = [
+    version
+    for version in os.listdir(os.path.join(output_dir, 'serving'))
+    if version.isdigit()
+  ]
   worse = root / 'worse.toml'
-  worse.write_text('accuracy_threshold = 0.3\n'
-                   '[trainer]\nphase1_epochs = 0\nphase2_epochs = 0\n')
-  second = _cli('run', '--config', worse, '--output-dir', output_dir,
-                '--report-dir', root / 'artifacts')
+  worse.write_text(
+    'accuracy_threshold = 0.3\n'
+    '[trainer]\nphase1_epochs = 0\nphase2_epochs = 0\n'
+  )
+  second = _cli(
+    'run',
+    '--config',
+    worse,
+    '--output-dir',
+    output_dir,
+    '--report-dir',
+    root / 'artifacts',
+  )
   return Runs(output_dir, first, versions, second, str(root / 'artifacts'))
 
 
 def _report_of(run: subprocess.CompletedProcess) -> str:
   """The report directory `run` printed."""
-  line = next(line for line in run.stdout.splitlines()
-              if line.startswith('Report: '))
-  return os.path.dirname(line[len('Report: '):])
+  line = next(
+    line for line in run.stdout.splitlines() if line.startswith('Report: ')
+  )
+  return os.path.dirname(line[len('Report: ') :])
 
 
 def _load(report_dir: str) -> dict:
@@ -207,10 +274,14 @@ def test_blessed_run_exits_0_pushes_and_shows_progress(runs):
   assert runs.first.returncode == cli.EXIT_PUSHED, _explain(runs.first)
   assert len(runs.versions_after_first) == 1
   stdout = runs.first.stdout
-  for line in ('] Trainer running', '] Trainer finished (', 'Epoch 2/2',
-               'Blessed and pushed to '):
+  for line in (
+    '] Trainer running',
+    '] Trainer finished (',
+    'Epoch 2/2',
+    'Blessed and pushed to ',
+  ):
     assert line in stdout
-  table = stdout[stdout.index('\ncomponent '):]
+  table = stdout[stdout.index('\ncomponent ') :]
   assert table.split()[:3] == ['component', 'state', 'seconds']
   print(table)
 
@@ -219,7 +290,8 @@ def test_worse_run_exits_3_and_keeps_the_previous_model(runs):
   assert runs.second.returncode == cli.EXIT_NOT_BLESSED, _explain(runs.second)
   assert 'Not blessed (the gate held)' in runs.second.stdout
   assert 'gate failed: overall: sparse_categorical_accuracy' in (
-      runs.second.stdout)
+    runs.second.stdout
+  )
   serving = os.path.join(runs.output_dir, 'serving')
   version = runs.versions_after_first[0]
   assert sorted(os.listdir(serving)) == [version, f'{version}.report']
@@ -253,16 +325,20 @@ def test_reports_have_the_metrics_and_valid_images(runs):
       row = matrix['matrix'][i]
       assert report['per_class'][name]['examples'] == sum(row)
       assert report['per_class'][name]['accuracy'] == pytest.approx(
-          row[i] / sum(row))
+        row[i] / sum(row)
+      )
       # A class's recall is its accuracy; its support, its eval examples.
       classification = report['classification_report']['per_class'][name]
       assert classification['recall'] == pytest.approx(row[i] / sum(row))
       assert classification['support'] == sum(row)
       predicted = sum(other[i] for other in matrix['matrix'])
       assert classification['precision'] == (
-          pytest.approx(row[i] / predicted) if predicted else None)
+        pytest.approx(row[i] / predicted) if predicted else None
+      )
     assert {c['state'] for c in report['components'].values()} <= {
-        'ran', 'cached'}
+      'ran',
+      'cached',
+    }
     assert all(c['seconds'] >= 0 for c in report['components'].values())
   assert pushed['accuracy']['eval'] >= 0.6
   assert pushed['accuracy']['baseline'] is None
@@ -271,14 +347,18 @@ def test_reports_have_the_metrics_and_valid_images(runs):
   assert 'Pusher' in pushed['components']
 
   assert held['accuracy']['baseline'] == pytest.approx(
-      pushed['accuracy']['eval'])
+    pushed['accuracy']['eval']
+  )
   for name, metrics in held['per_class'].items():
     assert metrics['baseline_accuracy'] == pytest.approx(
-        pushed['per_class'][name]['accuracy'])
+      pushed['per_class'][name]['accuracy']
+    )
   assert held['accuracy']['eval'] < pushed['accuracy']['eval']
   assert held['gate']['validation_ok'] is False
-  assert any('vs the latest blessed model' in failure
-             for failure in held['gate']['failures'])
+  assert any(
+    'vs the latest blessed model' in failure
+    for failure in held['gate']['failures']
+  )
   assert held['components']['FileBasedExampleGen']['state'] == 'cached'
 
   beside_model = pushed['pushed_to'] + '.report'
@@ -294,8 +374,9 @@ def test_report_prints_the_latest_or_a_named_run(runs):
   assert '**Not blessed: the gate held.**' in latest.stdout
 
   first_id = _load(_report_of(runs.first))['run_id']
-  named = _cli('report', '--output-dir', runs.output_dir, '--run', first_id,
-               '--json')
+  named = _cli(
+    'report', '--output-dir', runs.output_dir, '--run', first_id, '--json'
+  )
   assert json.loads(named.stdout)['run_id'] == first_id
 
   empty = _cli('report', '--output-dir', os.path.join(runs.output_dir, 'x'))
@@ -304,21 +385,32 @@ def test_report_prints_the_latest_or_a_named_run(runs):
 
 
 def test_predict_classifies_files_with_the_pushed_model(runs):
-  images = [os.path.join('data', 'fashion_demo', 'bag', 'bag_00018.png'),
-            os.path.join('data', 'fashion_demo', 'trouser',
-                         sorted(os.listdir(os.path.join(
-                             PROJECT_ROOT, 'data', 'fashion_demo',
-                             'trouser')))[0])]
-  process = _cli('predict', '--model',
-                 os.path.join(runs.output_dir, 'serving'), *images)
+  images = [
+    os.path.join('data', 'fashion_demo', 'bag', 'bag_00018.png'),
+    os.path.join(
+      'data',
+      'fashion_demo',
+      'trouser',
+      sorted(
+        os.listdir(
+          os.path.join(PROJECT_ROOT, 'data', 'fashion_demo', 'trouser')
+        )
+      )[0],
+    ),
+  ]
+  process = _cli(
+    'predict', '--model', os.path.join(runs.output_dir, 'serving'), *images
+  )
   assert process.returncode == 0, _explain(process)
   lines = [json.loads(line) for line in process.stdout.splitlines()]
   assert [line['image'] for line in lines] == images
   for line in lines:
     assert sum(line['probabilities'].values()) == pytest.approx(1, abs=1e-3)
-    assert line['label'] == max(line['probabilities'],
-                                key=line['probabilities'].get)
-  missing = _cli('predict', '--model', os.path.join(runs.output_dir,
-                                                    'serving'), 'nope.png')
+    assert line['label'] == max(
+      line['probabilities'], key=line['probabilities'].get
+    )
+  missing = _cli(
+    'predict', '--model', os.path.join(runs.output_dir, 'serving'), 'nope.png'
+  )
   assert missing.returncode == cli.EXIT_BAD_INPUT
   assert 'nope.png' in missing.stderr

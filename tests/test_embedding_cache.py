@@ -29,10 +29,13 @@ IMAGE_SIZE = 32
 def _dataset(n=48, batch=16, seed=0):
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, 3, n)
-  images = rng.uniform(0, 80, (n, IMAGE_SIZE, IMAGE_SIZE, 3)) + 80 * labels[
-      :, None, None, None]
+  images = (
+    rng.uniform(0, 80, (n, IMAGE_SIZE, IMAGE_SIZE, 3))
+    + 80 * labels[:, None, None, None]
+  )
   return tf.data.Dataset.from_tensor_slices(
-      (images.astype('float32'), labels.astype('int64'))).batch(batch)
+    (images.astype('float32'), labels.astype('int64'))
+  ).batch(batch)
 
 
 @pytest.fixture(scope='module')
@@ -47,9 +50,10 @@ def test_cache_round_trips_the_embeddings(classifier, tmp_path):
   embed = embedding_cache.embedding_model(model)
   path = str(tmp_path / 'cache.tfrecord')
   assert embedding_cache.write_embeddings(
-      tf.distribute.get_strategy(), embed, _dataset(), path) == [48]
+    tf.distribute.get_strategy(), embed, _dataset(), path
+  ) == [48]
   cached = list(embedding_cache.read_embeddings(path, 48, False, 0))
-  (features, labels), = cached
+  ((features, labels),) = cached
   # What the pass computes: the embedder, traced, on each batch of 16.
   traced = tf.function(lambda images: embed(images, training=False))
   expected = np.concatenate([traced(images) for images, _ in _dataset()])
@@ -65,15 +69,24 @@ def test_cached_phase1_trains_the_classifiers_own_head(classifier):
   backbone_before = [w.numpy().copy() for w in backbone.network.weights]
   kernel_before = kernel.numpy().copy()
   result = embedding_cache.run_cached_phase1(
-      model, backbone, tf.distribute.get_strategy(), _dataset(), _dataset(),
-      epochs=8, learning_rate=1e-2, batch_size=16, seed=0)
+    model,
+    backbone,
+    tf.distribute.get_strategy(),
+    _dataset(),
+    _dataset(),
+    epochs=8,
+    learning_rate=1e-2,
+    batch_size=16,
+    seed=0,
+  )
   assert not np.array_equal(kernel.numpy(), kernel_before)
   for before, after in zip(backbone_before, backbone.network.weights):
     np.testing.assert_array_equal(before, after.numpy())
   history = result['history']
   assert history['loss'][-1] < history['loss'][0]
   assert result['eval_accuracy'] == pytest.approx(
-      history['val_accuracy'][-1], abs=1e-6)
+    history['val_accuracy'][-1], abs=1e-6
+  )
   # The full classifier on images scores exactly what the head scored on the
   # cached embeddings: the assembled model is the one that was trained.
   model_lib.compile_for_phase(model, 1e-2)
@@ -84,13 +97,18 @@ def test_cached_phase1_trains_the_classifiers_own_head(classifier):
 
 def test_both_replicas_embed_and_the_cache_matches_one_device(tmp_path):
   script = os.path.join(os.path.dirname(__file__), 'embedding_replicas_run.py')
-  process = subprocess.run([sys.executable, script, str(tmp_path)],
-                           capture_output=True, text=True, timeout=600,
-                           check=False)
-  verdicts = [line for line in process.stdout.splitlines()
-              if line.startswith('VERDICT ')]
+  process = subprocess.run(
+    [sys.executable, script, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  verdicts = [
+    line for line in process.stdout.splitlines() if line.startswith('VERDICT ')
+  ]
   assert process.returncode == 0 and verdicts, process.stderr[-3000:]
-  verdict = json.loads(verdicts[-1][len('VERDICT '):])
+  verdict = json.loads(verdicts[-1][len('VERDICT ') :])
   print(verdict)
   assert verdict['replicas'] == 2
   # 37 examples in batches of 8: each replica takes half of every batch.

@@ -33,7 +33,7 @@ def _truncated_jpeg() -> bytes:
   buf = io.BytesIO()
   noise = Image.frombytes('RGB', (24, 24), random.Random(0).randbytes(1728))
   noise.save(buf, 'JPEG', quality=95)
-  return buf.getvalue()[:len(buf.getvalue()) * 2 // 3]  # Keeps the header.
+  return buf.getvalue()[: len(buf.getvalue()) * 2 // 3]  # Keeps the header.
 
 
 def _write(path: pathlib.Path, data: bytes) -> bytes:
@@ -48,8 +48,9 @@ def _tree(root: pathlib.Path, classes: Dict[str, int]) -> Dict[str, bytes]:
   for index, (name, count) in enumerate(classes.items()):
     for i in range(count):
       rel = f'{name}/{i}.jpg'
-      files[rel] = _write(root / rel,
-                          _image_bytes(color=(i * 9 % 256, index * 60, 7)))
+      files[rel] = _write(
+        root / rel, _image_bytes(color=(i * 9 % 256, index * 60, 7))
+      )
   return files
 
 
@@ -58,8 +59,9 @@ def _run(root: pathlib.Path, out: pathlib.Path, **kwargs):
   gen = ieg.image_example_gen(str(root), **kwargs)
   examples = standard_artifacts.Examples()
   examples.uri = str(out)
-  ieg.ImageExampleGenExecutor().Do({}, {'examples': [examples]},
-                                   dict(gen.exec_properties))
+  ieg.ImageExampleGenExecutor().Do(
+    {}, {'examples': [examples]}, dict(gen.exec_properties)
+  )
   return _report(out), examples
 
 
@@ -72,24 +74,38 @@ def _read_split(out: pathlib.Path, split: str) -> List[Dict[str, bytes]]:
   rows = []
   for record in tf.data.TFRecordDataset(files, compression_type='GZIP'):
     features = tf.train.Example.FromString(record.numpy()).features.feature
-    assert set(features) == {'image', 'label', 'path', 'image_width',
-                             'image_height', 'image_format', 'image_byte_size'}
+    assert set(features) == {
+      'image',
+      'label',
+      'path',
+      'image_width',
+      'image_height',
+      'image_format',
+      'image_byte_size',
+    }
     data = features['image'].bytes_list.value[0]
     with Image.open(io.BytesIO(data)) as image:  # The header's properties.
-      assert (features['image_width'].int64_list.value[0],
-              features['image_height'].int64_list.value[0],
-              features['image_format'].bytes_list.value[0].decode(),
-              features['image_byte_size'].int64_list.value[0]) == (
-                  *image.size, image.format, len(data))
-    rows.append({k: f.bytes_list.value[0] for k, f in features.items()
-                 if f.WhichOneof('kind') == 'bytes_list'})
+      assert (
+        features['image_width'].int64_list.value[0],
+        features['image_height'].int64_list.value[0],
+        features['image_format'].bytes_list.value[0].decode(),
+        features['image_byte_size'].int64_list.value[0],
+      ) == (*image.size, image.format, len(data))
+    rows.append(
+      {
+        k: f.bytes_list.value[0]
+        for k, f in features.items()
+        if f.WhichOneof('kind') == 'bytes_list'
+      }
+    )
   return rows
 
 
 def _expected_split(path: str) -> str:
   """The split TFX's partition function picks for partition_feature 'path'."""
-  key = tf.train.Feature(bytes_list=tf.train.BytesList(
-      value=[path.encode()])).SerializeToString(deterministic=True)
+  key = tf.train.Feature(
+    bytes_list=tf.train.BytesList(value=[path.encode()])
+  ).SerializeToString(deterministic=True)
   return 'train' if int(hashlib.sha256(key).hexdigest(), 16) % 5 < 4 else 'eval'
 
 
@@ -101,8 +117,10 @@ def test_folder_per_class_hash_splits(tmp_path):
   files = _tree(tmp_path / 'data', {'cat': 20, 'dog': 20})
   report, examples = _run(tmp_path / 'data', tmp_path / 'out')
 
-  assert artifact_utils.decode_split_names(
-      examples.split_names) == ['train', 'eval']
+  assert artifact_utils.decode_split_names(examples.split_names) == [
+    'train',
+    'eval',
+  ]
   assert report['counts'] == {'read': 40, 'ingested': 40, 'rejected': 0}
   assert report['ingested_per_class'] == {'cat': 20, 'dog': 20}
   seen = {}
@@ -121,16 +139,23 @@ def test_folder_per_class_hash_splits(tmp_path):
 
 def test_predefined_split_folders(tmp_path):
   data = tmp_path / 'data'
-  files = {**_tree(data / 'train', {'cat': 3, 'dog': 3}),
-           **_tree(data / 'eval', {'cat': 2, 'dog': 2})}
-  report, examples = _run(data, tmp_path / 'out',
-                          split_folders=('train', 'eval'))
+  files = {
+    **_tree(data / 'train', {'cat': 3, 'dog': 3}),
+    **_tree(data / 'eval', {'cat': 2, 'dog': 2}),
+  }
+  report, examples = _run(
+    data, tmp_path / 'out', split_folders=('train', 'eval')
+  )
 
-  assert artifact_utils.decode_split_names(
-      examples.split_names) == ['train', 'eval']
+  assert artifact_utils.decode_split_names(examples.split_names) == [
+    'train',
+    'eval',
+  ]
   assert report['counts'] == {'read': 10, 'ingested': 10, 'rejected': 0}
   assert report['ingested_per_split_and_class'] == {
-      'train': {'cat': 3, 'dog': 3}, 'eval': {'cat': 2, 'dog': 2}}
+    'train': {'cat': 3, 'dog': 3},
+    'eval': {'cat': 2, 'dog': 2},
+  }
   for split in ('train', 'eval'):
     for row in _read_split(tmp_path / 'out', split):
       path = row['path'].decode()
@@ -141,29 +166,39 @@ def test_predefined_split_folders(tmp_path):
 
 def test_manifest(tmp_path):
   data = tmp_path / 'data'
-  files = {f'imgs/{i}.jpg': _write(data / f'imgs/{i}.jpg',
-                                   _image_bytes(color=(i * 40, 0, 0)))
-           for i in range(6)}
+  files = {
+    f'imgs/{i}.jpg': _write(
+      data / f'imgs/{i}.jpg', _image_bytes(color=(i * 40, 0, 0))
+    )
+    for i in range(6)
+  }
   _write(tmp_path / 'outside.jpg', _image_bytes())
   rows = [f'imgs/{i}.jpg,{"cat" if i < 3 else "dog"}' for i in range(6)]
-  rows += ['../outside.jpg,cat', f'{tmp_path}/outside.jpg,dog',
-           'imgs/missing.jpg,dog', './imgs/0.jpg,dog']
+  rows += [
+    '../outside.jpg,cat',
+    f'{tmp_path}/outside.jpg,dog',
+    'imgs/missing.jpg,dog',
+    './imgs/0.jpg,dog',
+  ]
   (data / 'labels.csv').write_text('path,label\n' + '\n'.join(rows) + '\n')
 
-  report, _ = _run(data, tmp_path / 'out', manifest='labels.csv',
-                   max_rejected_fraction=0.5)
+  report, _ = _run(
+    data, tmp_path / 'out', manifest='labels.csv', max_rejected_fraction=0.5
+  )
 
   assert report['counts'] == {'read': 10, 'ingested': 6, 'rejected': 4}
   assert report['ingested_per_class'] == {'cat': 3, 'dog': 3}
   assert _reasons(report) == {
-      '../outside.jpg': "path escapes the data root via '..'",
-      f'{tmp_path}/outside.jpg': ('absolute path in manifest: paths must be '
-                                  'relative to the data root'),
-      'imgs/missing.jpg': 'file not found',
-      'imgs/0.jpg': 'duplicate of manifest line 2',
+    '../outside.jpg': "path escapes the data root via '..'",
+    f'{tmp_path}/outside.jpg': (
+      'absolute path in manifest: paths must be relative to the data root'
+    ),
+    'imgs/missing.jpg': 'file not found',
+    'imgs/0.jpg': 'duplicate of manifest line 2',
   }
   rows = _read_split(tmp_path / 'out', 'train') + _read_split(
-      tmp_path / 'out', 'eval')
+    tmp_path / 'out', 'eval'
+  )
   assert {r['path'].decode(): r['image'] for r in rows} == files
 
 
@@ -179,8 +214,9 @@ def test_manifest_errors(tmp_path):
 def _bad_tree(data: pathlib.Path) -> Dict[str, bytes]:
   """12 good JPEGs, a PNG named .jpg (good) and 7 bad files: 35% rejected."""
   files = _tree(data, {'cat': 6, 'dog': 6})
-  files['cat/png_named.jpg'] = _write(data / 'cat/png_named.jpg',
-                                      _image_bytes('PNG'))
+  files['cat/png_named.jpg'] = _write(
+    data / 'cat/png_named.jpg', _image_bytes('PNG')
+  )
   _write(data / 'cat/zero.jpg', b'')
   _write(data / 'cat/truncated.jpg', _truncated_jpeg())
   _write(data / 'dog/text.jpg', b'not an image at all')
@@ -193,8 +229,12 @@ def _bad_tree(data: pathlib.Path) -> Dict[str, bytes]:
 
 def test_bad_files_are_rejected_with_reasons(tmp_path):
   files = _bad_tree(tmp_path / 'data')
-  report, _ = _run(tmp_path / 'data', tmp_path / 'out',
-                   max_rejected_fraction=0.4, max_pixels=1000)
+  report, _ = _run(
+    tmp_path / 'data',
+    tmp_path / 'out',
+    max_rejected_fraction=0.4,
+    max_pixels=1000,
+  )
 
   assert report['counts'] == {'read': 20, 'ingested': 13, 'rejected': 7}
   assert report['rejected_fraction'] == pytest.approx(0.35)
@@ -203,22 +243,24 @@ def test_bad_files_are_rejected_with_reasons(tmp_path):
   assert report['options'] == {'max_rejected_fraction': 0.4, 'max_pixels': 1000}
   reasons = _reasons(report)
   assert reasons == {
-      'cat/zero.jpg': 'zero-byte file',
-      'cat/truncated.jpg': reasons['cat/truncated.jpg'],
-      'dog/text.jpg': 'not an image (unrecognised file format)',
-      'dog/scan.tiff': 'unsupported format TIFF: tf.io.decode_image only '
-                       'decodes JPEG, PNG, GIF and BMP',
-      'dog/photo.webp': 'unsupported format WEBP: tf.io.decode_image only '
-                        'decodes JPEG, PNG, GIF and BMP',
-      'dog/huge.png': 'image too large (possible decompression bomb): 40x40 '
-                      '= 1600 pixels > max_pixels 1000',
-      'notes.txt': 'not inside a class folder (expected '
-                   '<folder>/<class>/<image>)',
+    'cat/zero.jpg': 'zero-byte file',
+    'cat/truncated.jpg': reasons['cat/truncated.jpg'],
+    'dog/text.jpg': 'not an image (unrecognised file format)',
+    'dog/scan.tiff': 'unsupported format TIFF: tf.io.decode_image only '
+    'decodes JPEG, PNG, GIF and BMP',
+    'dog/photo.webp': 'unsupported format WEBP: tf.io.decode_image only '
+    'decodes JPEG, PNG, GIF and BMP',
+    'dog/huge.png': 'image too large (possible decompression bomb): 40x40 '
+    '= 1600 pixels > max_pixels 1000',
+    'notes.txt': 'not inside a class folder (expected '
+    '<folder>/<class>/<image>)',
   }
   assert reasons['cat/truncated.jpg'].startswith(
-      'corrupt or truncated image: image file is truncated')
+    'corrupt or truncated image: image file is truncated'
+  )
   rows = _read_split(tmp_path / 'out', 'train') + _read_split(
-      tmp_path / 'out', 'eval')
+    tmp_path / 'out', 'eval'
+  )
   assert {r['path'].decode(): r['image'] for r in rows} == files
 
 
@@ -238,16 +280,22 @@ def test_rejected_fraction_over_threshold(tmp_path):
 def test_empty_class_folder(tmp_path):
   _tree(tmp_path, {'cat': 3, 'dog': 3})
   (tmp_path / 'bird').mkdir()
-  with pytest.raises(ValueError, match=r"No valid image for class folder "
-                     r"'bird' under data root"):
+  with pytest.raises(
+    ValueError,
+    match=r'No valid image for class folder '
+    r"'bird' under data root",
+  ):
     _run(tmp_path, tmp_path / 'out')
 
 
 def test_all_files_bad(tmp_path):
   _write(tmp_path / 'cat/zero.jpg', b'')
   _write(tmp_path / 'dog/text.jpg', b'text')
-  with pytest.raises(ValueError, match='All 2 files under data root .* were '
-                     r'rejected: cat/zero.jpg \(zero-byte file\)'):
+  with pytest.raises(
+    ValueError,
+    match='All 2 files under data root .* were '
+    r'rejected: cat/zero.jpg \(zero-byte file\)',
+  ):
     _run(tmp_path, tmp_path / 'out')
 
 
@@ -269,10 +317,12 @@ def test_no_files(tmp_path):
 
 def test_custom_config():
   config = ieg.make_custom_config(max_rejected_fraction=0.25, max_pixels=99)
-  gen = ieg.image_example_gen('/data', max_rejected_fraction=0.25,
-                              max_pixels=99)
+  gen = ieg.image_example_gen(
+    '/data', max_rejected_fraction=0.25, max_pixels=99
+  )
   assert ieg.parse_custom_config(gen.exec_properties['custom_config']) == (
-      ieg.Options(max_rejected_fraction=0.25, max_pixels=99))
+    ieg.Options(max_rejected_fraction=0.25, max_pixels=99)
+  )
   assert ieg.parse_custom_config(config) == ieg.Options(0.25, 99)
   assert ieg.parse_custom_config(None) == ieg.Options(0.1, 40_000_000)
   with pytest.raises(ValueError, match='make_custom_config'):
@@ -283,23 +333,33 @@ def test_custom_config():
 
 @pytest.mark.parametrize('buckets', [(4,), (4, 0), (4.0, 1), (1, 2, 3)])
 def test_both_example_gens_check_the_buckets_alike(buckets):
-  from components import text_example_gen  # pylint: disable=g-import-not-at-top
-  for build in (lambda: ieg.image_example_gen('/data',
-                                              train_eval_buckets=buckets),
-                lambda: text_example_gen.text_example_gen(
-                    '/data', 'rows.csv', train_eval_buckets=buckets)):
-    with pytest.raises(ValueError, match='train_eval_buckets must be two '
-                       'positive integers'):
+  from components import text_example_gen
+
+  for build in (
+    lambda: ieg.image_example_gen('/data', train_eval_buckets=buckets),
+    lambda: text_example_gen.text_example_gen(
+      '/data', 'rows.csv', train_eval_buckets=buckets
+    ),
+  ):
+    with pytest.raises(
+      ValueError, match='train_eval_buckets must be two positive integers'
+    ):
       build()
 
 
 def test_both_example_gens_hash_into_train_and_eval():
-  from components import text_example_gen  # pylint: disable=g-import-not-at-top
+  from components import text_example_gen
+
   image = ieg.image_example_gen('/data', train_eval_buckets=(3, 2))
-  text = text_example_gen.text_example_gen('/data', 'rows.csv',
-                                           train_eval_buckets=(3, 2))
+  text = text_example_gen.text_example_gen(
+    '/data', 'rows.csv', train_eval_buckets=(3, 2)
+  )
   for gen, feature in ((image, 'path'), (text, 'text')):
     config = json.loads(gen.exec_properties['output_config'])['split_config']
-    assert config == {'splits': [{'name': 'train', 'hash_buckets': 3},
-                                 {'name': 'eval', 'hash_buckets': 2}],
-                      'partition_feature_name': feature}
+    assert config == {
+      'splits': [
+        {'name': 'train', 'hash_buckets': 3},
+        {'name': 'eval', 'hash_buckets': 2},
+      ],
+      'partition_feature_name': feature,
+    }

@@ -18,12 +18,15 @@ from tfx.types import standard_artifacts
 from components import image_example_gen as ieg
 
 _GROUP_BY_KEY = 'beam:transform:group_by_key:v1'
-_COMBINES = ('beam:transform:combine_per_key:v1',
-             'beam:transform:combine_globally:v1')
+_COMBINES = (
+  'beam:transform:combine_per_key:v1',
+  'beam:transform:combine_globally:v1',
+)
 
 
 class _RecordingPipeline(beam.Pipeline):
   """A Beam pipeline that keeps its graph (runner API proto) when run."""
+
   graphs = []
 
   def run(self, test_runner_api='AUTO'):
@@ -32,7 +35,6 @@ class _RecordingPipeline(beam.Pipeline):
 
 
 class _RecordingExecutor(ieg.ImageExampleGenExecutor):
-
   def _make_beam_pipeline(self):
     return _RecordingPipeline(argv=self._beam_pipeline_args)
 
@@ -41,8 +43,9 @@ def _groups_of_examples(graph) -> list:
   """GroupByKeys that the validated Examples reach, except in a combiner
   or after a sink's WriteBundles (which emits file names)."""
   transforms = graph.components.transforms
-  parents = {child: name for name, t in transforms.items()
-             for child in t.subtransforms}
+  parents = {
+    child: name for name, t in transforms.items() for child in t.subtransforms
+  }
 
   def stops(name):
     if transforms[name].unique_name.endswith('WriteBundles'):
@@ -58,8 +61,11 @@ def _groups_of_examples(graph) -> list:
     if not t.subtransforms:
       for pcoll in t.inputs.values():
         consumers.setdefault(pcoll, []).append(name)
-  validate = next(name for name, t in transforms.items()
-                  if t.unique_name.endswith('/Validate/ParDo(_ValidateImage)'))
+  validate = next(
+    name
+    for name, t in transforms.items()
+    if t.unique_name.endswith('/Validate/ParDo(_ValidateImage)')
+  )
   pending, seen, groups = [transforms[validate].outputs['None']], set(), []
   while pending:
     for name in consumers.get(pending.pop(), []):
@@ -85,8 +91,9 @@ def test_examples_are_written_without_a_shuffle(tmp_path):
   examples = standard_artifacts.Examples()
   examples.uri = str(tmp_path / 'out')
   _RecordingPipeline.graphs.clear()
-  _RecordingExecutor().Do({}, {'examples': [examples]},
-                          dict(gen.exec_properties))
+  _RecordingExecutor().Do(
+    {}, {'examples': [examples]}, dict(gen.exec_properties)
+  )
   assert len(_RecordingPipeline.graphs) == 1
   assert _groups_of_examples(_RecordingPipeline.graphs[0]) == []
   written = sorted(pathlib.Path(examples.uri).glob('Split-*/*.gz'))

@@ -48,20 +48,47 @@ OUTPUT_DIR = 'gs://example-bucket/tfx-transfer'
 DATA_ROOT = 'gs://example-bucket/images'
 SCHEMA_FILE = 'gs://example-bucket/schema.pbtxt'
 BEAM_ARGS = [
-    '--runner=DataflowRunner', '--project=example-project',
-    '--region=europe-west1', '--temp_location=gs://example-bucket/tmp'
+  '--runner=DataflowRunner',
+  '--project=example-project',
+  '--region=europe-west1',
+  '--temp_location=gs://example-bucket/tmp',
 ]
 COMPILE_ARGS = [
-    'compile', '--image', IMAGE, '--output-dir', OUTPUT_DIR, '--data-root',
-    DATA_ROOT, '--schema-file', SCHEMA_FILE, '--phase1-epochs', '5', '--accuracy-threshold', '0.7',
-    '--max-accuracy-drop', '0.01', '--trainer-cpu', '4', '--trainer-memory-gb',
-    '16', '--trainer-gpus', '1'
+  'compile',
+  '--image',
+  IMAGE,
+  '--output-dir',
+  OUTPUT_DIR,
+  '--data-root',
+  DATA_ROOT,
+  '--schema-file',
+  SCHEMA_FILE,
+  '--phase1-epochs',
+  '5',
+  '--accuracy-threshold',
+  '0.7',
+  '--max-accuracy-drop',
+  '0.01',
+  '--trainer-cpu',
+  '4',
+  '--trainer-memory-gb',
+  '16',
+  '--trainer-gpus',
+  '1',
 ] + [f'--beam-arg={arg}' for arg in BEAM_ARGS]
 
 EXAMPLE_GEN = 'FileBasedExampleGen'
-CONTAINER_TASKS = {EXAMPLE_GEN, 'StatisticsGen', 'SchemaGen', 'ImportSchemaGen',
-                   'ExampleValidator', 'Transform', 'Trainer', 'Evaluator',
-                   'Pusher'}
+CONTAINER_TASKS = {
+  EXAMPLE_GEN,
+  'StatisticsGen',
+  'SchemaGen',
+  'ImportSchemaGen',
+  'ExampleValidator',
+  'Transform',
+  'Trainer',
+  'Evaluator',
+  'Pusher',
+}
 BEAM_TASKS = {EXAMPLE_GEN, 'StatisticsGen', 'Transform', 'Evaluator'}
 
 
@@ -80,7 +107,8 @@ def _tasks(spec: dict) -> dict:
 
 def _executor(spec: dict, task: str) -> dict:
   label = spec['components'][_tasks(spec)[task]['componentRef']['name']][
-      'executorLabel']
+    'executorLabel'
+  ]
   return spec['deploymentSpec']['executors'][label]
 
 
@@ -109,76 +137,95 @@ def test_every_component_runs_in_the_image(compiled):
 def test_dag_edges(compiled):
   spec, _ = compiled
   edges = {
-      (source['taskOutputArtifact']['producerTask'], task)
-      for task, body in _tasks(spec).items()
-      for source in body.get('inputs', {}).get('artifacts', {}).values()
+    (source['taskOutputArtifact']['producerTask'], task)
+    for task, body in _tasks(spec).items()
+    for source in body.get('inputs', {}).get('artifacts', {}).values()
   }
   assert edges == {
-      (EXAMPLE_GEN, 'StatisticsGen'),
-      ('StatisticsGen', 'SchemaGen'),
-      ('StatisticsGen', 'ExampleValidator'), ('SchemaGen', 'ExampleValidator'),
-      ('ImportSchemaGen', 'ExampleValidator'),
-      (EXAMPLE_GEN, 'Transform'), ('SchemaGen', 'Transform'),
-      (EXAMPLE_GEN, 'Trainer'), ('Transform', 'Trainer'),
-      ('SchemaGen', 'Trainer'),
-      (EXAMPLE_GEN, 'Evaluator'), ('Trainer', 'Evaluator'),
-      ('Trainer', 'Pusher'), ('Evaluator', 'Pusher'),
-      ('StatisticsGen', 'Pusher'), ('SchemaGen', 'Pusher'),
+    (EXAMPLE_GEN, 'StatisticsGen'),
+    ('StatisticsGen', 'SchemaGen'),
+    ('StatisticsGen', 'ExampleValidator'),
+    ('SchemaGen', 'ExampleValidator'),
+    ('ImportSchemaGen', 'ExampleValidator'),
+    (EXAMPLE_GEN, 'Transform'),
+    ('SchemaGen', 'Transform'),
+    (EXAMPLE_GEN, 'Trainer'),
+    ('Transform', 'Trainer'),
+    ('SchemaGen', 'Trainer'),
+    (EXAMPLE_GEN, 'Evaluator'),
+    ('Trainer', 'Evaluator'),
+    ('Trainer', 'Pusher'),
+    ('Evaluator', 'Pusher'),
+    ('StatisticsGen', 'Pusher'),
+    ('SchemaGen', 'Pusher'),
   }
   # Transform waits for the data validation gate.
   assert 'ExampleValidator' in _tasks(spec)['Transform']['dependentTasks']
   # The no-regression baseline is the newest version the Pusher wrote.
   evaluator = _tasks(spec)['Evaluator']['inputs']
   assert 'baseline_model' not in evaluator['artifacts']
-  assert evaluator['parameters']['baseline_dir']['runtimeValue'][
-      'constant'] == OUTPUT_DIR + '/serving'
+  assert (
+    evaluator['parameters']['baseline_dir']['runtimeValue']['constant']
+    == OUTPUT_DIR + '/serving'
+  )
   # Pushes only a blessed model.
   # On the artifact the Pusher takes as `model_blessing`: a condition can read
   # only the task's own inputs.
   assert _tasks(spec)['Pusher']['triggerPolicy']['condition'] == (
-      "(inputs.artifacts['model_blessing'].artifacts[0]"
-      ".metadata['blessed'] == 1.0)")
+    "(inputs.artifacts['model_blessing'].artifacts[0]"
+    ".metadata['blessed'] == 1.0)"
+  )
 
 
 def test_runtime_parameters(compiled):
   spec, text = compiled
   parameters = spec['root']['inputDefinitions']['parameters']
-  assert set(parameters) == {'data_root', 'eval_config', 'trainer_config',
-                             'schema_file', 'data_validation'}
+  assert set(parameters) == {
+    'data_root',
+    'eval_config',
+    'trainer_config',
+    'schema_file',
+    'data_validation',
+  }
   for name, parameter in parameters.items():
     # 2.1's parameterType, not 2.0's `type` that KFP's v2 backend ignores.
     assert parameter['parameterType'] == 'STRING', name
     assert parameter['isOptional'] and parameter['description'], name
   assert parameters['data_root']['defaultValue'] == DATA_ROOT
   assert parameters['schema_file']['defaultValue'] == SCHEMA_FILE
-  assert json.loads(parameters['data_validation']['defaultValue'])[
-      'label_drift_threshold'] == 0.1
+  assert (
+    json.loads(parameters['data_validation']['defaultValue'])[
+      'label_drift_threshold'
+    ]
+    == 0.1
+  )
   assert json.loads(parameters['trainer_config']['defaultValue']) == {
-      'phase1_epochs': 5}
-  gate = proto_utils.json_to_proto(parameters['eval_config']['defaultValue'],
-                                   tfma.EvalConfig())
+    'phase1_epochs': 5
+  }
+  gate = proto_utils.json_to_proto(
+    parameters['eval_config']['defaultValue'], tfma.EvalConfig()
+  )
   assert gate == pipeline_lib.eval_config(0.7, 0.01)
 
   wiring = {
-      (task, name): source['componentInputParameter']
-      for task, body in _tasks(spec).items()
-      for name, source in body.get('inputs', {}).get('parameters', {}).items()
-      if 'componentInputParameter' in source
+    (task, name): source['componentInputParameter']
+    for task, body in _tasks(spec).items()
+    for name, source in body.get('inputs', {}).get('parameters', {}).items()
+    if 'componentInputParameter' in source
   }
   assert wiring == {
-      (EXAMPLE_GEN, 'input_base'): 'data_root',
-      ('Evaluator', 'eval_config'): 'eval_config',
-      ('Trainer', 'custom_config'): 'trainer_config',
-      ('ImportSchemaGen', 'schema_file'): 'schema_file',
-      ('ExampleValidator', 'validation_config'): 'data_validation',
+    (EXAMPLE_GEN, 'input_base'): 'data_root',
+    ('Evaluator', 'eval_config'): 'eval_config',
+    ('Trainer', 'custom_config'): 'trainer_config',
+    ('ImportSchemaGen', 'schema_file'): 'schema_file',
+    ('ExampleValidator', 'validation_config'): 'data_validation',
   }
   # V2 substitutes whole values only: no parameter hidden in a JSON string.
   assert 'RuntimeParameter' not in text
   assert spec['schemaVersion'] == '2.1.0'
 
 
-def _parse_as_entrypoint(spec: dict, task: str,
-                         values: Dict[str, str]) -> dict:
+def _parse_as_entrypoint(spec: dict, task: str, values: Dict[str, str]) -> dict:
   """The exec properties TFX's V2 entrypoint builds from what KFP sends.
 
   KFP resolves constants and the run's parameter values into the executor
@@ -192,26 +239,32 @@ def _parse_as_entrypoint(spec: dict, task: str,
   """
   container = _executor(spec, task)['container']
   inputs_spec = json_format.Parse(
-      _arg(container, '--json_serialized_inputs_spec_args'),
-      pipeline_spec_pb2.ComponentInputsSpec())
+    _arg(container, '--json_serialized_inputs_spec_args'),
+    pipeline_spec_pb2.ComponentInputsSpec(),
+  )
   executor_input = pipeline_spec_pb2.ExecutorInput()
   for name, source in _tasks(spec)[task]['inputs']['parameters'].items():
-    value = (values[source['componentInputParameter']]
-             if 'componentInputParameter' in source else
-             source['runtimeValue']['constant'])
+    value = (
+      values[source['componentInputParameter']]
+      if 'componentInputParameter' in source
+      else source['runtimeValue']['constant']
+    )
     json_format.ParseDict(value, executor_input.inputs.parameter_values[name])
   return kubeflow_v2_entrypoint_utils.parse_execution_properties(
-      executor_input.inputs.parameter_values, executor_input.inputs.parameters,
-      inputs_spec)
+    executor_input.inputs.parameter_values,
+    executor_input.inputs.parameters,
+    inputs_spec,
+  )
 
 
 def test_runtime_parameter_values_reach_the_executors(compiled):
   spec, _ = compiled
   values = {
-      'data_root': 'gs://other-bucket/images',
-      'eval_config': json.dumps(proto_utils.proto_to_dict(
-          pipeline_lib.eval_config(0.9, 0.0))),
-      'trainer_config': json.dumps({'phase1_epochs': 1, 'phase2_epochs': 0}),
+    'data_root': 'gs://other-bucket/images',
+    'eval_config': json.dumps(
+      proto_utils.proto_to_dict(pipeline_lib.eval_config(0.9, 0.0))
+    ),
+    'trainer_config': json.dumps({'phase1_epochs': 1, 'phase2_epochs': 0}),
   }
   example_gen = _parse_as_entrypoint(spec, EXAMPLE_GEN, values)
   assert example_gen['input_base'] == 'gs://other-bucket/images'
@@ -225,7 +278,8 @@ def test_runtime_parameter_values_reach_the_executors(compiled):
 
   trainer = _parse_as_entrypoint(spec, 'Trainer', values)
   settings = settings_lib.TrainerConfig.from_dict(
-      json_utils.loads(trainer['custom_config']))
+    json_utils.loads(trainer['custom_config'])
+  )
   assert (settings.phase1_epochs, settings.phase2_epochs) == (1, 0)
   assert trainer['run_fn'] == pipeline_lib.RUN_FN
 
@@ -240,11 +294,13 @@ def test_cluster_settings(compiled):
     container = _executor(spec, task)['container']
     assert ('resources' in container) == (task == 'Trainer'), task
     if task in BEAM_TASKS:
-      assert container['args'][-len(BEAM_ARGS):] == BEAM_ARGS, task
+      assert container['args'][-len(BEAM_ARGS) :] == BEAM_ARGS, task
   assert _executor(spec, 'Trainer')['container']['resources'] == {
-      'accelerator': {'count': '1', 'type': 'nvidia.com/gpu'},
-      'cpuLimit': 4.0, 'cpuRequest': 4.0,
-      'memoryLimit': 16.0, 'memoryRequest': 16.0,
+    'accelerator': {'count': '1', 'type': 'nvidia.com/gpu'},
+    'cpuLimit': 4.0,
+    'cpuRequest': 4.0,
+    'memoryLimit': 16.0,
+    'memoryRequest': 16.0,
   }
   # Each run reads the data root and the served model again; the rest is
   # cached as usual.
@@ -258,43 +314,82 @@ def test_cluster_settings(compiled):
 def test_volumes_are_mounted_in_every_step(tmp_path, capsys):
   """Data on a claim; artifacts in a bucket, as KFP requires."""
   path = tmp_path / 'pipeline.yaml'
-  assert cli.main([
-      'compile', '--image', IMAGE, '--output-dir', 's3://bucket/transfer',
-      '--volume', 'tfx-pvc:/mnt/tfx', '--volume', 'images:/data',
-      '--data-root', '/data/fashion', '--output', str(path)]) == 0
+  assert (
+    cli.main(
+      [
+        'compile',
+        '--image',
+        IMAGE,
+        '--output-dir',
+        's3://bucket/transfer',
+        '--volume',
+        'tfx-pvc:/mnt/tfx',
+        '--volume',
+        'images:/data',
+        '--data-root',
+        '/data/fashion',
+        '--output',
+        str(path),
+      ]
+    )
+    == 0
+  )
   spec, platform = yaml.safe_load_all(path.read_text())
   assert spec['defaultPipelineRoot'] == 's3://bucket/transfer/pipeline_root'
-  executors = platform['platforms']['kubernetes']['deploymentSpec'][
-      'executors']
+  executors = platform['platforms']['kubernetes']['deploymentSpec']['executors']
   assert set(executors) == set(spec['deploymentSpec']['executors'])
   for mounts in executors.values():
-    assert mounts == {'pvcMount': [
+    assert mounts == {
+      'pvcMount': [
         {'constant': 'tfx-pvc', 'mountPath': '/mnt/tfx'},
-        {'constant': 'images', 'mountPath': '/data'}]}
+        {'constant': 'images', 'mountPath': '/data'},
+      ]
+    }
   # What the upload sends: both documents.
   package = schedule.Package.load(str(path))
   assert package.platform_spec == platform
   package.write(str(tmp_path / 'upload.yaml'))
   assert list(yaml.safe_load_all((tmp_path / 'upload.yaml').read_text())) == [
-      spec, platform]
+    spec,
+    platform,
+  ]
 
 
-@pytest.mark.parametrize('args, message', [
+@pytest.mark.parametrize(
+  'args, message',
+  [
     # KFP's launcher keeps artifacts only in object stores.
-    (['--output-dir', '/mnt/tfx/transfer', '--volume', 'tfx-pvc:/mnt/tfx'],
-     'a mounted volume cannot hold the pipeline root'),
+    (
+      ['--output-dir', '/mnt/tfx/transfer', '--volume', 'tfx-pvc:/mnt/tfx'],
+      'a mounted volume cannot hold the pipeline root',
+    ),
     (['--output-dir', 'relative/dir'], 'must be gs://BUCKET/... or s3://'),
     (['--output-dir', 'minio://mlpipeline/v2'], 'TFX cannot write minio://'),
     (['--output-dir', 'gs://b/a', '--data-root', 'images'], 'absolute path'),
-    (['--output-dir', 'gs://b/a', '--volume', 'tfx-pvc:/mnt/tfx',
-      '--output', 'pipeline.json'], 'give a .yaml output'),
+    (
+      [
+        '--output-dir',
+        'gs://b/a',
+        '--volume',
+        'tfx-pvc:/mnt/tfx',
+        '--output',
+        'pipeline.json',
+      ],
+      'give a .yaml output',
+    ),
     (['--output-dir', 'gs://b/a', '--volume', 'tfx-pvc'], 'CLAIM:/'),
-])
-def test_paths_the_pods_cannot_share_are_refused(args, message, tmp_path,
-                                                 capsys):
-  assert cli.main(['compile', '--image', IMAGE, *args]
-                  + ([] if '--output' in args else
-                     ['--output', str(tmp_path / 'p.yaml')])) == 2
+  ],
+)
+def test_paths_the_pods_cannot_share_are_refused(
+  args, message, tmp_path, capsys
+):
+  assert (
+    cli.main(
+      ['compile', '--image', IMAGE, *args]
+      + ([] if '--output' in args else ['--output', str(tmp_path / 'p.yaml')])
+    )
+    == 2
+  )
   assert message in capsys.readouterr().err
   assert not os.listdir(tmp_path)
 
@@ -309,8 +404,9 @@ def _normalized(text: str) -> str:
   Args:
     text: The IR as JSON.
   """
-  return re.sub(r'"sdkVersion": "tfx-[^"]*"', '"sdkVersion": "tfx-<version>"',
-                text)
+  return re.sub(
+    r'"sdkVersion": "tfx-[^"]*"', '"sdkVersion": "tfx-<version>"', text
+  )
 
 
 def test_golden(compiled):
@@ -323,13 +419,19 @@ def test_golden(compiled):
   with open(GOLDEN) as f:
     expected = f.read()
   if actual != expected:
-    diff = ''.join(difflib.unified_diff(
-        expected.splitlines(True), actual.splitlines(True),
-        fromfile=os.path.relpath(GOLDEN, PROJECT_ROOT), tofile='compiled'))
+    diff = ''.join(
+      difflib.unified_diff(
+        expected.splitlines(True),
+        actual.splitlines(True),
+        fromfile=os.path.relpath(GOLDEN, PROJECT_ROOT),
+        tofile='compiled',
+      )
+    )
     pytest.fail(
-        'The compiled IR differs from the golden file. If the change is '
-        'intended, run with UPDATE_GOLDEN=1 and review the diff.\n' + diff,
-        pytrace=False)
+      'The compiled IR differs from the golden file. If the change is '
+      'intended, run with UPDATE_GOLDEN=1 and review the diff.\n' + diff,
+      pytrace=False,
+    )
 
 
 def _dockerfile() -> List[Tuple[str, str]]:
@@ -379,10 +481,13 @@ def _image_files() -> Dict[str, str]:
         for source in sources:
           if 'from' in flags:
             prefix = source.rstrip('/') + '/'
-            files.update({
-                posixpath.join(dest, path[len(prefix):]): context
+            files.update(
+              {
+                posixpath.join(dest, path[len(prefix) :]): context
                 for path, context in stages[flags['from']].items()
-                if path.startswith(prefix)})
+                if path.startswith(prefix)
+              }
+            )
           elif source.endswith('/'):
             files[dest + '/'] = source
           else:
@@ -396,7 +501,7 @@ def _in_image(path: str) -> Optional[str]:
     if path == image_path:
       return context
     if image_path.endswith('/') and path.startswith(image_path):
-      return posixpath.join(context, path[len(image_path):])
+      return posixpath.join(context, path[len(image_path) :])
   return None
 
 
@@ -405,20 +510,24 @@ def test_dockerfile_installs_from_the_lock():
   for stage in stages:
     base = stage[0][1].split()
     assert [w for w in base if w.startswith('python:')] == [
-        'python:3.10-slim-bookworm'], stage[0]
+      'python:3.10-slim-bookworm'
+    ], stage[0]
   instructions = [step for stage in stages for step in stage]
   # The uv that `make venv` uses, so that it reads the lock the same way.
   with open(os.path.join(PROJECT_ROOT, 'Makefile')) as f:
     uv_version = re.search(r'^UV_VERSION\s*:?=\s*(\S+)', f.read(), re.M)[1]
   assert ('ARG', f'UV_VERSION={uv_version}') in instructions
   commands = [
-      command.strip() for op, args in instructions if op == 'RUN'
-      for command in re.split(r'&&|;', args)
+    command.strip()
+    for op, args in instructions
+    if op == 'RUN'
+    for command in re.split(r'&&|;', args)
   ]
   # Python packages come only from `uv sync --frozen` (the lock, unchanged):
   # no pip or `uv pip` install but the pinned uv itself.
   assert [c for c in commands if 'pip' in c] == [
-      'python -m pip install --no-cache-dir "uv==${UV_VERSION}"']
+    'python -m pip install --no-cache-dir "uv==${UV_VERSION}"'
+  ]
   syncs = [c for c in commands if 'uv sync' in c]
   assert syncs and all(c.startswith('uv sync --frozen') for c in syncs)
   assert any('--no-install-project' not in c for c in syncs)
@@ -433,8 +542,9 @@ def test_dockerfile_installs_from_the_lock():
   assert {'nvidia-cudnn-cu12', 'nvidia-cublas-cu12'} <= locked
   # The lock is in the build context before the first sync.
   build = [(op, args) for op, args in stages[0]]
-  first_sync = next(i for i, (op, args) in enumerate(build)
-                    if op == 'RUN' and 'uv sync' in args)
+  first_sync = next(
+    i for i, (op, args) in enumerate(build) if op == 'RUN' and 'uv sync' in args
+  )
   copied = ' '.join(args for op, args in build[:first_sync] if op == 'COPY')
   assert 'uv.lock' in copied and 'pyproject.toml' in copied
   assert _in_image(runner.IMAGE_PROJECT_ROOT + '/uv.lock') == 'uv.lock'
@@ -446,8 +556,10 @@ def test_dockerfile_runtime_settings():
   # `python` in the components' command is the locked environment's.
   assert re.search(r'PATH=/opt/venv/bin:', env)
   assert 'TFX_TRANSFER_CACHE=' in env and 'TF_USE_LEGACY_KERAS=1' in env
-  assert any(op == 'RUN' and 'chmod 1777 "$TFX_TRANSFER_CACHE"' in args
-             for op, args in final)
+  assert any(
+    op == 'RUN' and 'chmod 1777 "$TFX_TRANSFER_CACHE"' in args
+    for op, args in final
+  )
   demo = _in_image(runner.IMAGE_DEMO_DATA + '/bag/bag_00018.png')
   assert demo and os.path.exists(os.path.join(PROJECT_ROOT, demo))
 
@@ -455,8 +567,8 @@ def test_dockerfile_runtime_settings():
 def test_code_in_the_ir_is_in_the_image(compiled):
   spec, _ = compiled
   references = {
-      _arg(_executor(spec, task)['container'], '--executor_class_path')
-      for task in CONTAINER_TASKS
+    _arg(_executor(spec, task)['container'], '--executor_class_path')
+    for task in CONTAINER_TASKS
   }
   for task in ('Transform', 'Trainer'):
     for name, source in _tasks(spec)[task]['inputs']['parameters'].items():
@@ -464,7 +576,8 @@ def test_code_in_the_ir_is_in_the_image(compiled):
         references.add(source['runtimeValue']['constant'])
   with open(os.path.join(PROJECT_ROOT, 'pyproject.toml'), 'rb') as f:
     installed = tomli.load(f)['tool']['setuptools']['packages']['find'][
-        'include']
+      'include'
+    ]
   in_project = set()
   for reference in sorted(references):
     module, name = reference.rsplit('.', 1)
@@ -475,28 +588,33 @@ def test_code_in_the_ir_is_in_the_image(compiled):
       continue
     in_project.add(reference)
     source = os.path.relpath(inspect.getsourcefile(code), PROJECT_ROOT)
-    image_path = posixpath.join(runner.IMAGE_PROJECT_ROOT,
-                                *source.split(os.sep))
+    image_path = posixpath.join(
+      runner.IMAGE_PROJECT_ROOT, *source.split(os.sep)
+    )
     assert _in_image(image_path) == source.replace(os.sep, '/'), reference
     # The project is installed (editable) from /pipeline: importable anywhere.
     assert any(fnmatch.fnmatch(package, p) for p in installed), reference
   # The command: python -m kubeflow.entrypoint.
   assert _in_image(runner.IMAGE_PROJECT_ROOT + '/kubeflow/entrypoint.py') == (
-      'kubeflow/entrypoint.py')
+    'kubeflow/entrypoint.py'
+  )
   assert in_project == {
-      'components.image_example_gen.ImageExampleGenExecutor',
-      'components.atomic_pusher.AtomicPusherExecutor',
-      'components.data_validator.DataValidatorExecutor',
-      'components.serving_baseline_evaluator.'
-      'ServingBaselineEvaluatorExecutor',
-      pipeline_lib.PREPROCESSING_FN, pipeline_lib.RUN_FN,
+    'components.image_example_gen.ImageExampleGenExecutor',
+    'components.atomic_pusher.AtomicPusherExecutor',
+    'components.data_validator.DataValidatorExecutor',
+    'components.serving_baseline_evaluator.ServingBaselineEvaluatorExecutor',
+    pipeline_lib.PREPROCESSING_FN,
+    pipeline_lib.RUN_FN,
   }
 
 
 def test_tuning_adds_a_tuner_whose_best_values_feed_the_trainer(tmp_path):
   config = settings_lib.PipelineConfig(
-      data_root=DATA_ROOT, output_dir=OUTPUT_DIR, tuning={'trials': 3},
-      trainer={'phase1_epochs': 50})
+    data_root=DATA_ROOT,
+    output_dir=OUTPUT_DIR,
+    tuning={'trials': 3},
+    trainer={'phase1_epochs': 50},
+  )
   spec = runner.compile_pipeline(config, IMAGE, str(tmp_path / 'ir.json'))
   json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
   tasks = _tasks(spec)
@@ -504,11 +622,17 @@ def test_tuning_adds_a_tuner_whose_best_values_feed_the_trainer(tmp_path):
   tuner = _executor(spec, 'Tuner')['container']
   assert tuner['image'] == IMAGE
   assert tasks['Trainer']['inputs']['artifacts']['hyperparameters'] == {
-      'taskOutputArtifact': {'producerTask': 'Tuner',
-                             'outputArtifactKey': 'best_hyperparameters'}}
+    'taskOutputArtifact': {
+      'producerTask': 'Tuner',
+      'outputArtifactKey': 'best_hyperparameters',
+    }
+  }
   parameters = tasks['Tuner']['inputs']['parameters']
   assert parameters['tuner_fn']['runtimeValue']['constant'] == (
-      pipeline_lib.TUNER_FN)
+    pipeline_lib.TUNER_FN
+  )
   custom_config = parameters['custom_config']['runtimeValue']['constant']
   assert json.loads(custom_config) == {
-      'trainer': {'phase1_epochs': 50}, 'tuning': {'trials': 3}}
+    'trainer': {'phase1_epochs': 50},
+    'tuning': {'trials': 3},
+  }

@@ -19,8 +19,9 @@ from google.protobuf import json_format
 import kfp_local
 from kubeflow import entrypoint
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden',
-                      'kubeflow_pipeline.json')
+GOLDEN = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'golden', 'kubeflow_pipeline.json'
+)
 
 
 @pytest.fixture
@@ -29,29 +30,38 @@ def statistics_gen():
   with open(GOLDEN) as f:
     spec = json.load(f)
   container = spec['deploymentSpec']['executors']['StatisticsGen_executor'][
-      'container']
+    'container'
+  ]
   kfp = kfp_local.Kfp('/nonexistent')
   provisioned = {
-      'uri': 's3://bucket/root/FileBasedExampleGen/1234/examples',
-      'name': 'examples',
-      'type': spec['components']['FileBasedExampleGen']['outputDefinitions'][
-          'artifacts']['examples']['artifactType'],
-      # What TFX's entrypoint reported for ExampleGen's output.
-      'metadata': {'split_names': '["train", "eval"]', 'span': 0.0,
-                   'input_fingerprint': 'split:single_split,num_files:2'},
+    'uri': 's3://bucket/root/FileBasedExampleGen/1234/examples',
+    'name': 'examples',
+    'type': spec['components']['FileBasedExampleGen']['outputDefinitions'][
+      'artifacts'
+    ]['examples']['artifactType'],
+    # What TFX's entrypoint reported for ExampleGen's output.
+    'metadata': {
+      'split_names': '["train", "eval"]',
+      'span': 0.0,
+      'input_fingerprint': 'split:single_split,num_files:2',
+    },
   }
-  artifact = kfp._runtime_artifact(  # pylint: disable=protected-access
-      kfp._record('examples', provisioned, '{"Provider":"s3"}'))  # pylint: disable=protected-access
-  executor_input = {'inputs': {'artifacts': {'examples': {
-      'artifacts': [artifact]}}}}
+  artifact = kfp._runtime_artifact(
+    kfp._record('examples', provisioned, '{"Provider":"s3"}')
+  )
+  executor_input = {
+    'inputs': {'artifacts': {'examples': {'artifacts': [artifact]}}}
+  }
   return container, executor_input
 
 
 def _parse(executor_input):
-  message = json_format.ParseDict(executor_input,
-                                  pipeline_spec_pb2.ExecutorInput())
+  message = json_format.ParseDict(
+    executor_input, pipeline_spec_pb2.ExecutorInput()
+  )
   return kubeflow_v2_entrypoint_utils.parse_raw_artifact_dict(
-      message.inputs.artifacts)
+    message.inputs.artifacts
+  )
 
 
 def _inputs_spec(container):
@@ -59,15 +69,15 @@ def _inputs_spec(container):
   return json.loads(args[args.index(entrypoint.INPUTS_SPEC_FLAG) + 1])
 
 
-def test_the_driver_sends_an_empty_type_which_tfx_cannot_parse(
-    statistics_gen):
+def test_the_driver_sends_an_empty_type_which_tfx_cannot_parse(statistics_gen):
   _, executor_input = statistics_gen
-  artifact, = executor_input['inputs']['artifacts']['examples']['artifacts']
+  (artifact,) = executor_input['inputs']['artifacts']['examples']['artifacts']
   assert artifact['type'] == {'instanceSchema': ''}
   assert artifact['name'].isdigit()
   assert artifact['metadata']['display_name'] == 'examples'
-  with pytest.raises(AttributeError, match="'NoneType' object has no "
-                     "attribute 'get'"):
+  with pytest.raises(
+    AttributeError, match="'NoneType' object has no attribute 'get'"
+  ):
     _parse(executor_input)
   del artifact['type']
   with pytest.raises(UnboundLocalError):
@@ -77,40 +87,48 @@ def test_the_driver_sends_an_empty_type_which_tfx_cannot_parse(
 @pytest.mark.parametrize('empty_type', [{'instanceSchema': ''}, None])
 def test_declared_types_are_restored(statistics_gen, empty_type):
   container, executor_input = statistics_gen
-  artifact, = executor_input['inputs']['artifacts']['examples']['artifacts']
+  (artifact,) = executor_input['inputs']['artifacts']['examples']['artifacts']
   if empty_type is None:
     del artifact['type']
-  fixed = entrypoint.restore_input_types(executor_input,
-                                         _inputs_spec(container))
-  examples, = _parse(fixed)['examples']
+  fixed = entrypoint.restore_input_types(
+    executor_input, _inputs_spec(container)
+  )
+  (examples,) = _parse(fixed)['examples']
   assert isinstance(examples, standard_artifacts.Examples)
   assert examples.uri == 's3://bucket/root/FileBasedExampleGen/1234/examples'
   assert json.loads(examples.split_names) == ['train', 'eval']
   assert examples.span == 0 and isinstance(examples.span, int)
-  assert examples.get_string_custom_property(
-      'input_fingerprint') == 'split:single_split,num_files:2'
+  assert (
+    examples.get_string_custom_property('input_fingerprint')
+    == 'split:single_split,num_files:2'
+  )
 
 
 def test_the_command_line_is_fixed_in_place(statistics_gen):
   container, executor_input = statistics_gen
-  args = [json.dumps(executor_input) if a == '{{$}}' else a
-          for a in container['args']]
+  args = [
+    json.dumps(executor_input) if a == '{{$}}' else a for a in container['args']
+  ]
   fixed = entrypoint.fix_argv(['entrypoint'] + args)
   assert len(fixed) == len(args) + 1
   invocation = json.loads(fixed[fixed.index(entrypoint.INVOCATION_FLAG) + 1])
   assert _parse(invocation)['examples'][0].type_name == 'Examples'
   # Everything else, Beam flags included, is passed on unchanged.
   assert [a for a in fixed[1:] if not a.startswith('{"inputs"')] == [
-      a for a in args if not a.startswith('{"inputs"')]
+    a for a in args if not a.startswith('{"inputs"')
+  ]
   equals_form = entrypoint.fix_argv(
-      [f'{entrypoint.INVOCATION_FLAG}={json.dumps(executor_input)}',
-       entrypoint.INPUTS_SPEC_FLAG, json.dumps(_inputs_spec(container))])
+    [
+      f'{entrypoint.INVOCATION_FLAG}={json.dumps(executor_input)}',
+      entrypoint.INPUTS_SPEC_FLAG,
+      json.dumps(_inputs_spec(container)),
+    ]
+  )
   assert equals_form[0].startswith(entrypoint.INVOCATION_FLAG + '={')
   assert 'tfx.Examples' in equals_form[0]
 
 
-def test_untyped_input_without_a_declared_type_is_a_clear_error(
-    statistics_gen):
+def test_untyped_input_without_a_declared_type_is_a_clear_error(statistics_gen):
   _, executor_input = statistics_gen
   with pytest.raises(ValueError, match='compile the pipeline with schema 2.1'):
     entrypoint.restore_input_types(executor_input, {'artifacts': {}})
@@ -118,11 +136,17 @@ def test_untyped_input_without_a_declared_type_is_a_clear_error(
 
 def test_beam_gets_only_the_compiled_beam_arguments(statistics_gen):
   container, executor_input = statistics_gen
-  args = [json.dumps(executor_input) if a == '{{$}}' else a
-          for a in container['args']]
+  args = [
+    json.dumps(executor_input) if a == '{{$}}' else a for a in container['args']
+  ]
   flags, beam_args = entrypoint.parse_flags(args)
   assert flags.executor_class_path == (
-      'tfx.components.statistics_gen.executor.Executor')
+    'tfx.components.statistics_gen.executor.Executor'
+  )
   # The golden pipeline's Dataflow flags, and no program path among them.
-  assert beam_args == [a for a in args if a.startswith('--runner') or
-                       a.startswith(('--project', '--region', '--temp_'))]
+  assert beam_args == [
+    a
+    for a in args
+    if a.startswith('--runner')
+    or a.startswith(('--project', '--region', '--temp_'))
+  ]

@@ -22,10 +22,13 @@ def _toy_dataset(n=64, batch=16, seed=0):
   """Two classes told apart by brightness: learnable in a few steps."""
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, 2, n)
-  images = rng.uniform(0, 100, (n, IMAGE_SIZE, IMAGE_SIZE, 3)) + 150 * labels[
-      :, None, None, None]
+  images = (
+    rng.uniform(0, 100, (n, IMAGE_SIZE, IMAGE_SIZE, 3))
+    + 150 * labels[:, None, None, None]
+  )
   return tf.data.Dataset.from_tensor_slices(
-      (images.astype('float32'), labels.astype('int64'))).batch(batch)
+    (images.astype('float32'), labels.astype('int64'))
+  ).batch(batch)
 
 
 def _snapshot(layers):
@@ -33,8 +36,9 @@ def _snapshot(layers):
 
 
 def _changed(before, after):
-  return {name for name in before if not np.array_equal(before[name],
-                                                        after[name])}
+  return {
+    name for name in before if not np.array_equal(before[name], after[name])
+  }
 
 
 @pytest.fixture(scope='module')
@@ -47,15 +51,32 @@ def trained_phases():
   classifier = model_lib.build_classifier(backbone, IMAGE_SIZE, 2, dropout=0.0)
   data = _toy_dataset()
   snapshots = [_snapshot(classifier.layers)]
-  bn_layers = [l for l in backbone.layers
-               if isinstance(l, keras.layers.BatchNormalization)]
-  phase1 = model_lib.run_phase('phase1', classifier, backbone, strategy, data,
-                               data, epochs=2, learning_rate=1e-2,
-                               fine_tune_layers=0)
+  bn_layers = [
+    l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)
+  ]
+  phase1 = model_lib.run_phase(
+    'phase1',
+    classifier,
+    backbone,
+    strategy,
+    data,
+    data,
+    epochs=2,
+    learning_rate=1e-2,
+    fine_tune_layers=0,
+  )
   snapshots.append(_snapshot(classifier.layers))
-  phase2 = model_lib.run_phase('phase2', classifier, backbone, strategy, data,
-                               data, epochs=2, learning_rate=1e-3,
-                               fine_tune_layers=12)
+  phase2 = model_lib.run_phase(
+    'phase2',
+    classifier,
+    backbone,
+    strategy,
+    data,
+    data,
+    epochs=2,
+    learning_rate=1e-3,
+    fine_tune_layers=12,
+  )
   snapshots.append(_snapshot(classifier.layers))
   return backbone, classifier, bn_layers, snapshots, phase1, phase2
 
@@ -67,25 +88,29 @@ def test_phase1_trains_only_the_head(trained_phases):
   assert changed == head
 
 
-def test_phase2_changes_top_backbone_layers_and_keeps_batchnorm(
-    trained_phases):
+def test_phase2_changes_top_backbone_layers_and_keeps_batchnorm(trained_phases):
   backbone, classifier, bn_layers, (_, after1, after2), _, phase2 = (
-      trained_phases)
+    trained_phases
+  )
   changed = _changed(after1, after2)
   unfrozen = set(phase2['unfrozen_layers'])
   assert unfrozen, 'phase 2 unfroze nothing'
-  top_weights = {w.name for l in backbone.layers if l.name in unfrozen
-                 for w in l.weights}
+  top_weights = {
+    w.name for l in backbone.layers if l.name in unfrozen for w in l.weights
+  }
   # Every unfrozen backbone weight moved; nothing below them did.
   assert top_weights <= changed
-  frozen_backbone = {w.name for l in backbone.layers if l.name not in unfrozen
-                     for w in l.weights}
+  frozen_backbone = {
+    w.name for l in backbone.layers if l.name not in unfrozen for w in l.weights
+  }
   assert not frozen_backbone & changed
   # BatchNorm (gamma, beta and moving statistics) is identical after phase 2.
   bn_weights = {w.name for l in bn_layers for w in l.weights}
   assert bn_weights and not bn_weights & changed
-  assert not any(isinstance(backbone.network.get_layer(n),
-                            keras.layers.BatchNormalization) for n in unfrozen)
+  assert not any(
+    isinstance(backbone.network.get_layer(n), keras.layers.BatchNormalization)
+    for n in unfrozen
+  )
 
 
 def test_both_phases_use_one_logits_loss(trained_phases):
@@ -101,15 +126,17 @@ def test_keras_is_tf_keras():
   # tf.keras must be tf_keras (its module name can change once tensorflow_hub
   # is imported, so compare the classes).
   assert tf.keras.Model is keras.Model and tf.keras.layers.Dense is (
-      keras.layers.Dense)
-  assert isinstance(backbones.build_backbone('MobileNet', 32, 'none').network,
-                    keras.Model)
+    keras.layers.Dense
+  )
+  assert isinstance(
+    backbones.build_backbone('MobileNet', 32, 'none').network, keras.Model
+  )
 
 
 def test_unknown_backbone_is_a_clear_error():
   with pytest.raises(ValueError, match='Unknown backbone'):
     backbones.build_backbone('NotANet', 32)
-  with pytest.raises(ValueError, match="only for MobileNet"):
+  with pytest.raises(ValueError, match='only for MobileNet'):
     backbones.build_backbone('MobileNetV2', 32, weights='offline')
 
 
@@ -117,7 +144,8 @@ def test_unknown_backbone_is_a_clear_error():
 def test_local_model_backbones(tmp_path, kind):
   """`file:` backbones: a SavedModel dir (Hub-style) or a .keras model."""
   source = keras.applications.MobileNet(
-      include_top=False, weights=None, input_shape=(32, 32, 3), pooling='avg')
+    include_top=False, weights=None, input_shape=(32, 32, 3), pooling='avg'
+  )
   if kind == 'savedmodel':
     path = str(tmp_path / 'backbone')
     tf.saved_model.save(source, path)

@@ -29,19 +29,22 @@ def test_closed_form_start_is_sklearns_logistic_regression():
   # scikit-learn minimizes C * sum(CE) + sum(W**2) / 2: the same objective
   # for C = 1 / (2 n lambda).
   reference = linear_model.LogisticRegression(
-      C=1 / (2 * 120 * weight_decay), tol=1e-10, max_iter=10_000).fit(
-          embeddings, labels)
+    C=1 / (2 * 120 * weight_decay), tol=1e-10, max_iter=10_000
+  ).fit(embeddings, labels)
   logits = embeddings @ kernel + bias
   probabilities = np.exp(logits - logits.max(1, keepdims=True))
   probabilities /= probabilities.sum(1, keepdims=True)
   np.testing.assert_allclose(
-      probabilities, reference.predict_proba(embeddings), atol=1e-4)
+    probabilities, reference.predict_proba(embeddings), atol=1e-4
+  )
 
 
 def test_validation_part_is_fixed_disjoint_and_about_its_fraction():
   serialized = tf.constant([f'example {i}'.encode() for i in range(2000)])
-  parts = {part: trainer.in_part(serialized, part, 0.2).numpy()
-           for part in (trainer.FIT, trainer.VALIDATION)}
+  parts = {
+    part: trainer.in_part(serialized, part, 0.2).numpy()
+    for part in (trainer.FIT, trainer.VALIDATION)
+  }
   assert not np.any(parts[trainer.FIT] & parts[trainer.VALIDATION])
   assert np.all(parts[trainer.FIT] | parts[trainer.VALIDATION])
   assert 0.17 < parts[trainer.VALIDATION].mean() < 0.23
@@ -54,19 +57,29 @@ def test_a_fine_tuning_phase_that_hurts_is_not_exported():
   backbone = tiny._tiny_backbone()
   classifier = model_lib.build_classifier(backbone, tiny.IMAGE_SIZE, 2, 0.0)
   # Phase 2 at a learning rate that wrecks the unfrozen convolutions.
-  config = settings_lib.TrainerConfig.from_dict({
-      'phase1_epochs': 3, 'phase1_learning_rate': 1e-2, 'batch_size': 8,
-      'phase2_epochs': 2, 'phase2_learning_rate': 5.0,
-      'fine_tune_layers': 11})
-  datasets = trainer.Datasets(tiny._images(64), tiny._images(32, seed=1),
-                              tiny._images(32, seed=2))
+  config = settings_lib.TrainerConfig.from_dict(
+    {
+      'phase1_epochs': 3,
+      'phase1_learning_rate': 1e-2,
+      'batch_size': 8,
+      'phase2_epochs': 2,
+      'phase2_learning_rate': 5.0,
+      'fine_tune_layers': 11,
+    }
+  )
+  datasets = trainer.Datasets(
+    tiny._images(64), tiny._images(32, seed=1), tiny._images(32, seed=2)
+  )
   strategy = tf.distribute.get_strategy()
-  results = trainer.train_phases(classifier, backbone, strategy, datasets,
-                                 config)
+  results = trainer.train_phases(
+    classifier, backbone, strategy, datasets, config
+  )
 
   phase1, phase2 = results['phase1'], results['phase2']
-  print(f"validation accuracy: phase 1 {phase1['validation_accuracy']:.3f}, "
-        f"phase 2 {phase2['validation_accuracy']:.3f}")
+  print(
+    f'validation accuracy: phase 1 {phase1["validation_accuracy"]:.3f}, '
+    f'phase 2 {phase2["validation_accuracy"]:.3f}'
+  )
   assert phase1['start']['method'] == 'logistic_regression'
   assert phase2['validation_loss'] > phase1['validation_loss']
   assert (phase1['chosen'], phase2['chosen']) == (True, False)

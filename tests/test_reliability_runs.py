@@ -41,8 +41,9 @@ from pipeline import local_runner
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINER = {'phase1_epochs': 1, 'phase2_epochs': 0}
-SETTINGS = ('accuracy_threshold: 0.3\n'
-            'trainer:\n  phase1_epochs: 1\n  phase2_epochs: 0\n')
+SETTINGS = (
+  'accuracy_threshold: 0.3\ntrainer:\n  phase1_epochs: 1\n  phase2_epochs: 0\n'
+)
 UPSTREAM = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform')
 # Their cache keys include the user-module wheel (all of modules/).
 USER_CODE = {'Transform': 'transform'}
@@ -50,8 +51,16 @@ TIMEOUT = 900
 
 
 def _cli_command(settings: pathlib.Path, output_dir: str) -> List[str]:
-  return [sys.executable, '-m', 'pipeline.cli', 'run', '--config',
-          str(settings), '--output-dir', output_dir]
+  return [
+    sys.executable,
+    '-m',
+    'pipeline.cli',
+    'run',
+    '--config',
+    str(settings),
+    '--output-dir',
+    output_dir,
+  ]
 
 
 def _env():
@@ -62,8 +71,9 @@ def _wait_for(condition, what: str, process=None, timeout=TIMEOUT):
   deadline = time.time() + timeout
   while not condition():
     if process is not None and process.poll() is not None:
-      raise AssertionError(f'process ended (exit {process.returncode}) '
-                           f'before {what}')
+      raise AssertionError(
+        f'process ended (exit {process.returncode}) before {what}'
+      )
     if time.time() > deadline:
       raise AssertionError(f'timed out waiting for {what}')
     time.sleep(0.2)
@@ -84,9 +94,10 @@ class _ServingWatcher(threading.Thread):
       for version in atomic_pusher.pushed_versions(self.serving_dir):
         path = os.path.join(self.serving_dir, version)
         self.seen.add(version)
-        if not (os.path.exists(os.path.join(path, 'saved_model.pb')) and
-                os.path.exists(os.path.join(path, 'variables',
-                                            'variables.index'))):
+        if not (
+          os.path.exists(os.path.join(path, 'saved_model.pb'))
+          and os.path.exists(os.path.join(path, 'variables', 'variables.index'))
+        ):
           self.incomplete.append(version)
       time.sleep(0.02)
 
@@ -106,15 +117,21 @@ class Interrupted:
 
 def _start(settings, output_dir, log) -> subprocess.Popen:
   with open(log, 'w') as out:
-    return subprocess.Popen(  # pylint: disable=consider-using-with
-        _cli_command(settings, output_dir), cwd=PROJECT_ROOT, env=_env(),
-        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+      _cli_command(settings, output_dir),
+      cwd=PROJECT_ROOT,
+      env=_env(),
+      stdout=out,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+    )
 
 
 def _node_started(output_dir: str, node: str) -> bool:
   """Whether `node` has started: TFX makes its output folders at launch."""
-  return bool(glob.glob(os.path.join(output_dir, 'pipeline_root', node, '*',
-                                     '*')))
+  return bool(
+    glob.glob(os.path.join(output_dir, 'pipeline_root', node, '*', '*'))
+  )
 
 
 @pytest.fixture(scope='module')
@@ -127,12 +144,17 @@ def interrupted(tmp_path_factory) -> Interrupted:
   # must fail at once. The one that runs is SIGKILLed in its Trainer.
   runs = [_start(settings, output_dir, root / f'run{i}.log') for i in (0, 1)]
   try:
-    _wait_for(lambda: any(r.poll() is not None for r in runs),
-              'one of two concurrent runs to give up')
+    _wait_for(
+      lambda: any(r.poll() is not None for r in runs),
+      'one of two concurrent runs to give up',
+    )
     loser = next(r for r in runs if r.poll() is not None)
     winner = runs[1 - runs.index(loser)]
-    _wait_for(lambda: _node_started(output_dir, 'Trainer'),
-              'the Trainer to start', winner)
+    _wait_for(
+      lambda: _node_started(output_dir, 'Trainer'),
+      'the Trainer to start',
+      winner,
+    )
     time.sleep(3)  # Inside the Trainer (it takes far longer).
     assert winner.poll() is None
   finally:
@@ -142,40 +164,60 @@ def interrupted(tmp_path_factory) -> Interrupted:
       run.wait()
   evaluator_started = _node_started(output_dir, 'Evaluator')
   log = root / f'run{runs.index(loser)}.log'
-  busy = subprocess.CompletedProcess(loser.args, loser.returncode,
-                                     log.read_text(), log.read_text())
+  busy = subprocess.CompletedProcess(
+    loser.args, loser.returncode, log.read_text(), log.read_text()
+  )
   serving_dir = os.path.join(output_dir, 'serving')
-  serving_at_kill = (sorted(os.listdir(serving_dir))
-                     if os.path.isdir(serving_dir) else [])
+  serving_at_kill = (
+    sorted(os.listdir(serving_dir)) if os.path.isdir(serving_dir) else []
+  )
 
   watcher = _ServingWatcher(serving_dir)
   watcher.start()
   try:
-    resumed = subprocess.run(_cli_command(settings, output_dir),
-                             cwd=PROJECT_ROOT, env=_env(),
-                             capture_output=True, text=True, timeout=TIMEOUT,
-                             check=False)
+    resumed = subprocess.run(
+      _cli_command(settings, output_dir),
+      cwd=PROJECT_ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT,
+      check=False,
+    )
   finally:
     watcher.stop.set()
     watcher.join()
   assert resumed.returncode == cli.EXIT_PUSHED, (
-      f'{resumed.stdout[-3000:]}\n{resumed.stderr[-3000:]}')
-  report_line = next(line for line in resumed.stdout.splitlines()
-                     if line.startswith('Report: '))
-  with open(os.path.join(os.path.dirname(report_line[len('Report: '):]),
-                         'report.json')) as f:
+    f'{resumed.stdout[-3000:]}\n{resumed.stderr[-3000:]}'
+  )
+  report_line = next(
+    line for line in resumed.stdout.splitlines() if line.startswith('Report: ')
+  )
+  with open(
+    os.path.join(os.path.dirname(report_line[len('Report: ') :]), 'report.json')
+  ) as f:
     resumed_report = json.load(f)
-  return Interrupted(output_dir, winner.pid, winner.returncode,
-                     evaluator_started, serving_at_kill, busy, resumed,
-                     resumed_report, watcher)
+  return Interrupted(
+    output_dir,
+    winner.pid,
+    winner.returncode,
+    evaluator_started,
+    serving_at_kill,
+    busy,
+    resumed,
+    resumed_report,
+    watcher,
+  )
 
 
 @pytest.mark.reliability('concurrent runs')
 def test_second_run_on_the_same_output_dir_fails_at_once(interrupted):
   busy = interrupted.busy
   assert busy.returncode == cli.EXIT_BAD_INPUT, busy.stderr[-3000:]
-  assert (f'error: Output directory {interrupted.output_dir} is in use by '
-          f'another run (pid {interrupted.killed_pid} on ') in busy.stderr
+  assert (
+    f'error: Output directory {interrupted.output_dir} is in use by '
+    f'another run (pid {interrupted.killed_pid} on '
+  ) in busy.stderr
   assert 'nothing was run' in busy.stderr
   assert 'Running pipeline' in busy.stdout  # It got as far as the lock.
 
@@ -184,15 +226,18 @@ def test_second_run_on_the_same_output_dir_fails_at_once(interrupted):
 def test_mlmd_store_is_intact_after_kill_and_contention(interrupted):
   metadata = os.path.join(interrupted.output_dir, 'metadata.sqlite')
   with sqlite3.connect(metadata) as connection:
-    assert connection.execute('PRAGMA integrity_check').fetchall() == [
-        ('ok',)]
+    assert connection.execute('PRAGMA integrity_check').fetchall() == [('ok',)]
   store = metadata_store.MetadataStore(
-      tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata))
+    tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata)
+  )
   runs = store.get_contexts_by_type('pipeline_run')
   assert len(runs) == 2  # The killed run and the resumed one; not B.
   trainer_states = [
-      e.last_known_state for e in store.get_executions_by_type(
-          'tfx.components.trainer.component.Trainer')]
+    e.last_known_state
+    for e in store.get_executions_by_type(
+      'tfx.components.trainer.component.Trainer'
+    )
+  ]
   complete = metadata_store_pb2.Execution.COMPLETE
   # The killed Trainer never completed; the resumed one did.
   assert trainer_states.count(complete) == 1, trainer_states
@@ -203,12 +248,15 @@ def test_mlmd_store_is_intact_after_kill_and_contention(interrupted):
 def test_killed_run_resumes_from_the_cache_and_pushes(interrupted):
   assert interrupted.killed_returncode == -signal.SIGKILL
   assert not interrupted.evaluator_started_at_kill
-  states = {node: c['state'] for node, c in
-            interrupted.resumed_report['components'].items()}
+  states = {
+    node: c['state']
+    for node, c in interrupted.resumed_report['components'].items()
+  }
   print(f'resumed run: {states}')
   for node in UPSTREAM:
-    if node in USER_CODE and _user_code_changed(interrupted.output_dir,
-                                                USER_CODE[node]):
+    if node in USER_CODE and _user_code_changed(
+      interrupted.output_dir, USER_CODE[node]
+    ):
       # modules/ was edited between the runs: a new cache key, rightly.
       print(f'{node} ran: modules/ changed between the killed run and now')
       continue
@@ -220,34 +268,46 @@ def test_killed_run_resumes_from_the_cache_and_pushes(interrupted):
 @pytest.mark.reliability('interrupted run')
 def test_push_destination_only_ever_shows_complete_versions(interrupted):
   # Killed in the Trainer: nothing (at most a hidden staging dir) to serve.
-  assert not [name for name in interrupted.serving_at_kill
-              if not name.startswith('.')]
+  assert not [
+    name for name in interrupted.serving_at_kill if not name.startswith('.')
+  ]
   serving_dir = os.path.join(interrupted.output_dir, 'serving')
   versions = atomic_pusher.pushed_versions(serving_dir)
   assert len(versions) == 1 and interrupted.watcher.seen == set(versions)
   assert interrupted.watcher.incomplete == []
-  assert not [n for n in os.listdir(serving_dir)
-              if n.startswith(atomic_pusher.STAGING_PREFIX)]
+  assert not [
+    n
+    for n in os.listdir(serving_dir)
+    if n.startswith(atomic_pusher.STAGING_PREFIX)
+  ]
 
 
 @pytest.mark.reliability('security')
 def test_pushed_model_loads_with_plain_saved_model_load(interrupted):
   """No custom objects, no project code: tf.saved_model.load alone."""
   serving_dir = os.path.join(interrupted.output_dir, 'serving')
-  version = os.path.join(serving_dir,
-                         atomic_pusher.pushed_versions(serving_dir)[-1])
-  code = ('import sys, tensorflow as tf\n'
-          'assert "modules" not in sys.modules\n'
-          f'model = tf.saved_model.load({version!r})\n'
-          'serve = model.signatures["serving_default"]\n'
-          f'data = open({_demo_image()!r}, "rb").read()\n'
-          'out = serve(image_bytes=tf.constant([data]))\n'
-          'print(out["label"].numpy()[0].decode())\n')
+  version = os.path.join(
+    serving_dir, atomic_pusher.pushed_versions(serving_dir)[-1]
+  )
+  code = (
+    'import sys, tensorflow as tf\n'
+    'assert "modules" not in sys.modules\n'
+    f'model = tf.saved_model.load({version!r})\n'
+    'serve = model.signatures["serving_default"]\n'
+    f'data = open({_demo_image()!r}, "rb").read()\n'
+    'out = serve(image_bytes=tf.constant([data]))\n'
+    'print(out["label"].numpy()[0].decode())\n'
+  )
   # A fresh interpreter outside the project: nothing of it is importable.
-  process = subprocess.run([sys.executable, '-c', code], cwd='/',
-                           env={**_env(), 'PYTHONPATH': ''},
-                           capture_output=True, text=True, timeout=300,
-                           check=False)
+  process = subprocess.run(
+    [sys.executable, '-c', code],
+    cwd='/',
+    env={**_env(), 'PYTHONPATH': ''},
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert process.returncode == 0, process.stderr[-3000:]
   classes = sorted(os.listdir(settings_lib.DEMO_DATA))
   assert process.stdout.split()[-1] in classes
@@ -255,21 +315,36 @@ def test_pushed_model_loads_with_plain_saved_model_load(interrupted):
 
 def _user_code_changed(output_dir: str, component: str) -> bool:
   """Whether two runs packaged different user code for `component`."""
-  return len(glob.glob(os.path.join(
-      output_dir, 'pipeline_root', '_wheels',
-      f'tfx_user_code_{component}-*.whl'))) > 1
+  return (
+    len(
+      glob.glob(
+        os.path.join(
+          output_dir,
+          'pipeline_root',
+          '_wheels',
+          f'tfx_user_code_{component}-*.whl',
+        )
+      )
+    )
+    > 1
+  )
 
 
 def _last_run_states(output_dir: str) -> Dict[str, int]:
   """Node id -> MLMD execution state of the newest run."""
   store = metadata_store.MetadataStore(
-      tfx.orchestration.metadata.sqlite_metadata_connection_config(
-          os.path.join(output_dir, 'metadata.sqlite')))
+    tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      os.path.join(output_dir, 'metadata.sqlite')
+    )
+  )
   run = max(store.get_contexts_by_type('pipeline_run'), key=lambda c: c.id)
   states = {}
   for execution in store.get_executions_by_context(run.id):
-    node = next(c.name for c in store.get_contexts_by_execution(execution.id)
-                if c.type == 'node')
+    node = next(
+      c.name
+      for c in store.get_contexts_by_execution(execution.id)
+      if c.type == 'node'
+    )
     states[node.rsplit('.', 1)[-1]] = execution.last_known_state
   return states
 
@@ -284,10 +359,14 @@ def _served(output_dir: str) -> List[str]:
 
 def _blessings(output_dir: str) -> int:
   store = metadata_store.MetadataStore(
-      tfx.orchestration.metadata.sqlite_metadata_connection_config(
-          os.path.join(output_dir, 'metadata.sqlite')))
-  return sum(a.custom_properties['blessed'].int_value == 1
-             for a in store.get_artifacts_by_type('ModelBlessing'))
+    tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      os.path.join(output_dir, 'metadata.sqlite')
+    )
+  )
+  return sum(
+    a.custom_properties['blessed'].int_value == 1
+    for a in store.get_artifacts_by_type('ModelBlessing')
+  )
 
 
 def _predictions(version_dir: str) -> List[str]:
@@ -307,8 +386,10 @@ def test_nan_loss_pushes_nothing(interrupted, tmp_path, capsys):
   settings.write_text(SETTINGS + '  phase1_learning_rate: 1.0e+38\n')
   # The Trainer's divergence guard (modules/model.py) stops the run: exit 3,
   # as when the gate holds.
-  assert cli.main(['run', '--config', str(settings), '--output-dir',
-                   output_dir]) == cli.EXIT_NOT_BLESSED
+  assert (
+    cli.main(['run', '--config', str(settings), '--output-dir', output_dir])
+    == cli.EXIT_NOT_BLESSED
+  )
   err = capsys.readouterr().err
   assert 'training diverged, the loss became nan' in err, err
   assert 'nothing was pushed' in err
@@ -329,11 +410,18 @@ def test_empty_eval_split_blesses_nothing(interrupted, tmp_path):
     (data / name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(_demo_image(), data / name)  # All four hash to train.
   config = settings_lib.PipelineConfig(
-      data_root=str(data), output_dir=output_dir, accuracy_threshold=0.0,
-      max_accuracy_drop=1.0, trainer=TRAINER)
-  with pytest.raises(ValueError, match=r'The eval split\(s\) got no images '
-                     f'under data root {data}: the model could not be '
-                     'evaluated, so it could not be blessed'):
+    data_root=str(data),
+    output_dir=output_dir,
+    accuracy_threshold=0.0,
+    max_accuracy_drop=1.0,
+    trainer=TRAINER,
+  )
+  with pytest.raises(
+    ValueError,
+    match=r'The eval split\(s\) got no images '
+    f'under data root {data}: the model could not be '
+    'evaluated, so it could not be blessed',
+  ):
     local_runner.run(config)
   assert _served(output_dir) == served
   assert _blessings(output_dir) == blessings

@@ -19,18 +19,35 @@ from pipeline import settings as settings_lib
 pytestmark = pytest.mark.reliability('security')
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE_FOLDERS = ('components', 'modules', 'pipeline', 'kubeflow', 'data',
-                  'benchmarks')
+SOURCE_FOLDERS = (
+  'components',
+  'modules',
+  'pipeline',
+  'kubeflow',
+  'data',
+  'benchmarks',
+)
 # Modules whose loaders run code found in the bytes they read.
-UNSAFE_MODULES = {'pickle', 'cPickle', '_pickle', 'dill', 'cloudpickle',
-                  'marshal', 'shelve', 'joblib', 'jsonpickle'}
+UNSAFE_MODULES = {
+  'pickle',
+  'cPickle',
+  '_pickle',
+  'dill',
+  'cloudpickle',
+  'marshal',
+  'shelve',
+  'joblib',
+  'jsonpickle',
+}
 UNSAFE_BUILTINS = {'eval', 'exec', 'compile', '__import__'}
 # (file, finding) -> why it is acceptable.
 ALLOWED: Dict[Tuple[str, str], str] = {
-    ('modules/backbones.py', 'call keras.models.load_model'):
-        'the `file:<path>` backbone: a model file named in the settings by '
-        'whoever runs the pipeline, never one read from the data root. '
-        '.keras files load in safe mode (no Lambda bytecode).',
+  (
+    'modules/backbones.py',
+    'call keras.models.load_model',
+  ): 'the `file:<path>` backbone: a model file named in the settings by '
+  'whoever runs the pipeline, never one read from the data root. '
+  '.keras files load in safe mode (no Lambda bytecode).',
 }
 
 
@@ -51,10 +68,16 @@ def findings(source: str) -> List[str]:
   found = []
   for node in ast.walk(ast.parse(source)):
     if isinstance(node, ast.Import):
-      found += [f'import {a.name}' for a in node.names
-                if a.name.split('.')[0] in UNSAFE_MODULES]
-    elif isinstance(node, ast.ImportFrom) and node.module and (
-        node.module.split('.')[0] in UNSAFE_MODULES):
+      found += [
+        f'import {a.name}'
+        for a in node.names
+        if a.name.split('.')[0] in UNSAFE_MODULES
+      ]
+    elif (
+      isinstance(node, ast.ImportFrom)
+      and node.module
+      and (node.module.split('.')[0] in UNSAFE_MODULES)
+    ):
       found.append(f'import {node.module}')
     elif isinstance(node, ast.Call):
       name = _dotted(node.func)
@@ -65,9 +88,16 @@ def findings(source: str) -> List[str]:
         loader = _dotted(_keyword(node, 'Loader') or ast.Name(id=''))
         if not loader.endswith(('SafeLoader', 'CSafeLoader')):
           found.append(f'call {name} without SafeLoader')
-      elif name in ('yaml.unsafe_load', 'yaml.full_load', 'yaml.full_load_all',
-                    'pandas.read_pickle', 'pd.read_pickle', 'torch.load',
-                    'os.system', 'os.popen'):
+      elif name in (
+        'yaml.unsafe_load',
+        'yaml.full_load',
+        'yaml.full_load_all',
+        'pandas.read_pickle',
+        'pd.read_pickle',
+        'torch.load',
+        'os.system',
+        'os.popen',
+      ):
         found.append(f'call {name}')
       elif last == 'load' and name.split('.')[0] in ('np', 'numpy'):
         allow = _keyword(node, 'allow_pickle')
@@ -86,23 +116,33 @@ def _project_sources() -> List[str]:
   paths = []
   for folder in SOURCE_FOLDERS:
     for directory, _, names in os.walk(os.path.join(PROJECT_ROOT, folder)):
-      paths += [os.path.relpath(os.path.join(directory, n), PROJECT_ROOT)
-                for n in names if n.endswith('.py')]
+      paths += [
+        os.path.relpath(os.path.join(directory, n), PROJECT_ROOT)
+        for n in names
+        if n.endswith('.py')
+      ]
   return sorted(paths)
 
 
 def test_the_scanner_finds_what_it_looks_for():
-  source = ('import pickle\nfrom dill import loads\nimport yaml\n'
-            'eval("1")\nexec("x = 1")\nyaml.load(f)\n'
-            'yaml.load(f, Loader=yaml.SafeLoader)\nyaml.safe_load(f)\n'
-            'np.load(p, allow_pickle=True)\nnp.load(p)\n'
-            'keras.models.load_model(p)\nsubprocess.run(c, shell=True)\n'
-            'subprocess.run(["ls"])\n')
+  source = (
+    'import pickle\nfrom dill import loads\nimport yaml\n'
+    'eval("1")\nexec("x = 1")\nyaml.load(f)\n'
+    'yaml.load(f, Loader=yaml.SafeLoader)\nyaml.safe_load(f)\n'
+    'np.load(p, allow_pickle=True)\nnp.load(p)\n'
+    'keras.models.load_model(p)\nsubprocess.run(c, shell=True)\n'
+    'subprocess.run(["ls"])\n'
+  )
   assert findings(source) == [
-      'import pickle', 'import dill', 'call eval', 'call exec',
-      'call yaml.load without SafeLoader',
-      'call np.load with allow_pickle=True', 'call keras.models.load_model',
-      'call subprocess.run with shell=True']
+    'import pickle',
+    'import dill',
+    'call eval',
+    'call exec',
+    'call yaml.load without SafeLoader',
+    'call np.load with allow_pickle=True',
+    'call keras.models.load_model',
+    'call subprocess.run with shell=True',
+  ]
 
 
 def test_no_code_runs_from_loaded_bytes():
@@ -123,8 +163,9 @@ def test_no_code_runs_from_loaded_bytes():
 def test_settings_yaml_cannot_run_code(tmp_path):
   marker = tmp_path / 'ran'
   settings = tmp_path / 'settings.yaml'
-  settings.write_text('accuracy_threshold: !!python/object/apply:os.system '
-                      f'["touch {marker}"]\n')
+  settings.write_text(
+    f'accuracy_threshold: !!python/object/apply:os.system ["touch {marker}"]\n'
+  )
   with pytest.raises(settings_lib.ConfigError, match='is not valid YAML'):
     settings_lib.load_file(str(settings))
   assert not marker.exists()

@@ -25,39 +25,64 @@ MATRIX = [[8, 1, 1], [0, 10, 0], [1, 0, 9]]
 
 def _report(pushed_to=None, baseline=None):
   """A report as `report_lib.build` returns it, without running anything."""
-  history = {'loss': [1.2, 0.6], 'accuracy': [0.5, 0.8],
-             'val_loss': [0.9, 0.5], 'val_accuracy': [0.6, 0.85]}
+  history = {
+    'loss': [1.2, 0.6],
+    'accuracy': [0.5, 0.8],
+    'val_loss': [0.9, 0.5],
+    'val_accuracy': [0.6, 0.85],
+  }
   return {
-      'run_id': '2026-01-02T03:04:05.678901',
-      'created': '2026-01-02T03:06:00+00:00',
-      'outcome': 'pushed' if pushed_to else 'not_blessed',
-      'blessed': bool(pushed_to),
-      'pushed_to': pushed_to,
-      'model': '/runs/Trainer/model/7',
-      'data_root': '/data/shoes',
-      'accuracy': {'phase1': 0.85, 'phase2': 0.9, 'eval': 0.9,
-                   'baseline': baseline},
-      'per_class': {
-          name: {'examples': 10, 'accuracy': accuracy,
-                 'baseline_accuracy': baseline}
-          for name, accuracy in zip(LABELS, (0.8, 1.0, 0.9))
+    'run_id': '2026-01-02T03:04:05.678901',
+    'created': '2026-01-02T03:06:00+00:00',
+    'outcome': 'pushed' if pushed_to else 'not_blessed',
+    'blessed': bool(pushed_to),
+    'pushed_to': pushed_to,
+    'model': '/runs/Trainer/model/7',
+    'data_root': '/data/shoes',
+    'accuracy': {
+      'phase1': 0.85,
+      'phase2': 0.9,
+      'eval': 0.9,
+      'baseline': baseline,
+    },
+    'per_class': {
+      name: {
+        'examples': 10,
+        'accuracy': accuracy,
+        'baseline_accuracy': baseline,
+      }
+      for name, accuracy in zip(LABELS, (0.8, 1.0, 0.9))
+    },
+    'gate': {
+      'accuracy_threshold': 0.6,
+      'max_accuracy_drop': 0.0,
+      'validation_ok': bool(pushed_to),
+      'failures': [] if pushed_to else ['overall: x'],
+    },
+    'confusion_matrix': {'labels': LABELS, 'matrix': MATRIX},
+    'classification_report': report_lib.classification_report(LABELS, MATRIX),
+    'training': {
+      'phase1': {
+        'epochs': 2,
+        'learning_rate': 1e-3,
+        'eval_accuracy': 0.85,
+        'eval_loss': 0.5,
+        'history': history,
       },
-      'gate': {'accuracy_threshold': 0.6, 'max_accuracy_drop': 0.0,
-               'validation_ok': bool(pushed_to),
-               'failures': [] if pushed_to else ['overall: x']},
-      'confusion_matrix': {'labels': LABELS, 'matrix': MATRIX},
-      'classification_report': report_lib.classification_report(LABELS,
-                                                                 MATRIX),
-      'training': {
-          'phase1': {'epochs': 2, 'learning_rate': 1e-3, 'eval_accuracy': 0.85,
-                     'eval_loss': 0.5, 'history': history},
-          'phase2': {'epochs': 0, 'learning_rate': 1e-4, 'eval_accuracy': 0.9,
-                     'eval_loss': 0.4, 'history': {}},
+      'phase2': {
+        'epochs': 0,
+        'learning_rate': 1e-4,
+        'eval_accuracy': 0.9,
+        'eval_loss': 0.4,
+        'history': {},
       },
-      'components': {'Trainer': {'state': 'ran', 'seconds': 30.5},
-                     'Evaluator': {'state': 'ran', 'seconds': 9.0}},
-      'seconds': 61.0,
-      'config': {},
+    },
+    'components': {
+      'Trainer': {'state': 'ran', 'seconds': 30.5},
+      'Evaluator': {'state': 'ran', 'seconds': 9.0},
+    },
+    'seconds': 61.0,
+    'config': {},
   }
 
 
@@ -69,20 +94,25 @@ def _assert_png(path, min_size=(300, 200)):
 
 
 def test_write_puts_files_in_reports_beside_the_pushed_model_and_copy_to(
-    tmp_path):
+  tmp_path,
+):
   pushed_to = tmp_path / 'serving' / '1700000000'
   pushed_to.mkdir(parents=True)
   report = _report(pushed_to=str(pushed_to))
 
-  report_dir = report_lib.write(report, str(tmp_path),
-                                copy_to=str(tmp_path / 'artifacts'))
+  report_dir = report_lib.write(
+    report, str(tmp_path), copy_to=str(tmp_path / 'artifacts')
+  )
 
   assert report_dir == str(tmp_path / 'reports' / '2026-01-02T03-04-05.678901')
   beside_model = tmp_path / 'serving' / '1700000000.report'
   for folder in (report_dir, beside_model, tmp_path / 'artifacts'):
     assert sorted(os.listdir(folder)) == [
-        'confusion_matrix.png', 'report.json', 'report.md',
-        'training_curves.png']
+      'confusion_matrix.png',
+      'report.json',
+      'report.md',
+      'training_curves.png',
+    ]
     with open(os.path.join(folder, 'report.json')) as f:
       assert json.load(f) == report
     _assert_png(os.path.join(folder, 'training_curves.png'))
@@ -99,7 +129,8 @@ def test_markdown_states_the_outcome_and_the_numbers():
   pushed = report_lib.render_markdown(_report(pushed_to='/s/1700000000'))
   assert '**Blessed and pushed** to `/s/1700000000`' in pushed
   assert '| Trainer, after phase 1 (frozen backbone), 2 epochs | 0.8500 |' in (
-      pushed)
+    pushed
+  )
   assert '| Evaluator (TFMA), latest blessed model | none yet |' in pushed
   assert '| **bag** | 8 | 1 | 1 |' in pushed
   assert '| Trainer | ran | 30.5 |' in pushed
@@ -112,10 +143,12 @@ def test_markdown_states_the_outcome_and_the_numbers():
 
 
 def test_plots_without_epochs_or_model_are_still_images(tmp_path):
-  report_lib.plot_training({'phase1': {'history': {}}},
-                           str(tmp_path / 'curves.png'))
-  report_lib.plot_confusion_matrix({'labels': [], 'matrix': []},
-                                   str(tmp_path / 'confusion.png'))
+  report_lib.plot_training(
+    {'phase1': {'history': {}}}, str(tmp_path / 'curves.png')
+  )
+  report_lib.plot_confusion_matrix(
+    {'labels': [], 'matrix': []}, str(tmp_path / 'confusion.png')
+  )
   _assert_png(tmp_path / 'curves.png')
   _assert_png(tmp_path / 'confusion.png')
 
@@ -151,10 +184,10 @@ def test_gate_failures_read_as_sentences():
   worse.metric_threshold.change_threshold.absolute.value = -0.01
   worse.metric_value.double_value.value = -0.25
 
-  assert report_lib._failures(validation) == [  # pylint: disable=protected-access
-      'overall: sparse_categorical_accuracy 0.5000 < 0.6',
-      'label=bag: sparse_categorical_accuracy -0.2500 vs the latest blessed '
-      'model (allowed drop: 0.01)',
+  assert report_lib._failures(validation) == [
+    'overall: sparse_categorical_accuracy 0.5000 < 0.6',
+    'label=bag: sparse_categorical_accuracy -0.2500 vs the latest blessed '
+    'model (allowed drop: 0.01)',
   ]
 
 
@@ -162,42 +195,56 @@ def test_classification_report_from_a_hand_made_confusion_matrix():
   # Rows true, columns predicted. `coat` is never predicted (no precision);
   # `dress` has no eval examples and is never predicted (nothing defined).
   labels = ['bag', 'sneaker', 'coat', 'dress']
-  matrix = [[3, 1, 0, 0],
-            [2, 2, 0, 0],
-            [1, 0, 0, 0],
-            [0, 0, 0, 0]]
+  matrix = [[3, 1, 0, 0], [2, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
   report = report_lib.classification_report(labels, matrix)
 
   bag, sneaker, coat, dress = (report['per_class'][n] for n in labels)
   # bag: TP 3, FP 2 + 1, FN 1.
   assert bag == {'precision': 0.5, 'recall': 0.75, 'f1': 0.6, 'support': 4}
   # sneaker: TP 2, FP 1, FN 2.
-  assert sneaker == {'precision': pytest.approx(2 / 3), 'recall': 0.5,
-                     'f1': pytest.approx(4 / 7), 'support': 4}
+  assert sneaker == {
+    'precision': pytest.approx(2 / 3),
+    'recall': 0.5,
+    'f1': pytest.approx(4 / 7),
+    'support': 4,
+  }
   assert coat == {'precision': None, 'recall': 0.0, 'f1': 0.0, 'support': 1}
-  assert dress == {'precision': None, 'recall': None, 'f1': None,
-                   'support': 0}
+  assert dress == {'precision': None, 'recall': None, 'f1': None, 'support': 0}
   assert report['accuracy'] == pytest.approx(5 / 9)
   # Averages count None as 0, over all four classes.
   assert report['macro_avg']['precision'] == pytest.approx((0.5 + 2 / 3) / 4)
   assert report['weighted_avg']['recall'] == pytest.approx(
-      (4 * 0.75 + 4 * 0.5) / 9)
+    (4 * 0.75 + 4 * 0.5) / 9
+  )
   json.dumps(report)  # JSON-ready: None, not NaN.
 
   # The same as scikit-learn with zero_division=0 on the matrix's examples.
-  y_true = [i for i, row in enumerate(matrix) for j, n in enumerate(row)
-            for _ in range(n)]
+  y_true = [
+    i
+    for i, row in enumerate(matrix)
+    for j, n in enumerate(row)
+    for _ in range(n)
+  ]
   y_pred = [j for row in matrix for j, n in enumerate(row) for _ in range(n)]
-  for average, key in ((None, None), ('macro', 'macro_avg'),
-                       ('weighted', 'weighted_avg')):
+  for average, key in (
+    (None, None),
+    ('macro', 'macro_avg'),
+    ('weighted', 'weighted_avg'),
+  ):
     expected = metrics.precision_recall_fscore_support(
-        y_true, y_pred, labels=range(len(labels)), average=average,
-        zero_division=0)[:3]
+      y_true,
+      y_pred,
+      labels=range(len(labels)),
+      average=average,
+      zero_division=0,
+    )[:3]
     if key:
       ours = [report[key][name] for name in ('precision', 'recall', 'f1')]
     else:
-      ours = [[report['per_class'][label][name] or 0.0 for label in labels]
-              for name in ('precision', 'recall', 'f1')]
+      ours = [
+        [report['per_class'][label][name] or 0.0 for label in labels]
+        for name in ('precision', 'recall', 'f1')
+      ]
     np.testing.assert_allclose(ours, expected, atol=1e-12)
 
 
@@ -211,7 +258,8 @@ def test_markdown_has_the_classification_report():
 
   report = _report()
   report['classification_report'] = report_lib.classification_report(
-      LABELS, [[9, 1, 0], [0, 10, 0], [1, 0, 0]])
+    LABELS, [[9, 1, 0], [0, 10, 0], [1, 0, 0]]
+  )
   markdown = report_lib.render_markdown(report)
   assert '| trouser | - | 0.0000 | 0.0000 | 1 |' in markdown
   assert '-: undefined (precision of a class never predicted' in markdown

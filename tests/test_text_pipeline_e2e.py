@@ -26,15 +26,22 @@ TEXT_TRAINER = {'phase1_epochs': 20, 'phase2_epochs': 1}
 
 def _run(tmp_path_factory, name, **settings):
   config = settings_lib.PipelineConfig(
-      output_dir=str(tmp_path_factory.mktemp(name)), **settings)
+    output_dir=str(tmp_path_factory.mktemp(name)), **settings
+  )
   return config, local_runner.run(config)
 
 
 @pytest.fixture(scope='module')
 def text_run(tmp_path_factory):
-  return _run(tmp_path_factory, 'text_run', modality='text',
-              data_root=os.path.join(_DATA, 'movie_sentiment'),
-              manifest='reviews.csv', id_column='id', trainer=TEXT_TRAINER)
+  return _run(
+    tmp_path_factory,
+    'text_run',
+    modality='text',
+    data_root=os.path.join(_DATA, 'movie_sentiment'),
+    manifest='reviews.csv',
+    id_column='id',
+    trainer=TEXT_TRAINER,
+  )
 
 
 def _accuracy(outputs, rows):
@@ -55,28 +62,38 @@ def test_text_model_beats_bag_of_words_on_raw_strings(text_run):
   assert result.blessed and result.pushed_to
   assert result.training['phase2']['unfrozen_layers'] == ['layer_4', 'layer_5']
   with open(os.path.join(result.examples, 'ingestion_report.json')) as f:
-    assert json.load(f)['counts'] == {'read': 500, 'ingested': 500,
-                                      'rejected': 0}
+    assert json.load(f)['counts'] == {
+      'read': 500,
+      'ingested': 500,
+      'rejected': 0,
+    }
   train = helpers.split_rows(config.pipeline_root, 'train')
   held_out = helpers.split_rows(config.pipeline_root, 'eval')
-  outputs = helpers.serve(result.pushed_to,
-                          text=[r['text'] for r in held_out])
+  outputs = helpers.serve(result.pushed_to, text=[r['text'] for r in held_out])
   chance = _check_outputs(outputs, held_out)
   accuracy = _accuracy(outputs, held_out)
   bag_of_words = helpers.bag_of_words_accuracy(train, held_out)
-  print(f"text: phase 1 {result.training['phase1']['eval_accuracy']:.3f}, "
-        f"phase 2 {result.training['phase2']['eval_accuracy']:.3f}; pushed "
-        f'model on {len(held_out)} raw held-out strings {accuracy:.3f}, '
-        f'bag-of-words (TF-IDF + logistic regression, same split) '
-        f'{bag_of_words:.3f}, chance {chance:.3f}')
+  print(
+    f'text: phase 1 {result.training["phase1"]["eval_accuracy"]:.3f}, '
+    f'phase 2 {result.training["phase2"]["eval_accuracy"]:.3f}; pushed '
+    f'model on {len(held_out)} raw held-out strings {accuracy:.3f}, '
+    f'bag-of-words (TF-IDF + logistic regression, same split) '
+    f'{bag_of_words:.3f}, chance {chance:.3f}'
+  )
   assert accuracy >= chance + 0.15
   assert accuracy > bag_of_words
 
-  unseen = helpers.serve(result.pushed_to, text=[
+  unseen = helpers.serve(
+    result.pushed_to,
+    text=[
       'A moving, beautifully acted and wonderfully funny film.',
-      'Dull, tedious and badly written; a waste of two hours.'])
-  assert [l.decode() for l in unseen['label'].numpy()] == ['positive',
-                                                           'negative']
+      'Dull, tedious and badly written; a waste of two hours.',
+    ],
+  )
+  assert [l.decode() for l in unseen['label'].numpy()] == [
+    'positive',
+    'negative',
+  ]
 
 
 def test_image_text_model_beats_bag_of_words(fusion_run):
@@ -91,16 +108,19 @@ def test_image_text_model_beats_bag_of_words(fusion_run):
   for row in held_out:
     with open(os.path.join(config.data_root, row['path']), 'rb') as f:
       images.append(f.read())
-  outputs = helpers.serve(result.pushed_to, image_bytes=images,
-                          text=[r['text'] for r in held_out])
+  outputs = helpers.serve(
+    result.pushed_to, image_bytes=images, text=[r['text'] for r in held_out]
+  )
   chance = _check_outputs(outputs, held_out)
   accuracy = _accuracy(outputs, held_out)
   bag_of_words = helpers.bag_of_words_accuracy(train, held_out)
-  print(f"image+text: phase 1 {result.training['phase1']['eval_accuracy']:.3f}"
-        f", phase 2 {result.training['phase2']['eval_accuracy']:.3f}; pushed "
-        f'model on {len(held_out)} held-out image bytes + strings '
-        f'{accuracy:.3f}, bag-of-words on the text (same split) '
-        f'{bag_of_words:.3f}, chance {chance:.3f}')
+  print(
+    f'image+text: phase 1 {result.training["phase1"]["eval_accuracy"]:.3f}'
+    f', phase 2 {result.training["phase2"]["eval_accuracy"]:.3f}; pushed '
+    f'model on {len(held_out)} held-out image bytes + strings '
+    f'{accuracy:.3f}, bag-of-words on the text (same split) '
+    f'{bag_of_words:.3f}, chance {chance:.3f}'
+  )
   assert accuracy >= 0.85
   assert accuracy > bag_of_words + 0.2
 
@@ -110,13 +130,19 @@ def test_empty_texts_get_their_status_and_the_rest_are_classified(text_run):
   _, result = text_run
   texts = ['A moving, beautifully acted film.', 'Dull and badly written.']
   alone = helpers.serve(result.pushed_to, text=texts)
-  mixed = helpers.serve(result.pushed_to,
-                        text=['', texts[0], ' \t\n', texts[1]])
+  mixed = helpers.serve(
+    result.pushed_to, text=['', texts[0], ' \t\n', texts[1]]
+  )
   assert mixed['status'].numpy().astype(str).tolist() == [
-      'empty', 'ok', 'empty', 'ok']
+    'empty',
+    'ok',
+    'empty',
+    'ok',
+  ]
   probabilities = mixed['probabilities'].numpy()
-  np.testing.assert_allclose(probabilities[[1, 3]],
-                             alone['probabilities'].numpy(), atol=1e-5)
+  np.testing.assert_allclose(
+    probabilities[[1, 3]], alone['probabilities'].numpy(), atol=1e-5
+  )
   assert not probabilities[[0, 2]].any()
   assert mixed['label'].numpy()[[0, 2]].tolist() == [b'', b'']
 
@@ -127,16 +153,24 @@ def test_image_text_elements_are_judged_image_first(fusion_run):
   row = helpers.split_rows(config.pipeline_root, 'eval')[0]
   with open(os.path.join(config.data_root, row['path']), 'rb') as f:
     image = f.read()
-  alone = helpers.serve(result.pushed_to, image_bytes=[image],
-                        text=[row['text']])
+  alone = helpers.serve(
+    result.pushed_to, image_bytes=[image], text=[row['text']]
+  )
   mixed = helpers.serve(
-      result.pushed_to,
-      image_bytes=[b'', image, image, b'<html></html>', image],
-      text=[row['text'], '', row['text'], '', row['text']])
+    result.pushed_to,
+    image_bytes=[b'', image, image, b'<html></html>', image],
+    text=[row['text'], '', row['text'], '', row['text']],
+  )
   assert mixed['status'].numpy().astype(str).tolist() == [
-      'empty', 'empty', 'ok', 'unknown_format', 'ok']
+    'empty',
+    'empty',
+    'ok',
+    'unknown_format',
+    'ok',
+  ]
   probabilities = mixed['probabilities'].numpy()
   for i in (2, 4):
-    np.testing.assert_allclose(probabilities[i],
-                               alone['probabilities'].numpy()[0], atol=1e-5)
+    np.testing.assert_allclose(
+      probabilities[i], alone['probabilities'].numpy()[0], atol=1e-5
+    )
   assert not probabilities[[0, 1, 3]].any()

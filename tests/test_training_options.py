@@ -42,17 +42,23 @@ def _tiny_backbone() -> backbones.Backbone:
     x = keras.layers.BatchNormalization(name=f'block{block}_bn')(x)
     x = keras.layers.ReLU(name=f'block{block}_relu')(x)
   x = keras.layers.GlobalAveragePooling2D(name='pool')(x)
-  return backbones.Backbone('tiny', keras.Model(inputs, x, name='tiny'),
-                            lambda images: images / 127.5 - 1)
+  return backbones.Backbone(
+    'tiny',
+    keras.Model(inputs, x, name='tiny'),
+    lambda images: images / 127.5 - 1,
+  )
 
 
 def _images(n=32, batch=8, seed=0, num_classes=2):
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, num_classes, n)
-  images = rng.uniform(0, 120, (n, IMAGE_SIZE, IMAGE_SIZE, 3)) + 120 * labels[
-      :, None, None, None]
+  images = (
+    rng.uniform(0, 120, (n, IMAGE_SIZE, IMAGE_SIZE, 3))
+    + 120 * labels[:, None, None, None]
+  )
   return tf.data.Dataset.from_tensor_slices(
-      (images.astype('float32'), labels.astype('int64'))).batch(batch)
+    (images.astype('float32'), labels.astype('int64'))
+  ).batch(batch)
 
 
 def _snapshot(model):
@@ -83,28 +89,41 @@ def test_progressive_unfreezing_changes_exactly_each_phases_layers():
   keras.utils.set_random_seed(0)
   backbone = _tiny_backbone()
   classifier = model_lib.build_classifier(backbone, IMAGE_SIZE, 2, 0.0)
-  config = settings_lib.TrainerConfig.from_dict({
-      'phase1_epochs': 1, 'batch_size': 8,
+  config = settings_lib.TrainerConfig.from_dict(
+    {
+      'phase1_epochs': 1,
+      'batch_size': 8,
       'phases': [
-          {'epochs': 1, 'learning_rate': 1e-2, 'fine_tune_layers': 4},
-          {'epochs': 1, 'learning_rate': 1e-2, 'fine_tune_from': 'block2'},
-          {'epochs': 1, 'learning_rate': 1e-2, 'fine_tune_fraction': 0.9},
-      ]})
+        {'epochs': 1, 'learning_rate': 1e-2, 'fine_tune_layers': 4},
+        {'epochs': 1, 'learning_rate': 1e-2, 'fine_tune_from': 'block2'},
+        {'epochs': 1, 'learning_rate': 1e-2, 'fine_tune_fraction': 0.9},
+      ],
+    }
+  )
   recorder = _SnapshotAfterEachFit(classifier)
   results = trainer.train_phases(
-      classifier, backbone, tf.distribute.get_strategy(),
-      trainer.Datasets(_images(), _images(seed=1)), config,
-      callbacks=[recorder])
+    classifier,
+    backbone,
+    tf.distribute.get_strategy(),
+    trainer.Datasets(_images(), _images(seed=1)),
+    config,
+    callbacks=[recorder],
+  )
 
   assert list(results) == ['phase1', 'phase2', 'phase3', 'phase4']
   assert results['phase1']['embedding_cache'] == 'used'
   head = {'logits/kernel:0', 'logits/bias:0'}
   # Top 4 of 11 layers: block3's conv (its BatchNorm stays frozen); from
   # `block2` (a block prefix): blocks 2-3; the top 90% (10 layers): all.
-  expected = [(set(), head), (['block3_conv'], head | _conv_weights(3)),
-              (['block2_conv', 'block3_conv'], head | _conv_weights(2, 3)),
-              (['block1_conv', 'block2_conv', 'block3_conv'],
-               head | _conv_weights(1, 2, 3))]
+  expected = [
+    (set(), head),
+    (['block3_conv'], head | _conv_weights(3)),
+    (['block2_conv', 'block3_conv'], head | _conv_weights(2, 3)),
+    (
+      ['block1_conv', 'block2_conv', 'block3_conv'],
+      head | _conv_weights(1, 2, 3),
+    ),
+  ]
   snapshots = recorder.snapshots
   assert len(snapshots) == 5
   for i, (name, (layers, weights)) in enumerate(zip(results, expected)):
@@ -120,19 +139,31 @@ def test_progressive_unfreezing_changes_exactly_each_phases_layers():
 def test_unfreeze_settings_on_mobilenet_and_bad_names():
   backbone = backbones.build_backbone('MobileNet', 32, 'none')
   layers = backbone.layers
-  names = model_lib.unfreeze(backbone, settings_lib.Unfreeze(
-      from_layer='conv_pw_13'))
+  names = model_lib.unfreeze(
+    backbone, settings_lib.Unfreeze(from_layer='conv_pw_13')
+  )
   start = [l.name for l in layers].index('conv_pw_13')
-  assert names == [l.name for l in layers[start:] if l.weights and not
-                   isinstance(l, keras.layers.BatchNormalization)]
+  assert names == [
+    l.name
+    for l in layers[start:]
+    if l.weights and not isinstance(l, keras.layers.BatchNormalization)
+  ]
   assert names == ['conv_pw_13']
   # 87 layers: the top 25% is 22 (rounded up), from conv_pw_10_bn up.
   assert len(layers) == 87 and layers[-22].name == 'conv_pw_10_bn'
   names = model_lib.unfreeze(backbone, settings_lib.Unfreeze(fraction=0.25))
-  assert names == ['conv_dw_11', 'conv_pw_11', 'conv_dw_12', 'conv_pw_12',
-                   'conv_dw_13', 'conv_pw_13']
-  assert not any(isinstance(l, keras.layers.BatchNormalization) and
-                 l.trainable for l in layers)
+  assert names == [
+    'conv_dw_11',
+    'conv_pw_11',
+    'conv_dw_12',
+    'conv_pw_12',
+    'conv_dw_13',
+    'conv_pw_13',
+  ]
+  assert not any(
+    isinstance(l, keras.layers.BatchNormalization) and l.trainable
+    for l in layers
+  )
   with pytest.raises(ValueError, match="no backbone layer .* 'block9'"):
     model_lib.unfreeze(backbone, settings_lib.Unfreeze(from_layer='block9'))
 
@@ -140,13 +171,22 @@ def test_unfreeze_settings_on_mobilenet_and_bad_names():
 def test_lr_schedule_values():
   assert schedules.learning_rate('constant', 1e-3, 3, None, 0.5, 0) == 1e-3
   exponential = schedules.learning_rate('exponential', 1e-3, 3, 10, 0.5, 0)
-  for step, expected in ((0, 1e-3), (10, 5e-4), (20, 2.5e-4), (5, 1e-3 *
-                                                               0.5 ** 0.5)):
+  for step, expected in (
+    (0, 1e-3),
+    (10, 5e-4),
+    (20, 2.5e-4),
+    (5, 1e-3 * 0.5**0.5),
+  ):
     assert float(exponential(step)) == pytest.approx(expected, rel=1e-5)
   # 3 epochs of 10 steps: linear warm-up over 10, cosine decay over 20.
   cosine = schedules.learning_rate('cosine', 1e-3, 3, 10, 0.9, 1.0)
-  for step, expected in ((0, 0.0), (5, 5e-4), (10, 1e-3), (20, 5e-4),
-                         (30, 0.0)):
+  for step, expected in (
+    (0, 0.0),
+    (5, 5e-4),
+    (10, 1e-3),
+    (20, 5e-4),
+    (30, 0.0),
+  ):
     assert float(cosine(step)) == pytest.approx(expected, abs=1e-9), step
   no_warmup = schedules.learning_rate('cosine', 1e-3, 2, 10, 0.9, 0.0)
   assert float(no_warmup(0)) == pytest.approx(1e-3)
@@ -166,7 +206,8 @@ def _points(n, seed, flip_labels=False):
   if flip_labels:
     labels = 1 - labels
   return tf.data.Dataset.from_tensor_slices(
-      (points.astype('float32'), labels.astype('int64'))).batch(16)
+    (points.astype('float32'), labels.astype('int64'))
+  ).batch(16)
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch():
@@ -175,9 +216,16 @@ def test_early_stopping_stops_and_restores_the_best_epoch():
   # improves, so the best epoch is an early one.
   train, evaluate = _points(64, 0), _points(64, 1, flip_labels=True)
   fitted = model_lib.fit_phase(
-      'phase1', model, tf.distribute.get_strategy(), train, evaluate,
-      epochs=20, learning_rate=5e-2, callbacks=None,
-      options=model_lib.FitOptions(early_stopping_patience=2))
+    'phase1',
+    model,
+    tf.distribute.get_strategy(),
+    train,
+    evaluate,
+    epochs=20,
+    learning_rate=5e-2,
+    callbacks=None,
+    options=model_lib.FitOptions(early_stopping_patience=2),
+  )
   val_loss = fitted['history']['val_loss']
   stopping = fitted['early_stopping']
   assert stopping['stopped_early'] and stopping['epochs_run'] < 20
@@ -193,10 +241,12 @@ def test_balanced_and_explicit_class_weights():
   names = ['bag', 'shoe', 'hat']
   weights = trainer.class_weights('balanced', names, np.array([6, 2, 0]))
   # n / (classes x n_class); a class without train examples weighs 1.
-  assert weights == {0: pytest.approx(8 / 18), 1: pytest.approx(8 / 6),
-                     2: 1.0}
+  assert weights == {0: pytest.approx(8 / 18), 1: pytest.approx(8 / 6), 2: 1.0}
   assert trainer.class_weights({'shoe': 3}, names, None) == {
-      0: 1.0, 1: 3.0, 2: 1.0}
+    0: 1.0,
+    1: 3.0,
+    2: 1.0,
+  }
   assert trainer.class_weights('none', names, None) is None
   with pytest.raises(ValueError, match=r"unknown class\(es\) \['boot'\]"):
     trainer.class_weights({'boot': 2.0}, names, None)
@@ -208,12 +258,21 @@ def test_class_weights_weight_the_training_loss():
   weight = {0: 1.0, 1: 3.0}
   model = _dense_model(seed=3)
   per_example = keras.losses.SparseCategoricalCrossentropy(
-      from_logits=True, reduction='none')(labels, model(points))
+    from_logits=True, reduction='none'
+  )(labels, model(points))
   sample_weights = tf.gather([weight[0], weight[1]], labels)
   expected = float(tf.reduce_sum(per_example * sample_weights)) / 16
   fitted = model_lib.fit_phase(
-      'phase1', model, tf.distribute.get_strategy(), dataset, dataset, 1,
-      1e-3, None, model_lib.FitOptions(class_weight=weight))
+    'phase1',
+    model,
+    tf.distribute.get_strategy(),
+    dataset,
+    dataset,
+    1,
+    1e-3,
+    None,
+    model_lib.FitOptions(class_weight=weight),
+  )
   # One batch: the epoch's loss is that batch's, before the update.
   assert fitted['history']['loss'][0] == pytest.approx(expected, rel=1e-5)
 
@@ -223,17 +282,32 @@ def test_nan_guard_stops_a_diverging_phase():
   strategy = tf.distribute.MirroredStrategy(['/cpu:0'])
   with strategy.scope():
     model = _dense_model()
-  with pytest.raises(model_lib.TrainingDivergedError,
-                     match=r'phase3: .* epoch 1, batch \d+, learning rate '
-                     r'1e\+38'):
-    model_lib.fit_phase('phase3', model, strategy, _points(256, 0),
-                        _points(32, 1), 5, 1e38, None, model_lib.FitOptions())
+  with pytest.raises(
+    model_lib.TrainingDivergedError,
+    match=r'phase3: .* epoch 1, batch \d+, learning rate '
+    r'1e\+38',
+  ):
+    model_lib.fit_phase(
+      'phase3',
+      model,
+      strategy,
+      _points(256, 0),
+      _points(32, 1),
+      5,
+      1e38,
+      None,
+      model_lib.FitOptions(),
+    )
 
 
-def test_augmentation_trains_on_augmented_views_and_serves_unchanged(
-    tmp_path):
-  settings = {'flip': 'horizontal', 'rotation': 0.1, 'zoom': 0.2,
-              'contrast': 0.3, 'crop': 0.8}
+def test_augmentation_trains_on_augmented_views_and_serves_unchanged(tmp_path):
+  settings = {
+    'flip': 'horizontal',
+    'rotation': 0.1,
+    'zoom': 0.2,
+    'contrast': 0.3,
+    'crop': 0.8,
+  }
   images = next(iter(_images(8)))[0]
   for key, value in settings.items():
     block = augmentation.build({key: value}, seed=1)
@@ -245,23 +319,35 @@ def test_augmentation_trains_on_augmented_views_and_serves_unchanged(
   block = augmentation.build(settings, seed=1)
   classifier = model_lib.build_classifier(backbone, IMAGE_SIZE, 2, 0.0, block)
   assert [l.name for l in classifier.layers[:3]] == [
-      'image_xf', 'augmentation', 'preprocess']
+    'image_xf',
+    'augmentation',
+    'preprocess',
+  ]
   served = classifier(images, training=False)
   # Dropout is 0, so only augmentation can make training calls differ.
   assert not np.allclose(classifier(images, training=True), served)
   np.testing.assert_array_equal(classifier(images), served)
-  unaugmented = keras.Model(classifier.input, classifier.get_layer(
-      model_lib.LOGITS)(backbone.network(classifier.get_layer('preprocess')(
-          classifier.input), training=False)))
+  unaugmented = keras.Model(
+    classifier.input,
+    classifier.get_layer(model_lib.LOGITS)(
+      backbone.network(
+        classifier.get_layer('preprocess')(classifier.input), training=False
+      )
+    ),
+  )
   np.testing.assert_allclose(unaugmented(images), served, rtol=1e-6)
 
   # The exported signature (as trainer.make_serving_signatures calls the
   # model) is deterministic and augmentation-free.
-  serve = tf.function(lambda x: {'logits': classifier(x, training=False)},
-                      input_signature=[tf.TensorSpec(
-                          [None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)])
-  tf.saved_model.save(classifier, str(tmp_path), signatures={
-      'serving_default': serve})
+  serve = tf.function(
+    lambda x: {'logits': classifier(x, training=False)},
+    input_signature=[
+      tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)
+    ],
+  )
+  tf.saved_model.save(
+    classifier, str(tmp_path), signatures={'serving_default': serve}
+  )
   loaded = tf.saved_model.load(str(tmp_path)).signatures['serving_default']
   first, second = loaded(images)['logits'], loaded(images)['logits']
   np.testing.assert_array_equal(first, second)
@@ -269,17 +355,24 @@ def test_augmentation_trains_on_augmented_views_and_serves_unchanged(
 
   # Phase 1 cannot use cached embeddings of unaugmented views.
   assert trainer.phase1_cache_use(
-      settings_lib.TrainerConfig(augmentation=settings)).startswith(
-          'off: augmentation is on')
+    settings_lib.TrainerConfig(augmentation=settings)
+  ).startswith('off: augmentation is on')
   assert trainer.phase1_cache_use(settings_lib.TrainerConfig()) == 'used'
 
 
 def test_mixed_precision_trains_with_float32_outputs(tmp_path):
   strategy = tf.distribute.MirroredStrategy(['/cpu:0'])
   config = settings_lib.TrainerConfig(
-      phase1_epochs=2, phase1_learning_rate=1e-2, phase2_epochs=1,
-      phase2_learning_rate=1e-3, fine_tune_layers=4, batch_size=8,
-      precision='mixed_float16', lr_schedule='cosine', lr_warmup_epochs=0.5)
+    phase1_epochs=2,
+    phase1_learning_rate=1e-2,
+    phase2_epochs=1,
+    phase2_learning_rate=1e-3,
+    fine_tune_layers=4,
+    batch_size=8,
+    precision='mixed_float16',
+    lr_schedule='cosine',
+    lr_warmup_epochs=0.5,
+  )
   assert keras.mixed_precision.global_policy().name == 'float32'
   with model_lib.precision_policy(config.precision):
     keras.utils.set_random_seed(0)
@@ -288,19 +381,28 @@ def test_mixed_precision_trains_with_float32_outputs(tmp_path):
       classifier = model_lib.build_classifier(backbone, IMAGE_SIZE, 2, 0.0)
     # Phase 1 on cached (float16 -> float32) embeddings, then phase 2.
     results = trainer.train_phases(
-        classifier, backbone, strategy,
-        trainer.Datasets(_images(), _images(seed=1)), config)
+      classifier,
+      backbone,
+      strategy,
+      trainer.Datasets(_images(), _images(seed=1)),
+      config,
+    )
     conv = backbone.network.get_layer('block3_conv')
     assert conv.compute_dtype == 'float16' and conv.kernel.dtype == 'float32'
     assert all(w.dtype == tf.float32 for w in classifier.weights)
-    assert isinstance(classifier.optimizer,
-                      keras.mixed_precision.LossScaleOptimizer)
+    assert isinstance(
+      classifier.optimizer, keras.mixed_precision.LossScaleOptimizer
+    )
     assert classifier.output.dtype == tf.float32
-    serve = tf.function(lambda x: {'probabilities': tf.nn.softmax(
-        classifier(x, training=False))}, input_signature=[tf.TensorSpec(
-            [None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)])
-    tf.saved_model.save(classifier, str(tmp_path), signatures={
-        'serving_default': serve})
+    serve = tf.function(
+      lambda x: {'probabilities': tf.nn.softmax(classifier(x, training=False))},
+      input_signature=[
+        tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)
+      ],
+    )
+    tf.saved_model.save(
+      classifier, str(tmp_path), signatures={'serving_default': serve}
+    )
   assert keras.mixed_precision.global_policy().name == 'float32'
   assert results['phase1']['embedding_cache'] == 'used'
   for phase in ('phase1', 'phase2'):
@@ -316,30 +418,59 @@ def test_mixed_precision_trains_with_float32_outputs(tmp_path):
   np.testing.assert_allclose(tf.reduce_sum(probabilities, -1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize('settings, message', [
-    ({'lr_schedule': 'linear'}, r"trainer.lr_schedule must be one of"),
-    ({'fine_tune_layers': 3, 'fine_tune_from': 'conv_pw_12'},
-     r"\['fine_tune_layers', 'fine_tune_from'\] are alternatives"),
-    ({'fine_tune_fraction': 1.5},
-     r'trainer.fine_tune_fraction must be a number in \(0, 1\]'),
-    ({'phases': [{'epochs': 1, 'learning_rate': 1e-4, 'fine_tune_layers': 2,
-                  'fine_tune_fraction': 0.3}]},
-     r'trainer.phases\[0\]: give exactly one of'),
-    ({'phases': [{'epochs': 1, 'learning_rate': 1e-4}, {'epochs': 1}]},
-     r'trainer.phases\[1\].learning_rate must be a number > 0'),
-    ({'phases': [{'epochs': 1, 'learning_rate': 1e-4, 'lr': 3}]},
-     r"trainer.phases\[0\]: unknown key\(s\) \['lr'\]"),
-    ({'phases': [], 'phase2_epochs': 3},
-     r"phases replaces \['phase2_epochs'\]"),
+@pytest.mark.parametrize(
+  'settings, message',
+  [
+    ({'lr_schedule': 'linear'}, r'trainer.lr_schedule must be one of'),
+    (
+      {'fine_tune_layers': 3, 'fine_tune_from': 'conv_pw_12'},
+      r"\['fine_tune_layers', 'fine_tune_from'\] are alternatives",
+    ),
+    (
+      {'fine_tune_fraction': 1.5},
+      r'trainer.fine_tune_fraction must be a number in \(0, 1\]',
+    ),
+    (
+      {
+        'phases': [
+          {
+            'epochs': 1,
+            'learning_rate': 1e-4,
+            'fine_tune_layers': 2,
+            'fine_tune_fraction': 0.3,
+          }
+        ]
+      },
+      r'trainer.phases\[0\]: give exactly one of',
+    ),
+    (
+      {'phases': [{'epochs': 1, 'learning_rate': 1e-4}, {'epochs': 1}]},
+      r'trainer.phases\[1\].learning_rate must be a number > 0',
+    ),
+    (
+      {'phases': [{'epochs': 1, 'learning_rate': 1e-4, 'lr': 3}]},
+      r"trainer.phases\[0\]: unknown key\(s\) \['lr'\]",
+    ),
+    (
+      {'phases': [], 'phase2_epochs': 3},
+      r"phases replaces \['phase2_epochs'\]",
+    ),
     ({'class_weights': 'auto'}, r"trainer.class_weights must be 'none'"),
-    ({'augmentation': {'flip': 'diagonal'}},
-     r'trainer.augmentation.flip must be one of'),
-    ({'augmentation': {'crop': 1.0}},
-     r'trainer.augmentation.crop must be a number in \(0, 1\)'),
+    (
+      {'augmentation': {'flip': 'diagonal'}},
+      r'trainer.augmentation.flip must be one of',
+    ),
+    (
+      {'augmentation': {'crop': 1.0}},
+      r'trainer.augmentation.crop must be a number in \(0, 1\)',
+    ),
     ({'precision': 'float16'}, r'trainer.precision must be one of'),
-    ({'early_stopping_patience': -1},
-     r'trainer.early_stopping_patience must be an integer >= 0'),
-])
+    (
+      {'early_stopping_patience': -1},
+      r'trainer.early_stopping_patience must be an integer >= 0',
+    ),
+  ],
+)
 def test_bad_settings_name_their_key(settings, message):
   with pytest.raises(ValueError, match=message):
     settings_lib.TrainerConfig.from_dict(settings)
@@ -347,8 +478,19 @@ def test_bad_settings_name_their_key(settings, message):
 
 def test_default_settings_are_one_phase_2():
   config = settings_lib.TrainerConfig()
-  assert config.fine_tuning_phases() == [settings_lib.Phase(
-      'phase2', 2, 1e-4, settings_lib.Unfreeze(top=20), settings_lib.Unfreeze(top=2))]
-  assert (config.lr_schedule, config.early_stopping_patience,
-          config.class_weights, config.augmentation, config.precision) == (
-              'constant', 0, 'none', None, 'float32')
+  assert config.fine_tuning_phases() == [
+    settings_lib.Phase(
+      'phase2',
+      2,
+      1e-4,
+      settings_lib.Unfreeze(top=20),
+      settings_lib.Unfreeze(top=2),
+    )
+  ]
+  assert (
+    config.lr_schedule,
+    config.early_stopping_patience,
+    config.class_weights,
+    config.augmentation,
+    config.precision,
+  ) == ('constant', 0, 'none', None, 'float32')
