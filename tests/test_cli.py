@@ -294,7 +294,13 @@ def test_worse_run_exits_3_and_keeps_the_previous_model(runs):
   )
   serving = os.path.join(runs.output_dir, 'serving')
   version = runs.versions_after_first[0]
-  assert sorted(os.listdir(serving)) == [version, f'{version}.report']
+  # Beside the version: its run report and the data statistics and schema
+  # that the next run's validation compares with.
+  assert sorted(os.listdir(serving)) == [
+    version,
+    f'{version}.data',
+    f'{version}.report',
+  ]
 
 
 def test_reports_have_the_metrics_and_valid_images(runs):
