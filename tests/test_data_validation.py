@@ -83,7 +83,7 @@ def _entries(report, check, feature):
 def _assert_stopped_before_transform(code, report, served_before, output_dir):
   assert code == EXIT_DATA_ANOMALIES, report['data_validation']
   assert report['outcome'] == 'data_anomalies'
-  assert report['components']['ExampleValidator'] == 'failed'
+  assert report['components']['ExampleValidator']['state'] == 'failed'
   assert 'Transform' not in report['components']
   assert report['pushed_to'] is None
   assert sorted(os.listdir(os.path.join(output_dir, 'serving'))) == (
@@ -155,8 +155,8 @@ def test_unchanged_data_passes(demo_run, tmp_path):
   assert validation['anomalies'] == [] and validation['warnings'] == []
   assert validation['reference']['schema'] == str(schema_file)
   assert validation['reference']['statistics'].startswith(config.serving_dir)
-  assert report['components']['ExampleValidator'] == 'ran'
-  assert report['components']['Transform'] == 'cached'
+  assert report['components']['ExampleValidator']['state'] == 'ran'
+  assert report['components']['Transform']['state'] == 'cached'
   assert _versions(config.serving_dir) == served
 
 
