@@ -141,6 +141,9 @@ def demo_run(tmp_path_factory):
   config = settings_lib.PipelineConfig(
     output_dir=str(tmp_path_factory.mktemp('demo_run')),
     trainer=dict(helpers.E2E_TRAINER),
+    # Beam's worker processes, as on the portable runners: every DoFn of
+    # ExampleGen, StatisticsGen, Transform and the Evaluator is pickled.
+    beam_pipeline_args=list(settings_lib.MULTI_PROCESS_BEAM_ARGS),
   )
   return config, local_runner.run(config)
 

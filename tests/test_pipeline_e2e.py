@@ -5,8 +5,8 @@ JPEG/PNG bytes of the held-out split (its accuracy is printed beside the
 same recipe with random weights). Re-runs check caching and the gate: a
 re-run is cached through the Trainer; an untrained model is blessed neither
 by the no-regression gate nor by the absolute bound, is not pushed, and the
-previous model still serves. The run uses the pipeline's default Beam
-settings: the multi-process DirectRunner, one Fn API worker process per
+previous model still serves. The shared run (`demo_run` in conftest.py)
+uses the multi-process DirectRunner, one Fn API worker process per
 core, so every DoFn of ExampleGen, StatisticsGen, Transform and the
 Evaluator is pickled into worker processes as on the portable runners.
 A run with the Tuner (tuning on) whose fine-tuning phase is made to hurt:
@@ -136,14 +136,6 @@ def test_rerun_is_cached_and_worse_models_are_not_pushed(demo_run):
     f'serving versions: {_versions(config.serving_dir)}; rerun took '
     f'{rerun.seconds:.0f} s with {rerun.components}'
   )
-
-
-def test_the_run_used_one_beam_worker_process_per_core(demo_run):
-  config, _ = demo_run
-  assert config.beam_pipeline_args == [
-    '--direct_running_mode=multi_processing',
-    '--direct_num_workers=0',
-  ]
 
 
 def test_tuner_feeds_the_trainer_and_a_hurting_phase_is_not_exported(demo_run):
