@@ -4,7 +4,8 @@ The input artifact is the one the KFP stand-in (tests/kfp_local.py) hands a
 downstream task: recorded by the launcher from an ExampleGen's output, read
 back by the driver with `type: {instanceSchema: ""}`. TFX 1.16's parser
 fails on it; after `restore_input_types` it yields the declared type with
-its properties.
+its properties. On `s3://`, the invocation's URIs (artifacts, and those in
+string parameters) select the S3 filesystem and Beam's S3 flags.
 """
 
 import json
@@ -150,3 +151,47 @@ def test_beam_gets_only_the_compiled_beam_arguments(statistics_gen):
     if a.startswith('--runner')
     or a.startswith(('--project', '--region', '--temp_'))
   ]
+
+
+def test_s3_uris_register_the_store_and_add_beams_s3_flags(statistics_gen):
+  container, executor_input = statistics_gen
+  executor_input['outputs'] = {
+    'artifacts': {
+      'statistics': {
+        'artifacts': [{'uri': 's3://bucket/root/StatisticsGen/9/statistics'}]
+      }
+    },
+    'outputFile': '/tmp/kfp_outputs/output_metadata.json',
+  }
+  executor_input['inputs']['parameterValues'] = {
+    'push_destination': json.dumps(
+      {'filesystem': {'baseDirectory': 's3://bucket/out/serving'}}
+    ),
+    'exclude_splits': '[]',
+  }
+  argv = ['entrypoint'] + [
+    json.dumps(executor_input) if a == '{{$}}' else a for a in container['args']
+  ]
+  uris = entrypoint.invocation_uris(argv)
+  assert uris == [
+    's3://bucket/root/FileBasedExampleGen/1234/examples',
+    's3://bucket/root/StatisticsGen/9/statistics',
+    's3://bucket/out/serving',
+  ]
+  environ = {'AWS_ENDPOINT_URL': 'http://minio:9000', 'AWS_REGION': 'eu-1'}
+  _, beam_args = entrypoint.parse_flags(
+    entrypoint.add_beam_flags(argv, uris, environ)[1:]
+  )
+  assert beam_args[-3:] == [
+    '--beam_plugins=tensorflow_io',
+    '--s3_endpoint_url=http://minio:9000',
+    '--s3_region_name=eu-1',
+  ]
+  # A flag the compiled command sets is kept; local and gs:// add none.
+  given = argv + ['--s3_region_name=eu-2']
+  assert entrypoint.add_beam_flags(given, uris, environ)[-3:] == [
+    '--s3_region_name=eu-2',
+    '--beam_plugins=tensorflow_io',
+    '--s3_endpoint_url=http://minio:9000',
+  ]
+  assert entrypoint.add_beam_flags(argv, ['/mnt/data', 'gs://b/x']) == argv
