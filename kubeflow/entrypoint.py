@@ -28,7 +28,7 @@ Object stores as the CLI handles them (pipeline/object_store.py): when an
 artifact URI or a string parameter of the invocation is on `s3://`, it
 registers tensorflow-io's S3 filesystem and adds Beam's S3 flags (the
 endpoint and region from the environment, which on Kubernetes a Secret
-fills); then TFX builds its sdist, as in local runs. It ends through
+fills; `--beam_plugins` for Beam's worker processes). It ends through
 `object_store.exit_process` with TFX's status, since tensorflow-io aborts
 a process that used S3 at exit with code 134 (tensorflow/io#2039).
 """

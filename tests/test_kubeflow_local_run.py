@@ -5,16 +5,23 @@ tests/kfp_local.py is KFP's driver and launcher derived from their source
 the project's executors, `modules.*` by import path) in a process of its
 own, input artifacts as the driver hands them on (`instanceSchema: ""`,
 MLMD ids as names, metadata through MLMD's value types), parameters
-type-checked, KFP's cache key. The image pipeline takes its data from a
-PersistentVolumeClaim (the PlatformSpec's `pvcMount`); both modalities push
-a model that is then called on raw bytes or raw strings.
+type-checked, KFP's cache key. Both modalities push a model that is then
+called on raw bytes or raw strings.
 
-The pipeline root is a folder on this disk, the one rule of KFP's not
-applied here (KFP wants gs://, s3:// or minio://; `allow_local_root`).
+The image pipeline runs as on a default KFP install: its data on a
+PersistentVolumeClaim (the PlatformSpec's `pvcMount`), its pipeline root and
+output_dir on `s3://` served by a real moto_server on loopback (the tasks
+get the server's environment, as a Secret gives pods theirs), so each task
+registers tensorflow-io's S3 filesystem, gets Beam's S3 flags and must exit
+0 despite tensorflow/io#2039. This process reads S3 through boto3 only
+(tests/s3_server.py): the pushed model is copied down, then called on raw
+image bytes. The text pipeline's root is a folder on this disk, where
+`allow_local_root` skips KFP's object-store check.
 """
 
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -62,13 +69,42 @@ def _states(results):
   return {name: result.state for name, result in results.items()}
 
 
+def _pushed_versions(server, serving: str):
+  """`atomic_pusher.pushed_versions` of an s3:// folder, through boto3."""
+  keys = server.keys(serving)
+  return sorted(
+    {k.split('/')[0] for k in keys if re.fullmatch(r'\d+/saved_model.pb', k)},
+    key=int,
+  )
+
+
+def _download(server, uri: str, local_dir: str) -> str:
+  """The objects under the s3:// `uri`, copied into `local_dir`."""
+  bucket, _, prefix = uri[len('s3://') :].partition('/')
+  for key in server.keys(uri):
+    path = os.path.join(local_dir, key)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    server.client.download_file(bucket, f'{prefix.rstrip("/")}/{key}', path)
+  return local_dir
+
+
 @pytest.fixture(scope='module')
-def image_run(tmp_path_factory):
-  """The image pipeline on KFP, data on a claim mounted at /…/mnt/images."""
+def s3_store(s3_server):
+  """A bucket on the moto server; the tasks' environment points at it."""
+  with pytest.MonkeyPatch.context() as patch:
+    for name, value in s3_server.env.items():
+      patch.setenv(name, value)
+    yield s3_server.create_bucket()
+
+
+@pytest.fixture(scope='module')
+def image_run(tmp_path_factory, s3_server, s3_store):
+  """The image pipeline on KFP: data on a claim mounted at /…/mnt/images,
+  pipeline root and output_dir on s3://."""
   work = tmp_path_factory.mktemp('kfp_image')
   mount = str(work / 'mnt' / 'images')
   config = settings_lib.PipelineConfig(
-    data_root=mount, output_dir=str(work / 'store')
+    data_root=mount, output_dir=f'{s3_store}/store'
   )
   spec, platform = _compile(
     config,
@@ -81,12 +117,13 @@ def image_run(tmp_path_factory):
     pipeline_root=config.pipeline_root,
     parameters={'trainer_config': json.dumps(helpers.E2E_TRAINER)},
     platform_spec=platform,
-    allow_local_root=True,
   )
   return config, spec, platform, kfp, first
 
 
-def test_image_pipeline_runs_on_kfp_and_pushes_a_model(image_run):
+def test_image_pipeline_runs_on_kfp_and_pushes_a_model(
+  image_run, s3_server, tmp_path
+):
   config, _, _, _, first = image_run
   assert _states(first) == {name: 'succeeded' for name in TASKS}
   # What the driver handed StatisticsGen: no type, an MLMD id, display_name.
@@ -99,14 +136,16 @@ def test_image_pipeline_runs_on_kfp_and_pushes_a_model(image_run):
   blessing = first['Evaluator'].outputs['blessing']
   assert blessing['metadata']['blessed'] == 1.0
   assert 'baseline_model' not in blessing['metadata']  # Nothing served.
-  serving = os.path.join(config.output_dir, 'serving')
-  (version,) = atomic_pusher.pushed_versions(serving)
+  serving = f'{config.output_dir}/serving'
+  assert serving.startswith('s3://')
+  (version,) = _pushed_versions(s3_server, serving)
+  examples_uri = first['FileBasedExampleGen'].outputs['examples']['uri']
+  assert examples_uri.startswith(config.pipeline_root)
   eval_examples = helpers.artifact_examples(
-    first['FileBasedExampleGen'].outputs['examples']['uri'], 'eval'
+    _download(s3_server, examples_uri, str(tmp_path / 'examples')), 'eval'
   )
-  accuracy = helpers.accuracy(
-    os.path.join(serving, version), DEMO_DATA, eval_examples
-  )
+  model = _download(s3_server, f'{serving}/{version}', str(tmp_path / 'model'))
+  accuracy = helpers.accuracy(model, DEMO_DATA, eval_examples)
   print(
     f'KFP run: pushed {version}, accuracy on raw bytes {accuracy:.3f} '
     f'({len(eval_examples)} images)'
@@ -114,15 +153,17 @@ def test_image_pipeline_runs_on_kfp_and_pushes_a_model(image_run):
   assert accuracy >= 0.85
 
 
-def test_a_regressed_model_is_not_pushed_and_nothing_is_cached(image_run):
+def test_a_regressed_model_is_not_pushed_and_nothing_is_cached(
+  image_run, s3_server
+):
   """A scheduled run whose training went wrong, on the same data.
 
   ExampleGen (cache off) makes a new Examples artifact, so every task after
   it has a new cache key (its input's MLMD id): KFP's cache serves nothing.
   """
   config, spec, platform, kfp, first = image_run
-  serving = os.path.join(config.output_dir, 'serving')
-  pushed = atomic_pusher.pushed_versions(serving)
+  serving = f'{config.output_dir}/serving'
+  pushed = _pushed_versions(s3_server, serving)
   second = kfp.run(
     spec,
     pipeline_root=config.pipeline_root,
@@ -131,7 +172,6 @@ def test_a_regressed_model_is_not_pushed_and_nothing_is_cached(image_run):
       'eval_config': _gate(0.0),
     },
     platform_spec=platform,
-    allow_local_root=True,
   )
   assert _states(second) == {
     **{name: 'succeeded' for name in TASKS},
@@ -144,7 +184,7 @@ def test_a_regressed_model_is_not_pushed_and_nothing_is_cached(image_run):
   assert blessing['metadata']['baseline_model'] == os.path.join(
     serving, pushed[0]
   )
-  assert atomic_pusher.pushed_versions(serving) == pushed
+  assert _pushed_versions(s3_server, serving) == pushed
 
 
 def test_text_pipeline_runs_on_kfp_and_pushes_a_model(tmp_path):
