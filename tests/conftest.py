@@ -172,6 +172,7 @@ def s3_bucket(s3_server, monkeypatch):
   return s3_server.create_bucket()
 
 
+@pytest.fixture(scope='session')
 def fusion_run(tmp_path_factory):
   """One real image+text run on data/fashion_text, shared by the tests."""
   from pipeline import settings as settings_lib

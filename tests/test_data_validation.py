@@ -144,6 +144,9 @@ def test_unchanged_data_passes(demo_run, tmp_path):
       '--schema-file',
       str(schema_file),
       *(f'--{k.replace("_", "-")}={v}' for k, v in helpers.E2E_TRAINER.items()),
+      # The baseline's Beam settings: they are part of the cache keys.
+      '--set',
+      f'beam_pipeline_args={json.dumps(list(config.beam_pipeline_args))}',
     ]
   )
   with open(
@@ -231,7 +234,9 @@ def test_thumbnails_stop_the_run_against_a_curated_schema(demo_run, tmp_path):
     output_dir, '--data-root', data_root, '--config', settings
   )
   _assert_stopped_before_transform(code, report, served, output_dir)
-  assert report['data_validation']['reference']['schema'] == str(schema_file)
+  # The curated file, as ImportSchemaGen imported it into the pipeline.
+  with open(report['data_validation']['reference']['schema']) as imported:
+    assert imported.read() == schema_file.read_text()
   width = _entries(report, 'schema', 'image_width')
   assert width and '16' in width[0]['found'], report
   assert _entries(report, 'drift', 'image_width')
