@@ -105,6 +105,7 @@ def test_rerun_is_cached_and_worse_models_are_not_pushed(demo_run):
   def gated_run(**overrides):
     bad = settings_lib.PipelineConfig(
       output_dir=config.output_dir,
+      beam_pipeline_args=config.beam_pipeline_args,  # In the cache keys.
       trainer={**config.trainer, 'phase1_epochs': 0, 'phase2_epochs': 0},
       **overrides,
     )
@@ -143,6 +144,7 @@ def test_tuner_feeds_the_trainer_and_a_hurting_phase_is_not_exported(demo_run):
   config, _ = demo_run
   tuned = settings_lib.PipelineConfig(
     output_dir=config.output_dir,
+    beam_pipeline_args=config.beam_pipeline_args,  # In the cache keys.
     tuning={'trials': 2},
     trainer={**config.trainer.to_dict(), 'phase2_learning_rate': 0.05},
   )
