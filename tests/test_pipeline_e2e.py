@@ -20,6 +20,7 @@ import pytest
 import tensorflow_model_analysis as tfma
 
 import helpers
+from components import atomic_pusher
 from modules import trainer as trainer_module
 from pipeline import local_runner
 from pipeline import report as report_lib
@@ -35,7 +36,8 @@ UPSTREAM = (
 
 
 def _versions(serving_dir):
-  return sorted(os.listdir(serving_dir))
+  # Not the `.report` and `.data` folders the Pusher writes beside them.
+  return atomic_pusher.pushed_versions(serving_dir)
 
 
 def test_pushed_model_beats_chance_and_random_weights(demo_run, tmp_path):
