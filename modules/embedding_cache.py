@@ -96,9 +96,14 @@ def write_embeddings(
 
 
 def read_embeddings(
-  path: str, batch_size: int, shuffle: bool, seed: int
+  path: str, width: int, batch_size: int, shuffle: bool, seed: int
 ) -> tf.data.Dataset:
-  """Streams (embedding, label) batches back from `write_embeddings`' file."""
+  """Streams (embedding, label) batches back from `write_embeddings`' file.
+
+  `width` is the embedding's size. Static shapes matter: MirroredStrategy
+  can hand a replica an empty part of the last batch, which the head takes
+  as [0, width] but not as the [0, 0] an unknown width would give.
+  """
   spec = {
     key: tf.io.FixedLenFeature([], tf.string) for key in (_EMBEDDINGS, _LABELS)
   }
@@ -106,8 +111,10 @@ def read_embeddings(
   def _parse(record):
     parsed = tf.io.parse_single_example(record, spec)
     return (
-      tf.io.parse_tensor(parsed[_EMBEDDINGS], tf.float32),
-      tf.io.parse_tensor(parsed[_LABELS], tf.int64),
+      tf.ensure_shape(
+        tf.io.parse_tensor(parsed[_EMBEDDINGS], tf.float32), [None, width]
+      ),
+      tf.ensure_shape(tf.io.parse_tensor(parsed[_LABELS], tf.int64), [None]),
     )
 
   dataset = tf.data.TFRecordDataset(path).map(_parse).unbatch()
@@ -258,6 +265,7 @@ def _cache_embeddings(
 ):
   """Both splits' embeddings, written once to `cache_dir`, as datasets."""
   embedder = embedding_model(model)
+  width = embedder.output_shape[-1]
   started = time.time()
   paths = {
     split: os.path.join(cache_dir, f'{split}.tfrecord')
@@ -274,8 +282,8 @@ def _cache_embeddings(
     flush=True,
   )
   return (
-    read_embeddings(paths['train'], batch_size, True, seed),
-    read_embeddings(paths['eval'], batch_size, False, seed),
+    read_embeddings(paths['train'], width, batch_size, True, seed),
+    read_embeddings(paths['eval'], width, batch_size, False, seed),
     counts['train'],
   )
 

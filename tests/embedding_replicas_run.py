@@ -51,7 +51,7 @@ for name, strategy in (
     strategy, embedder, dataset, path
   )
   ((features, cached_labels),) = embedding_cache.read_embeddings(
-    path, EXAMPLES, False, 0
+    path, embedder.output_shape[-1], EXAMPLES, False, 0
   )
   caches[name] = {
     'per_replica': per_replica,

@@ -52,7 +52,9 @@ def test_cache_round_trips_the_embeddings(classifier, tmp_path):
   assert embedding_cache.write_embeddings(
     tf.distribute.get_strategy(), embed, _dataset(), path
   ) == [48]
-  cached = list(embedding_cache.read_embeddings(path, 48, False, 0))
+  cached = list(
+    embedding_cache.read_embeddings(path, embed.output_shape[-1], 48, False, 0)
+  )
   ((features, labels),) = cached
   # What the pass computes: the embedder, traced, on each batch of 16.
   traced = tf.function(lambda images: embed(images, training=False))
