@@ -258,11 +258,11 @@ def _endpoint(args) -> schedule.Endpoint:
   )
 
 
-def _check_data_root(path: str) -> None:
+def _check_pod_path(flag: str, path: str) -> None:
   """A bucket URI, or an absolute path in the image or on a mounted volume."""
   if '://' not in path and not path.startswith('/'):
     raise ValueError(
-      f'--data-root must be a URI (gs://..., s3://...) or an '
+      f'{flag} must be a URI (gs://..., s3://...) or an '
       f'absolute path as the pods see it, got {path!r}'
     )
 
@@ -281,7 +281,9 @@ def _compile(args) -> int:
   config.output_dir = config.output_dir.rstrip('/')
   # The pipeline root, <output-dir>/pipeline_root, must be a bucket.
   schedule.check_pipeline_root(config.output_dir, reach=False)
-  _check_data_root(config.data_root)
+  _check_pod_path('--data-root', config.data_root)
+  if config.schema_file:
+    _check_pod_path('--schema-file', config.schema_file)
   settings_lib.check_models(config)  # Loads TF.
   # Imported here: it loads TensorFlow.
   from kubeflow import runner

@@ -234,7 +234,10 @@ def runs(tmp_path_factory):
     'accuracy_threshold: 0.3\n'
     'trainer:\n  phase1_epochs: 2\n  phase2_epochs: 0\n'
   )
-  first = _cli('run', '--config', good, '--output-dir', output_dir)
+  # As CI runs it: a served model is expected.
+  first = _cli(
+    'run', '--config', good, '--output-dir', output_dir, '--expect-baseline'
+  )
   versions = [
     version
     for version in os.listdir(os.path.join(output_dir, 'serving'))
@@ -253,6 +256,7 @@ def runs(tmp_path_factory):
     output_dir,
     '--report-dir',
     root / 'artifacts',
+    '--expect-baseline',
   )
   return Runs(output_dir, first, versions, second, str(root / 'artifacts'))
 
@@ -301,6 +305,22 @@ def test_worse_run_exits_3_and_keeps_the_previous_model(runs):
     f'{version}.data',
     f'{version}.report',
   ]
+
+
+def test_expect_baseline_warns_only_while_nothing_is_served(runs):
+  def baseline_warnings(run):
+    report = _load(_report_of(run))
+    return [
+      w
+      for w in report['data_validation']['warnings']
+      if w['check'] == 'baseline'
+    ]
+
+  (missing,) = baseline_warnings(runs.first)
+  assert missing['reason'] == 'NO_SERVED_MODEL'
+  assert '--expect-baseline' in missing['expected']
+  # The second run compares with the first run's served model and its data.
+  assert baseline_warnings(runs.second) == []
 
 
 def test_reports_have_the_metrics_and_valid_images(runs):

@@ -365,7 +365,14 @@ def test_volumes_are_mounted_in_every_step(tmp_path, capsys):
     ),
     (['--output-dir', 'relative/dir'], 'must be gs://BUCKET/... or s3://'),
     (['--output-dir', 'minio://mlpipeline/v2'], 'TFX cannot write minio://'),
-    (['--output-dir', 'gs://b/a', '--data-root', 'images'], 'absolute path'),
+    (
+      ['--output-dir', 'gs://b/a', '--data-root', 'images'],
+      '--data-root must be a URI (gs://..., s3://...) or an absolute path',
+    ),
+    (
+      ['--output-dir', 'gs://b/a', '--schema-file', 'schema.pbtxt'],
+      '--schema-file must be a URI (gs://..., s3://...) or an absolute path',
+    ),
     (
       [
         '--output-dir',
