@@ -1,15 +1,19 @@
-"""Shared helpers of the benchmarks: setup, metric lines, data, splits.
+"""Shared helpers of the benchmarks: setup, metric lines, data, splits, and
+per-component time and memory of a LocalDagRunner run.
 
 Every benchmark prints its figures as `name value` lines (see `metric`) and
 the machine's load average (from `uptime`) before and after it runs, because
 the 2-core machine they were measured on is shared.
 """
 
+import gzip
+import logging
 import os
 import posixpath
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -34,6 +38,21 @@ DEMO_DATA = os.path.join(PROJECT_ROOT, 'data', 'fashion_demo')
 SEED = 42
 IMAGE_SIZE = preprocessing.DEFAULT_IMAGE_SIZE
 BACKBONE, WEIGHTS = 'MobileNet', 'offline'
+
+# Debian's `dataset-fashion-mnist` (apt-get install dataset-fashion-mnist).
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+FASHION_MNIST_CLASSES = (
+  't_shirt',
+  'trouser',
+  'pullover',
+  'dress',
+  'coat',
+  'sandal',
+  'shirt',
+  'sneaker',
+  'bag',
+  'ankle_boot',
+)
 
 # (path relative to the data root, POSIX separators; class name)
 Example = Tuple[str, str]
@@ -195,3 +214,128 @@ def tree_bytes(root: str) -> int:
 
 def set_seed(seed: int = SEED) -> None:
   keras.utils.set_random_seed(seed)
+
+
+def fashion_mnist(parts=('train', 't10k')) -> Tuple[np.ndarray, np.ndarray]:
+  """(images Nx28x28 uint8, labels) of the Debian package's `parts`."""
+  images, labels = [], []
+  for part in parts:
+    path = os.path.join(FASHION_MNIST, f'{part}-images-idx3-ubyte.gz')
+    if not os.path.exists(path):
+      sys.exit(f'{path} not found: apt-get install dataset-fashion-mnist')
+    with gzip.open(path) as f:
+      images.append(np.frombuffer(f.read(), np.uint8, offset=16))
+    with gzip.open(
+      os.path.join(FASHION_MNIST, f'{part}-labels-idx1-ubyte.gz')
+    ) as f:
+      labels.append(np.frombuffer(f.read(), np.uint8, offset=8))
+  return np.concatenate(images).reshape(-1, 28, 28), np.concatenate(labels)
+
+
+def process_tree_memory_mib() -> Tuple[float, float]:
+  """(RSS, PSS) summed over this process and all its descendants, MiB.
+
+  RSS counts pages shared by several processes (TensorFlow's libraries)
+  once per process; PSS splits them (the tree's real footprint).
+  """
+  pids, rss, pss = [os.getpid()], 0, 0
+  while pids:
+    pid = pids.pop()
+    try:
+      with open(f'/proc/{pid}/smaps_rollup') as f:
+        for line in f:
+          if line.startswith('Rss:'):
+            rss += int(line.split()[1])
+          elif line.startswith('Pss:'):
+            pss += int(line.split()[1])
+      for task in os.listdir(f'/proc/{pid}/task'):
+        with open(f'/proc/{pid}/task/{task}/children') as f:
+          pids.extend(int(child) for child in f.read().split())
+    except (FileNotFoundError, ProcessLookupError):
+      continue  # The process ended while being read.
+  return rss / 1024, pss / 1024
+
+
+class ComponentMonitor(logging.Filter):
+  """Per component: wall time and the process tree's peak RSS and PSS.
+
+  `components[node]` holds `seconds`, `peak_rss_mib` and `peak_pss_mib`.
+  Installed on the absl logger, it sees LocalDagRunner's 'Component %s is
+  running/finished.' records and lets through only what the logger would
+  have emitted before. Memory is sampled every `interval` seconds.
+  """
+
+  def __init__(self, interval: float = 0.25):
+    super().__init__()
+    self.components, self._node, self._started = {}, None, 0.0
+    self._interval = interval
+    self._logger = logging.getLogger('absl')
+    self._level = self._logger.getEffectiveLevel()
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+
+  def __enter__(self):
+    self._logger.addFilter(self)
+    self._logger.setLevel(logging.INFO)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._done.set()
+    self._thread.join()
+    self._logger.removeFilter(self)
+    self._logger.setLevel(self._level)
+
+  def _sample(self):
+    while not self._done.wait(self._interval):
+      node = self._node
+      if node:
+        rss, pss = process_tree_memory_mib()
+        entry = self.components[node]
+        entry['peak_rss_mib'] = max(entry['peak_rss_mib'], rss)
+        entry['peak_pss_mib'] = max(entry['peak_pss_mib'], pss)
+
+  def filter(self, record):
+    if record.msg == 'Component %s is running.':
+      self._node, self._started = record.args[0], time.time()
+      self.components[self._node] = {'peak_rss_mib': 0.0, 'peak_pss_mib': 0.0}
+    elif record.msg == 'Component %s is finished.':
+      self.components[record.args[0]]['seconds'] = time.time() - self._started
+      self._node = None
+    return record.levelno >= self._level
+
+
+def run_nodes(
+  config, node_ids: Optional[Tuple[str, ...]], name: str, interval: float = 0.25
+) -> dict:
+  """Runs `node_ids` of `create_pipeline(config)` (all if None), uncached.
+
+  Returns `seconds` and `components` (ComponentMonitor's figures).
+  """
+  from tfx import v1 as tfx
+
+  from pipeline import pipeline as pipeline_lib
+
+  nodes = pipeline_lib.create_pipeline(config).components
+  if node_ids:
+    nodes = [node for node in nodes if node.id in node_ids]
+    for node in nodes:  # Detach the downstream nodes not run.
+      for down in list(node.downstream_nodes):
+        if down.id not in node_ids:
+          node.remove_downstream_node(down)
+  with Timer() as timer, ComponentMonitor(interval) as monitor:
+    tfx.orchestration.LocalDagRunner().run(
+      tfx.dsl.Pipeline(
+        pipeline_name=name,
+        pipeline_root=config.pipeline_root,
+        components=nodes,
+        enable_cache=False,
+        metadata_connection_config=(
+          tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path
+          )
+        ),
+        beam_pipeline_args=config.beam_pipeline_args,
+      )
+    )
+  return {'seconds': timer.seconds, 'components': monitor.components}

@@ -7,7 +7,8 @@ images and on K*N images (the demo tree with K-1 re-encoded, slightly shifted
 copies of each image: distinct files of about the same size; --pixels P
 resizes them all to P x P first, for larger files). Each size runs in its own
 subprocess. Peak memory: the child's ru_maxrss (os.wait4), and the peak of
-its VmRSS sampled every 50 ms while each component runs. Output bytes: the
+its process tree's RSS sampled every 50 ms while each component runs
+(common.ComponentMonitor). Output bytes: the
 Examples artifact's files (GZIP'd TFRecords) and its records uncompressed,
 each against the encoded input bytes.
 
@@ -18,101 +19,35 @@ each against the encoded input bytes.
 import argparse
 import glob
 import json
-import logging
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 
 import common
 
 _INGEST = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform')
 
 
-def rss_mib(field: str) -> float:
-  """VmRSS or VmHWM of this process, MiB."""
+def rss_mib() -> float:
+  """VmRSS of this process, MiB."""
   with open('/proc/self/status') as f:
     for line in f:
-      if line.startswith(field + ':'):
+      if line.startswith('VmRSS:'):
         return int(line.split()[1]) / 1024
   return float('nan')
-
-
-class _RssByComponent(logging.Filter):
-  """Samples VmRSS every 50 ms; the peak while each component runs.
-
-  Installed on the absl logger, it sees LocalDagRunner's 'Component %s is
-  running/finished.' records (INFO) and lets through only what the logger
-  would have emitted before.
-  """
-
-  def __init__(self):
-    super().__init__()
-    self.peaks, self._node = {}, None
-    self._logger = logging.getLogger('absl')
-    self._level = self._logger.getEffectiveLevel()
-    self._done = threading.Event()
-    self._thread = threading.Thread(target=self._sample, daemon=True)
-
-  def __enter__(self):
-    self._logger.addFilter(self)
-    self._logger.setLevel(logging.INFO)
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._done.set()
-    self._thread.join()
-    self._logger.removeFilter(self)
-    self._logger.setLevel(self._level)
-
-  def _sample(self):
-    while not self._done.wait(0.05):
-      node = self._node
-      if node:
-        self.peaks[node] = max(self.peaks.get(node, 0.0), rss_mib('VmRSS'))
-
-  def filter(self, record):
-    if record.msg == 'Component %s is running.':
-      self._node = record.args[0]
-    elif record.msg == 'Component %s is finished.':
-      self._node = None
-    return record.levelno >= self._level
 
 
 def ingest(data_root: str, output_dir: str) -> dict:
   """Runs the four components once (child process); returns sizes, times."""
   import tensorflow as tf
-  from tfx import v1 as tfx
   from pipeline import settings as settings_lib
-  from pipeline import pipeline as pipeline_lib
 
-  rss_after_imports = rss_mib('VmRSS')
+  rss_after_imports = rss_mib()
   config = settings_lib.PipelineConfig(
     data_root=data_root, output_dir=output_dir
   )
-  full = pipeline_lib.create_pipeline(config)
-  nodes = [node for node in full.components if node.id in _INGEST]
-  for node in nodes:  # Detach the Trainer, Evaluator, ... that read them.
-    for down in list(node.downstream_nodes):
-      if down.id not in _INGEST:
-        node.remove_downstream_node(down)
-  with common.Timer() as timer, _RssByComponent() as by_component:
-    tfx.orchestration.LocalDagRunner().run(
-      tfx.dsl.Pipeline(
-        pipeline_name='ingest',
-        pipeline_root=config.pipeline_root,
-        components=nodes,
-        enable_cache=False,
-        metadata_connection_config=(
-          tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path
-          )
-        ),
-        beam_pipeline_args=config.beam_pipeline_args,
-      )
-    )
+  run = common.run_nodes(config, _INGEST, 'ingest', interval=0.05)
   examples = glob.glob(
     os.path.join(
       config.pipeline_root,
@@ -126,9 +61,12 @@ def ingest(data_root: str, output_dir: str) -> dict:
   records = tf.data.TFRecordDataset(examples, compression_type='GZIP')
   return {
     'images': sum(1 for _ in records),
-    'seconds': timer.seconds,
+    'seconds': run['seconds'],
     'rss_after_imports_mib': rss_after_imports,
-    'peak_rss_mib_by_component': by_component.peaks,
+    'peak_rss_mib_by_component': {
+      node: figures['peak_rss_mib']
+      for node, figures in run['components'].items()
+    },
     'examples_file_bytes': sum(os.path.getsize(p) for p in examples),
     'examples_record_bytes': sum(len(r.numpy()) for r in records),
     'transform_graph_bytes': common.tree_bytes(

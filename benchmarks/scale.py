@@ -30,53 +30,21 @@ and `pss` splits shared pages between them (the tree's real footprint).
 """
 
 import argparse
-import gzip
 import io
 import json
-import logging
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import common
 import numpy as np
 from PIL import Image
 
-_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
-_CLASSES = (
-  't-shirt',
-  'trouser',
-  'pullover',
-  'dress',
-  'coat',
-  'sandal',
-  'shirt',
-  'sneaker',
-  'bag',
-  'ankle-boot',
-)
 _SIZE = 224
 _DATA_NODES = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform')
 _WHOLE_TRAINER = {'image_size': 96, 'phase2_epochs': 0}
-
-
-def _fashion_mnist():
-  """(images 70000x28x28 uint8, labels) from the Debian package."""
-  images, labels = [], []
-  for prefix in ('train', 't10k'):
-    path = os.path.join(_FASHION_MNIST, f'{prefix}-images-idx3-ubyte.gz')
-    if not os.path.exists(path):
-      sys.exit(f'{path} not found: apt-get install dataset-fashion-mnist')
-    with gzip.open(path) as f:
-      images.append(np.frombuffer(f.read(), np.uint8, offset=16))
-    with gzip.open(
-      os.path.join(_FASHION_MNIST, f'{prefix}-labels-idx1-ubyte.gz')
-    ) as f:
-      labels.append(np.frombuffer(f.read(), np.uint8, offset=8))
-  return np.concatenate(images).reshape(-1, 28, 28), np.concatenate(labels)
 
 
 def _backgrounds(rng, count: int = 32):
@@ -126,11 +94,13 @@ def generate(root: str, count: int) -> None:
 
   Each image depends only on its index, so a larger size adds images.
   """
-  images, labels = _fashion_mnist()
+  images, labels = common.fashion_mnist()
   backgrounds = _backgrounds(np.random.default_rng(common.SEED))
   started, made = time.time(), 0
   for index in range(count):
-    path = os.path.join(root, _CLASSES[labels[index]], f'{index:06d}.jpg')
+    path = os.path.join(
+      root, common.FASHION_MNIST_CLASSES[labels[index]], f'{index:06d}.jpg'
+    )
     if os.path.exists(path):
       continue
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -162,78 +132,9 @@ def subset(source: str, target: str, count: int) -> str:
   return target
 
 
-def _tree_memory_mib():
-  """(RSS, PSS) summed over this process and all its descendants, MiB."""
-  pids, rss, pss = [os.getpid()], 0, 0
-  while pids:
-    pid = pids.pop()
-    try:
-      with open(f'/proc/{pid}/smaps_rollup') as f:
-        for line in f:
-          if line.startswith('Rss:'):
-            rss += int(line.split()[1])
-          elif line.startswith('Pss:'):
-            pss += int(line.split()[1])
-      for task in os.listdir(f'/proc/{pid}/task'):
-        with open(f'/proc/{pid}/task/{task}/children') as f:
-          pids.extend(int(child) for child in f.read().split())
-    except (FileNotFoundError, ProcessLookupError):
-      continue  # The process ended while being read.
-  return rss / 1024, pss / 1024
-
-
-class _ByComponent(logging.Filter):
-  """Per component: wall time and the process tree's peak RSS and PSS.
-
-  Installed on the absl logger, it sees LocalDagRunner's 'Component %s is
-  running/finished.' records and lets through only what the logger would
-  have emitted before.
-  """
-
-  def __init__(self):
-    super().__init__()
-    self.components, self._node, self._started = {}, None, 0.0
-    self._logger = logging.getLogger('absl')
-    self._level = self._logger.getEffectiveLevel()
-    self._done = threading.Event()
-    self._thread = threading.Thread(target=self._sample, daemon=True)
-
-  def __enter__(self):
-    self._logger.addFilter(self)
-    self._logger.setLevel(logging.INFO)
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._done.set()
-    self._thread.join()
-    self._logger.removeFilter(self)
-    self._logger.setLevel(self._level)
-
-  def _sample(self):
-    while not self._done.wait(0.25):
-      node = self._node
-      if node:
-        rss, pss = _tree_memory_mib()
-        entry = self.components[node]
-        entry['peak_rss_mib'] = max(entry['peak_rss_mib'], rss)
-        entry['peak_pss_mib'] = max(entry['peak_pss_mib'], pss)
-
-  def filter(self, record):
-    if record.msg == 'Component %s is running.':
-      self._node, self._started = record.args[0], time.time()
-      self.components[self._node] = {'peak_rss_mib': 0.0, 'peak_pss_mib': 0.0}
-    elif record.msg == 'Component %s is finished.':
-      self.components[record.args[0]]['seconds'] = time.time() - self._started
-      self._node = None
-    return record.levelno >= self._level
-
-
 def run_child(spec: dict) -> dict:
   """Runs the nodes `spec` names on its data root; returns the figures."""
-  from tfx import v1 as tfx
   from pipeline import settings as settings_lib
-  from pipeline import pipeline as pipeline_lib
 
   config = settings_lib.PipelineConfig(
     data_root=spec['data_root'],
@@ -241,32 +142,8 @@ def run_child(spec: dict) -> dict:
     trainer=spec.get('trainer', {}),
     **({'beam_pipeline_args': spec['beam']} if spec.get('beam') else {}),
   )
-  full = pipeline_lib.create_pipeline(config)
-  nodes = full.components
-  if spec.get('nodes'):
-    nodes = [node for node in nodes if node.id in spec['nodes']]
-    for node in nodes:  # Detach the downstream nodes not run.
-      for down in list(node.downstream_nodes):
-        if down.id not in spec['nodes']:
-          node.remove_downstream_node(down)
-  with common.Timer() as timer, _ByComponent() as by_component:
-    tfx.orchestration.LocalDagRunner().run(
-      tfx.dsl.Pipeline(
-        pipeline_name='scale',
-        pipeline_root=config.pipeline_root,
-        components=nodes,
-        enable_cache=False,
-        metadata_connection_config=(
-          tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path
-          )
-        ),
-        beam_pipeline_args=config.beam_pipeline_args,
-      )
-    )
   return {
-    'seconds': timer.seconds,
-    'components': by_component.components,
+    **common.run_nodes(config, spec.get('nodes'), 'scale'),
     'beam_pipeline_args': config.beam_pipeline_args,
   }
 

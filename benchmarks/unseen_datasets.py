@@ -33,7 +33,6 @@ root: `.venv/bin/python benchmarks/unseen_datasets.py --assets ASSETS`
 import argparse
 import csv
 import glob
-import gzip
 import io
 import json
 import os
@@ -41,7 +40,7 @@ import tarfile
 import time
 import zipfile
 
-import common  # noqa: F401 (sets TF_USE_LEGACY_KERAS)
+import common
 import numpy as np
 from PIL import Image
 from sklearn import linear_model
@@ -57,19 +56,6 @@ from pipeline import settings as settings_lib
 from pipeline import local_runner
 from pipeline import report as report_lib
 
-FASHION = '/usr/share/datasets/fashion-mnist'
-FASHION_CLASSES = (
-  't_shirt',
-  'trouser',
-  'pullover',
-  'dress',
-  'coat',
-  'sandal',
-  'shirt',
-  'sneaker',
-  'bag',
-  'ankle_boot',
-)
 DATASETS = (
   'fashion_mnist',
   'digits',
@@ -99,11 +85,8 @@ def _balanced(labels, total, rng):
 
 def fashion_mnist(root, assets, total, rng):
   del assets
-  with gzip.open(os.path.join(FASHION, 't10k-images-idx3-ubyte.gz')) as f:
-    images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-  with gzip.open(os.path.join(FASHION, 't10k-labels-idx1-ubyte.gz')) as f:
-    labels = np.frombuffer(f.read(), np.uint8, offset=8)
-  names = [FASHION_CLASSES[y] for y in labels]
+  images, labels = common.fashion_mnist(('t10k',))
+  names = [common.FASHION_MNIST_CLASSES[y] for y in labels]
   keep = _balanced(names, total, rng)
   _write_images(root, images[keep], [names[i] for i in keep])
   return {'modality': 'image'}
