@@ -1050,7 +1050,10 @@ class PipelineConfig(_Section):
 
 
 def check_models(config: PipelineConfig) -> None:
-  """Checks the backbone and text encoder names and the image size.
+  """Checks the backbone and text encoder names, the image size and that
+  each phase's `fine_tune_from` names a layer of a Keras Applications
+  backbone (built without weights; `hub:` and `file:` backbones are checked
+  when the Trainer loads them).
 
   What needs no data but the backbone catalogue (modules/backbones.py, which
   loads TensorFlow): every front end calls it before any component runs.
@@ -1064,6 +1067,20 @@ def check_models(config: PipelineConfig) -> None:
   try:
     if config.modality != features.TEXT:
       backbones.check_spec(config.trainer.backbone, config.image_size)
+      layered = [
+        phase
+        for phase in config.trainer.fine_tuning_phases()
+        if phase.unfreeze.from_layer is not None
+      ]
+      if layered and config.trainer.backbone in backbones.ZOO:
+        import tensorflow as tf
+
+        with tf.Graph().as_default():  # Thrown away; Keras' names as fresh.
+          layers = backbones.build_backbone(
+            config.trainer.backbone, config.image_size, weights=None
+          ).layers
+        for phase in layered:
+          phase.unfreeze.first_trainable(layers)
     if config.modality != features.IMAGE:
       backbones.check_text_spec(config.trainer.text_encoder)
   except ValueError as e:

@@ -109,6 +109,7 @@ BAD_SETTINGS = [
   ['--set', 'trainer.augmentation.flip=diagonal'],
   ['--set', 'trainer.phases=[{epochs: 1}]'],
   ['--set', 'trainer.fine_tune_fraction=1.5'],
+  ['--set', 'trainer.fine_tune_from=no_such_block'],  # Not a MobileNet layer.
   ['--set', 'max_rejected_fraction=2'],
   [
     '--set',
