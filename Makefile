@@ -22,14 +22,14 @@ $(VENV)/.synced: pyproject.toml uv.lock
 demo: venv
 	$(VENV)/bin/tfx-transfer run
 
-# The whole suite, in 2 processes (pytest-xdist; tests/conftest.py groups
-# the tests so that module and shared fixtures are built once).
+# The whole suite, in 2 processes (pytest-xdist): each module runs whole in
+# one of them (--dist loadfile), so its module fixtures are built once.
 test: venv
-	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 # The tests marked `fast` (tests/conftest.py): under 3 minutes on 2 cores.
 test-fast: venv
-	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m fast
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -m fast
 
 # Ruff's lint and format checks (settings in pyproject.toml).
 lint: venv

@@ -95,27 +95,11 @@ def _check_fast_tests():
         )
 
 
-# The session fixtures below that run whole pipelines: the modules that use
-# them share one test process.
-SHARED_RUNS = ('demo_run', 'fusion_run')
-
-
 def pytest_collection_modifyitems(items):
-  """Marks the tests FAST_TESTS names `fast`, and groups them for
-  pytest-xdist's `--dist loadgroup` (`make test` runs 2 processes): a module
-  runs whole in one process, so its module fixtures are built once, and the
-  modules that use a SHARED_RUNS fixture run in the same one.
-  """
-  shared = {
-    item.path.name
-    for item in items
-    if set(SHARED_RUNS) & set(getattr(item, 'fixturenames', ()))
-  }
+  """Marks the tests FAST_TESTS names `fast`."""
   for item in items:
     if f'{item.path.name}::{item.name}'.startswith(FAST_TESTS):
       item.add_marker(pytest.mark.fast)
-    group = 'shared_runs' if item.path.name in shared else item.path.name
-    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(hookwrapper=True)
