@@ -35,11 +35,6 @@ UPSTREAM = (
 )
 
 
-def _versions(serving_dir):
-  # Not the `.report` and `.data` folders the Pusher writes beside them.
-  return atomic_pusher.pushed_versions(serving_dir)
-
-
 def test_pushed_model_beats_chance_and_random_weights(demo_run, tmp_path):
   config, result = demo_run
   assert result.blessed and result.pushed_to
@@ -98,7 +93,7 @@ def test_evaluator_reports_per_class_accuracy(demo_run):
 
 def test_rerun_is_cached_and_worse_models_are_not_pushed(demo_run):
   config, first = demo_run
-  pushed_before = _versions(config.serving_dir)
+  pushed_before = atomic_pusher.pushed_versions(config.serving_dir)
 
   rerun = local_runner.run(config)
   for component in UPSTREAM:
@@ -129,14 +124,15 @@ def test_rerun_is_cached_and_worse_models_are_not_pushed(demo_run):
   assert 'value_threshold' in too_low and 'change_threshold' not in too_low
 
   # Nothing new was pushed after the first run's model, which still serves.
-  assert _versions(config.serving_dir)[: len(pushed_before)] == pushed_before
-  newest = os.path.join(config.serving_dir, _versions(config.serving_dir)[-1])
+  served = atomic_pusher.pushed_versions(config.serving_dir)
+  assert served[: len(pushed_before)] == pushed_before
+  newest = os.path.join(config.serving_dir, served[-1])
   eval_examples = helpers.split_examples(config.pipeline_root, 'eval')
   assert helpers.accuracy(newest, config.data_root, eval_examples) == (
     helpers.accuracy(first.pushed_to, config.data_root, eval_examples)
   )
   print(
-    f'serving versions: {_versions(config.serving_dir)}; rerun took '
+    f'serving versions: {served}; rerun took '
     f'{rerun.seconds:.0f} s with {rerun.components}'
   )
 
