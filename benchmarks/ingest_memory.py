@@ -29,21 +29,12 @@ import common
 _INGEST = ('FileBasedExampleGen', 'StatisticsGen', 'SchemaGen', 'Transform')
 
 
-def rss_mib() -> float:
-  """VmRSS of this process, MiB."""
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith('VmRSS:'):
-        return int(line.split()[1]) / 1024
-  return float('nan')
-
-
 def ingest(data_root: str, output_dir: str) -> dict:
   """Runs the four components once (child process); returns sizes, times."""
   import tensorflow as tf
   from pipeline import settings as settings_lib
 
-  rss_after_imports = rss_mib()
+  rss_after_imports, _ = common.process_tree_memory_mib()  # No children yet.
   config = settings_lib.PipelineConfig(
     data_root=data_root, output_dir=output_dir
   )
