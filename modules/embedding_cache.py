@@ -19,6 +19,7 @@ import tempfile
 import time
 from typing import List, Optional
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -144,10 +145,11 @@ def run_cached_phase1(
   layer starts at modules/linear_probe.py's solution (the head's own L2
   penalty and the class weights), and the phase keeps that start when no
   epoch ends with a lower eval loss; the result's `start` says what it
-  scored and whether it was kept. The phase's eval accuracy is the head's
-  on the cached eval embeddings: what the assembled classifier scores on the
-  eval inputs (the same layers; tests/test_embedding_cache.py checks it),
-  without a second backbone pass.
+  scored and whether it was kept. A kept start also gives `refit`: its
+  lambda's solution on the fit and validation parts together. The phase's
+  eval accuracy is the head's on the cached eval embeddings: what the
+  assembled classifier scores on the eval inputs (the same layers;
+  tests/test_embedding_cache.py checks it), without a second backbone pass.
   """
   with strategy.scope():
     model_lib.freeze_backbone(backbone)
@@ -197,6 +199,9 @@ def run_cached_phase1(
     )
     if start:
       start.pop('weights', None)
+      refit = start.pop('refit', None)
+      if start.get('kept'):
+        result['refit'] = refit  # Exported only if phase 1 is (trainer.py).
       result['start'] = start
     return result
 
@@ -204,23 +209,43 @@ def run_cached_phase1(
 def _start_from_closed_form(
   head, strategy, train_cache, eval_cache, learning_rate, class_weight
 ) -> dict:
-  """Loads linear_probe.fit's solution into the head's dense layer.
+  """Loads linear_probe.fit_by_validation's solution into the dense layer.
+
+  The grid is linear_probe.WEIGHT_DECAYS and the head's own L2 penalty, if
+  any.
 
   Returns:
-    `method`, `seconds`, and the start's eval `loss` and `accuracy` with its
-    `weights`; or `skipped` (why) when the embeddings do not fit in memory.
+    `method`, `seconds`, the chosen `weight_decay` with the grid's
+    `validation_losses`, and the start's eval `loss` and `accuracy` with its
+    `weights`, and `refit`: the same lambda's solution on the fit and the
+    validation parts together; or `skipped` (why) when the embeddings do not
+    fit in memory.
   """
   started = time.time()
   try:
-    embeddings, labels = linear_probe.load(train_cache)
+    fit_part = linear_probe.load(train_cache)
+    validation = linear_probe.load(eval_cache)
   except MemoryError as error:
     print(f'[trainer] phase1: no closed-form start: {error}', flush=True)
     return {'method': 'logistic_regression', 'skipped': str(error)}
   dense = head.get_layer(model_lib.LOGITS)
   regularizer = dense.kernel_regularizer
-  weight_decay = float(regularizer.l2) if regularizer is not None else 0.0
-  kernel, bias = linear_probe.fit(
-    embeddings, labels, dense.units, weight_decay, class_weight
+  own_weight_decay = float(regularizer.l2) if regularizer is not None else 0.0
+  chosen = linear_probe.fit_by_validation(
+    fit_part,
+    validation,
+    dense.units,
+    linear_probe.WEIGHT_DECAYS
+    + ((own_weight_decay,) if own_weight_decay else ()),
+    class_weight,
+  )
+  kernel, bias = chosen['kernel'], chosen['bias']
+  refit = linear_probe.fit(
+    *(np.concatenate(parts) for parts in zip(fit_part, validation)),
+    dense.units,
+    chosen['weight_decay'],
+    class_weight,
+    initial=(kernel, bias),
   )
   with strategy.scope():
     dense.kernel.assign(kernel)
@@ -230,17 +255,23 @@ def _start_from_closed_form(
   seconds = time.time() - started
   print(
     f'[trainer] phase1: closed-form start (logistic regression, L2 '
-    f'{weight_decay:g}, {len(labels)} examples) in {seconds:.1f} s: eval '
-    f'accuracy {accuracy:.4f} (loss {loss:.4f})',
+    f'{chosen["weight_decay"]:g} chosen by validation loss from '
+    f'{sorted(chosen["validation_losses"])}, {len(fit_part[1])} examples) '
+    f'in {seconds:.1f} s: eval accuracy {accuracy:.4f} (loss {loss:.4f})',
     flush=True,
   )
   return {
     'method': 'logistic_regression',
-    'weight_decay': weight_decay,
+    'weight_decay': chosen['weight_decay'],
+    'validation_losses': {
+      f'{decay:g}': round(value, 6)
+      for decay, value in chosen['validation_losses'].items()
+    },
     'seconds': round(seconds, 3),
     'loss': float(loss),
     'accuracy': float(accuracy),
     'weights': (kernel, bias),
+    'refit': refit,
   }
 
 

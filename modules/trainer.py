@@ -398,7 +398,13 @@ class _Candidates:
     return result
 
   def restore_best(self, results: Dict[str, dict]) -> None:
-    """Marks the chosen phase; loads its weights unless it was the last."""
+    """Marks the chosen phase; loads its weights unless it was the last.
+
+    When that is phase 1 and phase 1 kept its closed-form start, the start
+    refitted on the fit and validation parts (its `refit`) is loaded
+    instead: the choices are made, and the refit learns from every train
+    example, as a linear probe on the whole train split does.
+    """
     for name, result in results.items():
       result['chosen'] = name == self.best
     if self.best != list(results)[-1]:
@@ -409,6 +415,23 @@ class _Candidates:
       f'[trainer] exported: {self.best} (validation accuracy '
       f'{self.best_score[0]:.4f}, loss {-self.best_score[1]:.4f}; the '
       f'best of {list(results)})',
+      flush=True,
+    )
+    refit = results['phase1'].pop('refit', None)
+    if refit is not None and self.best == 'phase1':
+      self._export_refit(results['phase1'], refit)
+
+  def _export_refit(self, phase1: dict, refit) -> None:
+    """Loads the closed-form start refitted on fit + validation."""
+    dense = self.classifier.get_layer(model_lib.LOGITS)
+    with self.strategy.scope():
+      dense.kernel.assign(refit[0])
+      dense.bias.assign(refit[1])
+    phase1['start']['refit_exported'] = True
+    print(
+      '[trainer] phase1 is its closed-form start: exported refitted with '
+      f'its L2 {phase1["start"]["weight_decay"]:g} on the fit and validation '
+      'parts together',
       flush=True,
     )
 

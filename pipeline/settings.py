@@ -618,7 +618,8 @@ class TrainerConfig(_Section):
     1e-4,
     check=lambda v: v >= 0,
     requirement='a number >= 0',
-    help="L2 penalty on the head's kernel (the start and every phase).",
+    help="L2 penalty on the head's kernel in every phase; one of the "
+    "closed-form start's candidates.",
   )
   validation_fraction: float = setting(
     0.2,

@@ -9,10 +9,12 @@ through the real pipeline, with the Tuner.
 
 import numpy as np
 import pytest
+from scipy import special
 from sklearn import linear_model
 import tensorflow as tf
 import tf_keras as keras
 
+from modules import embedding_cache
 from modules import linear_probe
 from modules import model as model_lib
 from modules import trainer
@@ -91,3 +93,71 @@ def test_a_fine_tuning_phase_that_hurts_is_not_exported():
   assert loss == pytest.approx(phase1['validation_loss'], rel=1e-4)
   _, eval_accuracy = classifier.evaluate(datasets.eval, verbose=0)
   assert eval_accuracy == pytest.approx(phase1['eval_accuracy'], abs=1e-6)
+
+
+def test_the_start_keeps_the_l2_with_the_lowest_validation_loss():
+  rng = np.random.default_rng(1)
+
+  def part(n):
+    labels = rng.integers(0, 3, n)
+    return rng.normal(size=(n, 20)) + labels[:, None] * 0.3, labels
+
+  fit_part, validation = part(60), part(60)
+  chosen = linear_probe.fit_by_validation(fit_part, validation, 3)
+  losses = {
+    weight_decay: linear_probe.cross_entropy(
+      *linear_probe.fit(*fit_part, 3, weight_decay), *validation
+    )
+    for weight_decay in linear_probe.WEIGHT_DECAYS
+  }
+  print('validation cross-entropy by lambda:', losses)
+  assert chosen['weight_decay'] == min(losses, key=losses.get)
+  for weight_decay, loss in losses.items():
+    assert chosen['validation_losses'][weight_decay] == pytest.approx(
+      loss, rel=1e-4
+    )
+
+
+def test_a_kept_start_is_exported_refitted_on_fit_and_validation():
+  keras.utils.set_random_seed(0)
+  backbone = tiny._tiny_backbone()
+  classifier = model_lib.build_classifier(backbone, tiny.IMAGE_SIZE, 3, 0.0)
+  # Phase 1's epochs at a learning rate that only makes the head worse: the
+  # closed-form start is kept, and phase 1 is the only candidate.
+  config = settings_lib.TrainerConfig.from_dict(
+    {
+      'phase1_epochs': 2,
+      'phase1_learning_rate': 10.0,
+      'batch_size': 8,
+      'phase2_epochs': 0,
+    }
+  )
+  datasets = trainer.Datasets(
+    tiny._images(64, num_classes=3), tiny._images(48, seed=1, num_classes=3)
+  )
+  results = trainer.train_phases(
+    classifier, backbone, tf.distribute.get_strategy(), datasets, config
+  )
+
+  start = results['phase1']['start']
+  assert start['kept'] and start['refit_exported']
+  assert 'refit' not in results['phase1']
+  embedder = embedding_cache.embedding_model(classifier)
+  fit_part, validation = (
+    linear_probe.load(
+      (embedder(inputs, training=False), labels) for inputs, labels in data
+    )
+    for data in (datasets.train, datasets.validation)
+  )
+  kernel, bias = linear_probe.fit(
+    np.concatenate([fit_part[0], validation[0]]),
+    np.concatenate([fit_part[1], validation[1]]),
+    3,
+    start['weight_decay'],
+  )
+  exported = classifier.predict(datasets.validation, verbose=0)
+  np.testing.assert_allclose(
+    special.softmax(exported, axis=1),
+    special.softmax(validation[0] @ kernel + bias, axis=1),
+    atol=1e-3,
+  )
