@@ -230,7 +230,10 @@ def _start_from_closed_form(
     return {'method': 'logistic_regression', 'skipped': str(error)}
   dense = head.get_layer(model_lib.LOGITS)
   regularizer = dense.kernel_regularizer
-  own_weight_decay = float(regularizer.l2) if regularizer is not None else 0.0
+  # Keras keeps it as a float32: 1e-4 reads back as 9.9999997e-05.
+  own_weight_decay = (
+    float(f'{regularizer.l2:.6g}') if regularizer is not None else 0.0
+  )
   chosen = linear_probe.fit_by_validation(
     fit_part,
     validation,
