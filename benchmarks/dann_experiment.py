@@ -18,7 +18,7 @@ MirroredStrategy as run_fn) runs the cached phase 1 on the source images;
 its weights are then copied into both arms, which run the same fine-tuning
 phase (top 20 backbone layers, BatchNorm frozen, same epochs, learning rate
 and seed):
-  * plain: modules/model.py run_phase on the source images;
+  * plain: modules/phases.py run_phase on the source images;
   * dann_wW: modules/domain_adaptation.py run_adapted_phase on the source
     images plus the unlabelled target folder, with domain loss weight W (the
     default 0.1, and 1.0) and the other settings' defaults (ganin schedule,
@@ -43,6 +43,7 @@ from modules import backbones
 from modules import domain_adaptation
 from modules import embedding_cache
 from modules import model as model_lib
+from modules import phases
 from pipeline import settings as settings_lib
 
 _CONFIG = settings_lib.TrainerConfig()  # The demo's defaults.
@@ -98,12 +99,16 @@ def run_seed(seed, args, data, target_root, strategy):
     classifier = model_lib.build_classifier(
       backbone, common.IMAGE_SIZE, len(data['class_names']), _CONFIG.dropout
     )
-  embedding_cache.run_cached_phase1(
+  context = phases.PhaseContext(
     classifier,
-    backbone,
+    [backbone],
     strategy,
     data['train'],
     data['source_eval'],
+    phases.FitOptions(),
+  )
+  embedding_cache.run_cached_phase1(
+    context,
     _CONFIG.phase1_epochs,
     _CONFIG.phase1_learning_rate,
     batch,
@@ -121,13 +126,9 @@ def run_seed(seed, args, data, target_root, strategy):
     common.set_seed(seed)
     with common.Timer() as timer:
       if weight is None:
-        model_lib.run_phase(
+        phases.run_phase(
+          context,
           'phase2',
-          classifier,
-          backbone,
-          strategy,
-          data['train'],
-          data['source_eval'],
           args.phase2_epochs,
           _CONFIG.phase2_learning_rate,
           _CONFIG.fine_tune_layers,
@@ -137,12 +138,8 @@ def run_seed(seed, args, data, target_root, strategy):
           target_data_root=target_root, weight=weight
         )
         result = domain_adaptation.run_adapted_phase(
+          context,
           'phase2',
-          classifier,
-          backbone,
-          strategy,
-          data['train'],
-          data['source_eval'],
           args.phase2_epochs,
           _CONFIG.phase2_learning_rate,
           _CONFIG.fine_tune_layers,

@@ -5,7 +5,7 @@ weights, 96 px unless --image-size, the demo's batch and learning rate) for
 the same epochs on the pipeline's train split of the demo data (--scale K: K
 re-encoded versions of each image), validate on its eval split every epoch,
 then evaluate once more:
-  * exact: modules.model.run_phase('phase1', fine_tune_layers=0), i.e. the
+  * exact: modules.phases.run_phase('phase1', fine_tune_layers=0), i.e. the
     frozen backbone inside the model, `fit` on images every epoch, then the
     classifier evaluated on the eval images;
   * cached: modules.embedding_cache.run_cached_phase1 (one backbone pass per
@@ -38,6 +38,7 @@ import tf_keras as keras
 from modules import backbones
 from modules import embedding_cache
 from modules import model as model_lib
+from modules import phases
 from pipeline import settings as settings_lib
 
 _CONFIG = (
@@ -93,21 +94,27 @@ def run_side(
     classifier = model_lib.build_classifier(
       backbone, image_size, len(class_names), _CONFIG.dropout
     )
-  data = (classifier, backbone, strategy, *datasets)
   clock = _Clock()
+  context = phases.PhaseContext(
+    classifier,
+    [backbone],
+    strategy,
+    *datasets,
+    phases.FitOptions(),
+    callbacks=[clock],
+  )
   start = time.perf_counter()
   if side == 'exact':
-    result = model_lib.run_phase(
-      'phase1', *data, epochs, _CONFIG.phase1_learning_rate, 0, [clock]
+    result = phases.run_phase(
+      context, 'phase1', epochs, _CONFIG.phase1_learning_rate, 0
     )
   else:
     result = embedding_cache.run_cached_phase1(
-      *data,
+      context,
       epochs,
       _CONFIG.phase1_learning_rate,
       _CONFIG.batch_size,
       seed,
-      [clock],
     )
   end, times = time.perf_counter(), clock.times
   run = {

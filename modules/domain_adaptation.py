@@ -50,6 +50,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from modules import model as model_lib
+from modules import phases
 from modules import preprocessing
 from pipeline import settings as settings_lib
 
@@ -334,33 +335,26 @@ class ReversalSchedule(keras.callbacks.Callback):
 
 
 def run_adapted_phase(
+  context: phases.PhaseContext,
   name: str,
-  model: keras.Model,
-  backbone: model_lib.Towers,
-  strategy: tf.distribute.Strategy,
-  train_dataset: tf.data.Dataset,
-  eval_dataset: tf.data.Dataset,
   epochs: int,
   learning_rate: float,
-  fine_tune_layers,
-  callbacks: Optional[list] = None,
-  options: Optional[model_lib.FitOptions] = None,
+  fine_tune_layers: phases.FineTuneLayers,
   *,
   settings: settings_lib.DomainAdaptationConfig,
   image_size: int,
   batch_size: int,
   seed: int,
 ) -> dict:
-  """model_lib.run_phase for a fine-tuning phase, trained with DANN.
+  """phases.run_phase for a fine-tuning phase, trained with DANN.
 
-  The arguments up to `options` are run_phase's; `model` must be an image
-  classifier (build_classifier) with one backbone, of which the phase must
-  unfreeze some layers (DANN adapts them).
+  The arguments up to `fine_tune_layers` are run_phase's; `context.model`
+  must be an image classifier (build_classifier) with one backbone, of which
+  the phase must unfreeze some layers (DANN adapts them).
 
   Args:
-    name, model, backbone, strategy, train_dataset, eval_dataset, epochs,
-      learning_rate, fine_tune_layers, callbacks, options: as run_phase's;
-      train_dataset holds the labelled source batches.
+    context, name, epochs, learning_rate, fine_tune_layers: as run_phase's;
+      context.train holds the labelled source batches.
     settings: the checked domain_adaptation settings.
     image_size: the Transform's image size, for the target images.
     batch_size: global batch size of the target batches (as the source's).
@@ -370,7 +364,7 @@ def run_adapted_phase(
     run_phase's result plus `domain_adaptation`: the settings and the number
     of target images.
   """
-  towers = model_lib.as_list(backbone)
+  model, towers, strategy = context.model, context.towers, context.strategy
   if (
     len(towers) != 1
     or len(model.inputs) != 1
@@ -391,7 +385,7 @@ def run_adapted_phase(
         f'({setting!r}), so the reversed domain gradient would '
         'train nothing; unfreeze some layers.'
       )
-  options = options or model_lib.FitOptions()
+  options = context.options
   with strategy.scope():
     dann = DannModel(
       model,
@@ -406,18 +400,15 @@ def run_adapted_phase(
   target = target_dataset(
     settings.target_data_root, image_size, batch_size, seed
   )
-  result = model_lib.run_phase(
-    name,
-    dann,
-    backbone,
-    strategy,
-    adaptation_dataset(train_dataset, target, options.steps_per_epoch),
-    eval_dataset,
-    epochs,
-    learning_rate,
-    fine_tune_layers,
-    list(callbacks or []) + schedule,
-    dataclasses.replace(options, class_weight=None),
+  adapted = dataclasses.replace(
+    context,
+    model=dann,
+    train=adaptation_dataset(context.train, target, options.steps_per_epoch),
+    callbacks=list(context.callbacks) + schedule,
+    options=dataclasses.replace(options, class_weight=None),
+  )
+  result = phases.run_phase(
+    adapted, name, epochs, learning_rate, fine_tune_layers
   )
   result['domain_adaptation'] = {
     **dataclasses.asdict(settings),
@@ -434,12 +425,12 @@ def fine_tuning_runner(config, strategy: tf.distribute.Strategy):
     strategy: the training strategy (for the global batch size).
 
   Returns:
-    model_lib.run_phase when `config.domain_adaptation` is empty, else
+    phases.run_phase when `config.domain_adaptation` is empty, else
     run_adapted_phase with the settings bound (same call signature).
   """
   settings = config.domain_adaptation
   if settings is None:
-    return model_lib.run_phase
+    return phases.run_phase
   return functools.partial(
     run_adapted_phase,
     settings=settings,

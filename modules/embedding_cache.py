@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 import time
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +25,7 @@ import tf_keras as keras
 
 from modules import linear_probe
 from modules import model as model_lib
+from modules import phases
 
 _EMBEDDINGS, _LABELS = 'embeddings', 'labels'
 
@@ -125,20 +126,14 @@ def read_embeddings(
 
 
 def run_cached_phase1(
-  model: keras.Model,
-  backbone: model_lib.Towers,
-  strategy: tf.distribute.Strategy,
-  train_dataset: tf.data.Dataset,
-  eval_dataset: tf.data.Dataset,
+  context: phases.PhaseContext,
   epochs: int,
   learning_rate: float,
   batch_size: int,
   seed: int,
-  callbacks=None,
-  options: Optional[model_lib.FitOptions] = None,
   closed_form_start: bool = False,
 ) -> dict:
-  """Phase 1 with the embedding cache; returns what model_lib.run_phase does.
+  """Phase 1 with the embedding cache; returns what phases.run_phase does.
 
   `options` (schedule, early stopping, class weights) apply to the head's fit
   as they would to the plain path's. With `closed_form_start`, the dense
@@ -151,16 +146,22 @@ def run_cached_phase1(
   assembled classifier scores on the eval inputs (the same layers;
   tests/test_embedding_cache.py checks it), without a second backbone pass.
   """
+  strategy = context.strategy
   with strategy.scope():
-    model_lib.freeze_backbone(backbone)
-    head = head_model(model)
+    model_lib.freeze_backbone(context.towers)
+    head = head_model(context.model)
   with tempfile.TemporaryDirectory(prefix='phase1_embeddings_') as cache_dir:
     train_cache, eval_cache, train_count = _cache_embeddings(
-      model, strategy, train_dataset, eval_dataset, batch_size, seed, cache_dir
+      context.model,
+      strategy,
+      context.train,
+      context.validation,
+      batch_size,
+      seed,
+      cache_dir,
     )
     options = dataclasses.replace(
-      options or model_lib.FitOptions(),
-      steps_per_epoch=math.ceil(train_count / batch_size),
+      context.options, steps_per_epoch=math.ceil(train_count / batch_size)
     )
     start = (
       _start_from_closed_form(
@@ -174,28 +175,20 @@ def run_cached_phase1(
       if closed_form_start and epochs > 0
       else None
     )
-    fitted = model_lib.fit_phase(
-      'phase1',
-      head,
-      strategy,
-      train_cache,
-      eval_cache,
-      epochs,
-      learning_rate,
-      callbacks,
-      options,
+    # The head has no backbone: it fits on the cached embeddings.
+    cached = dataclasses.replace(
+      context,
+      model=head,
+      towers=[],
+      train=train_cache,
+      validation=eval_cache,
+      options=options,
     )
+    fitted = phases.fit_phase(cached, 'phase1', epochs, learning_rate)
     if start and 'loss' in start:
       _keep_start_if_better(head, strategy, eval_cache, start)
-    result = model_lib.evaluate_phase(
-      'phase1',
-      head,
-      eval_cache,
-      epochs,
-      learning_rate,
-      fitted['history'],
-      [],
-      fitted['early_stopping'],
+    result = phases.evaluate_phase(
+      cached, 'phase1', epochs, learning_rate, fitted, []
     )
     if start:
       start.pop('weights', None)

@@ -2,7 +2,7 @@
 
 Reads the raw examples (encoded image bytes, raw text or both), applies the
 transform graph on the fly in a parallel tf.data pipeline, trains under
-MirroredStrategy in phases (modules/model.py: feature extraction, then one
+MirroredStrategy in phases (modules/phases.py: feature extraction, then one
 or several fine-tuning phases) and exports a SavedModel
 whose signatures are
   * `serving_default`: raw inputs -> class names + probabilities. The inputs
@@ -35,6 +35,7 @@ from modules import domain_adaptation
 from modules import embedding_cache
 from modules import features
 from modules import model as model_lib
+from modules import phases
 from modules import preprocessing
 from modules import serving
 from pipeline import settings as settings_lib
@@ -295,55 +296,48 @@ class Datasets:
 
 
 def train_phases(
-  classifier: keras.Model,
-  backbone: model_lib.Towers,
-  strategy: tf.distribute.Strategy,
-  datasets: Datasets,
+  context: phases.PhaseContext,
   config: settings_lib.TrainerConfig,
-  callbacks: Optional[list] = None,
-  options: Optional[model_lib.FitOptions] = None,
+  eval_dataset: Optional[tf.data.Dataset] = None,
 ) -> Dict[str, dict]:
   """Feature extraction, then the fine-tuning phase(s); results in order.
 
   The keys are 'phase1', 'phase2', ... (config.fine_tuning_phases()). Each
   tower unfreezes what its phase says for its kind (image or text). Each
   phase's result holds its `validation_accuracy` and `validation_loss`
-  (and with `datasets.eval`, `eval_accuracy` and `eval_loss`); `chosen` is
+  (and with `eval_dataset`, `eval_accuracy` and `eval_loss`); `chosen` is
   True for the one phase whose weights the classifier ends with: the best
   on validation (accuracy, then loss; the earlier phase on a tie), so a
-  fine-tuning phase that hurts is not exported. `options` default to the
-  config's schedule and early stopping, with no class weights.
+  fine-tuning phase that hurts is not exported. Phase 1 stops early after
+  `config.phase1_patience`; the others after `context.options`' patience.
   """
-  options = options or model_lib.FitOptions.from_config(config)
-  towers = model_lib.as_list(backbone)
-  data = (classifier, towers, strategy, datasets.train, datasets.validation)
-  phase1_options = dataclasses.replace(
-    options, early_stopping_patience=config.phase1_patience
+  classifier, strategy = context.model, context.strategy
+  phase1_context = dataclasses.replace(
+    context,
+    options=dataclasses.replace(
+      context.options, early_stopping_patience=config.phase1_patience
+    ),
   )
   cache = phase1_cache_use(config)
   if cache == 'used':
     phase1 = embedding_cache.run_cached_phase1(
-      *data,
+      phase1_context,
       config.phase1_epochs,
       config.phase1_learning_rate,
       config.batch_size * strategy.num_replicas_in_sync,
       config.seed,
-      callbacks,
-      phase1_options,
       closed_form_start=config.phase1_start == 'logistic_regression',
     )
   else:
     logging.info('phase1 without the embedding cache: %s', cache)
-    phase1 = model_lib.run_phase(
+    phase1 = phases.run_phase(
+      phase1_context,
       'phase1',
-      *data,
       config.phase1_epochs,
       config.phase1_learning_rate,
       0,
-      callbacks,
-      phase1_options,
     )
-  candidates = _Candidates(classifier, strategy, datasets.eval)
+  candidates = _Candidates(classifier, strategy, eval_dataset)
   results = {
     'phase1': candidates.add('phase1', {**phase1, 'embedding_cache': cache})
   }
@@ -352,13 +346,11 @@ def train_phases(
     results[phase.name] = candidates.add(
       phase.name,
       fine_tune(
+        context,
         phase.name,
-        *data,
         phase.epochs,
         phase.learning_rate,
-        phase.tower_settings(towers),
-        callbacks,
-        options,
+        phase.tower_settings(context.towers),
       ),
     )
   candidates.restore_best(results)
@@ -610,7 +602,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
       fn_args.eval_files, tf_transform_output, global_batch, shuffle=False
     ),
   )
-  options = model_lib.FitOptions.from_config(
+  options = phases.FitOptions.from_config(
     config,
     class_weight=class_weights(config.class_weights, names, counts[FIT]),
     steps_per_epoch=math.ceil(int(counts[FIT].sum()) / global_batch),
@@ -621,15 +613,16 @@ def run_fn(fn_args: tfx.components.FnArgs):
     tensorboard = keras.callbacks.TensorBoard(
       log_dir=fn_args.model_run_dir, update_freq='epoch'
     )
-    results = train_phases(
+    context = phases.PhaseContext(
       classifier,
       towers,
       strategy,
-      datasets,
-      config,
+      datasets.train,
+      datasets.validation,
+      options,
       callbacks=[tensorboard],
-      options=options,
     )
+    results = train_phases(context, config, datasets.eval)
     signatures = make_serving_signatures(
       classifier,
       tf_transform_output,

@@ -28,6 +28,7 @@ from tfx import v1 as tfx
 from modules import embedding_cache
 from modules import linear_probe
 from modules import model as model_lib
+from modules import phases
 from modules import trainer
 from pipeline import settings as settings_lib
 
@@ -80,19 +81,20 @@ class HeadSearch(keras_tuner.RandomSearch):
       ).batch(batch_size)
       for part in (trainer.FIT, trainer.VALIDATION)
     }
-    result = embedding_cache.run_cached_phase1(
+    context = phases.PhaseContext(
       head,
       [],
       tf.distribute.get_strategy(),
       data[trainer.FIT],
       data[trainer.VALIDATION],
+      phases.FitOptions(early_stopping_patience=self.config.phase1_patience),
+    )
+    result = embedding_cache.run_cached_phase1(
+      context,
       self.config.phase1_epochs,
       learning_rate,
       batch_size,
       self.config.seed,
-      options=model_lib.FitOptions(
-        early_stopping_patience=self.config.phase1_patience
-      ),
       closed_form_start=self.config.phase1_start == 'logistic_regression',
     )
     # run_cached_phase1 names its second dataset's metrics eval_*.

@@ -207,7 +207,7 @@ def _run(args) -> int:
   except (TypeError, ValueError) as e:
     return _error(str(e))
   from components import data_validator
-  from modules import model as model_lib
+  from modules import phases
   from pipeline import local_runner
   from pipeline import report as report_lib
 
@@ -226,7 +226,7 @@ def _run(args) -> int:
   except (ValueError, local_runner.OutputDirBusyError) as e:
     # Bad input data (raised by components), or another run in output_dir.
     return _error(str(e))
-  except model_lib.TrainingDivergedError as e:
+  except phases.TrainingDivergedError as e:
     print(
       f'{e}\nNot blessed: training diverged, nothing was pushed; the '
       'previous model stays.',

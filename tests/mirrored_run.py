@@ -17,24 +17,25 @@ tf.config.set_logical_device_configuration(
   cpu, [tf.config.LogicalDeviceConfiguration()] * 2
 )
 
-import tf_keras
 import helpers
 from modules import embedding_cache
-from modules import model as model_lib
+from modules import phases
 
 checks = []
 
 
 def _checked(phase_fn, name_of):
-  """Wraps a phase function to record the head kernel's per-replica copies."""
+  """Wraps a phase function to record the head kernel's per-replica copies.
 
-  def wrapper(*args, **kwargs):
+  `name_of` reads the phase's name from the arguments after the context.
+  """
+
+  def wrapper(context, *args, **kwargs):
     name = name_of(args)
-    model = next(a for a in args if isinstance(a, tf_keras.Model))
-    strategy = next(a for a in args if isinstance(a, tf.distribute.Strategy))
-    kernel = model.get_layer('logits').kernel
+    strategy = context.strategy
+    kernel = context.model.get_layer('logits').kernel
     before = [v.numpy().copy() for v in kernel.values]
-    result = phase_fn(*args, **kwargs)
+    result = phase_fn(context, *args, **kwargs)
     after = [v.numpy() for v in kernel.values]
     checks.append(
       {
@@ -50,11 +51,11 @@ def _checked(phase_fn, name_of):
   return wrapper
 
 
-# Phase 1 runs on cached embeddings, phase 2 through model.run_phase.
+# Phase 1 runs on cached embeddings, phase 2 through phases.run_phase.
 embedding_cache.run_cached_phase1 = _checked(
   embedding_cache.run_cached_phase1, lambda args: 'phase1'
 )
-model_lib.run_phase = _checked(model_lib.run_phase, lambda args: args[0])
+phases.run_phase = _checked(phases.run_phase, lambda args: args[0])
 serving_dir = helpers.train_directly(
   sys.argv[1],
   sys.argv[2],

@@ -2,7 +2,7 @@
 
 Each Keras Applications backbone in `backbones.ZOO` is built with random
 weights at its minimum input size through the Trainer's own code
-(`trainer.build_model`, `model.run_phase`, `trainer.make_dataset` on GZIP'd
+(`trainer.build_model`, `phases.run_phase`, `trainer.make_dataset` on GZIP'd
 tf.Examples, a real tf.Transform graph from `preprocessing.preprocessing_fn`),
 checks its parameter count against the listing, trains one fine-tuning
 step (which must move the head and the top `fine_tune_layers` and nothing
@@ -47,6 +47,7 @@ import tf_keras as keras
 from modules import backbones
 from modules import features
 from modules import model as model_lib
+from modules import phases
 from modules import preprocessing
 from modules import trainer
 from pipeline import settings as settings_lib
@@ -185,13 +186,11 @@ def test_backbone_builds_trains_and_serves(
     [pattern], tf_transform_output, batch_size=len(rows), shuffle=False
   )
   before = _snapshot(classifier.layers)
-  result = model_lib.run_phase(
+  result = phases.run_phase(
+    phases.PhaseContext(
+      classifier, [backbone], strategy, dataset, dataset, phases.FitOptions()
+    ),
     'phase2',
-    classifier,
-    backbone,
-    strategy,
-    dataset,
-    dataset,
     epochs=1,
     learning_rate=1e-3,
     fine_tune_layers=config.fine_tune_layers,
@@ -326,13 +325,16 @@ def test_local_saved_model_feature_extractor_end_to_end(
   )
   logits = classifier.get_layer(model_lib.LOGITS)
   before = [w.numpy().copy() for w in logits.weights]
-  model_lib.run_phase(
+  phases.run_phase(
+    phases.PhaseContext(
+      classifier,
+      [backbone],
+      tf.distribute.get_strategy(),
+      dataset,
+      dataset,
+      phases.FitOptions(),
+    ),
     'phase1',
-    classifier,
-    backbone,
-    tf.distribute.get_strategy(),
-    dataset,
-    dataset,
     epochs=1,
     learning_rate=1e-2,
     fine_tune_layers=0,

@@ -28,6 +28,7 @@ import tf_keras as keras
 from modules import backbones
 from modules import domain_adaptation as da
 from modules import model as model_lib
+from modules import phases
 from modules import preprocessing
 from pipeline import settings as settings_lib
 
@@ -214,13 +215,17 @@ def test_adapted_phase_trains_features_and_domain_head_exports_classifier(
   }
   train = labelled(8, seed=8, batch=4)
 
-  result = da.run_adapted_phase(
-    'phase2',
+  context = phases.PhaseContext(
     classifier,
-    backbone,
+    [backbone],
     tf.distribute.get_strategy(),
     train,
     labelled(4, seed=9, batch=4),
+    phases.FitOptions(),
+  )
+  result = da.run_adapted_phase(
+    context,
+    'phase2',
     epochs=2,
     learning_rate=1e-2,
     fine_tune_layers=2,
@@ -273,12 +278,15 @@ def test_adapted_phase_needs_trainable_backbone_layers(tmp_path):
   settings = settings_lib.DomainAdaptationConfig(str(tmp_path))
   with pytest.raises(ValueError, match='unfreezes no backbone layer'):
     da.run_adapted_phase(
+      phases.PhaseContext(
+        classifier,
+        [backbone],
+        tf.distribute.get_strategy(),
+        labelled(4, 0, 4),
+        labelled(4, 0, 4),
+        phases.FitOptions(),
+      ),
       'phase2',
-      classifier,
-      backbone,
-      tf.distribute.get_strategy(),
-      labelled(4, 0, 4),
-      labelled(4, 0, 4),
       1,
       1e-3,
       0,
@@ -373,15 +381,15 @@ def test_trainer_settings_turn_dann_on_for_fine_tuning(tmp_path):
   )
   classifier, backbone = tiny_classifier()
 
-  results = trainer.train_phases(
+  context = phases.PhaseContext(
     classifier,
-    backbone,
+    [backbone],
     tf.distribute.get_strategy(),
-    trainer.Datasets(
-      labelled(8, seed=8, batch=4), labelled(4, seed=9, batch=4)
-    ),
-    config,
+    labelled(8, seed=8, batch=4),
+    labelled(4, seed=9, batch=4),
+    phases.FitOptions.from_config(config),
   )
+  results = trainer.train_phases(context, config)
 
   assert 'domain_adaptation' not in results['phase1']
   assert results['phase2']['domain_adaptation']['target_images'] == 3

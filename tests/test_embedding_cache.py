@@ -22,6 +22,7 @@ import tf_keras as keras
 from modules import backbones
 from modules import embedding_cache
 from modules import model as model_lib
+from modules import phases
 
 IMAGE_SIZE = 32
 
@@ -70,12 +71,16 @@ def test_cached_phase1_trains_the_classifiers_own_head(classifier):
   kernel = model.get_layer('logits').kernel
   backbone_before = [w.numpy().copy() for w in backbone.network.weights]
   kernel_before = kernel.numpy().copy()
-  result = embedding_cache.run_cached_phase1(
+  context = phases.PhaseContext(
     model,
-    backbone,
+    [backbone],
     tf.distribute.get_strategy(),
     _dataset(),
     _dataset(),
+    phases.FitOptions(),
+  )
+  result = embedding_cache.run_cached_phase1(
+    context,
     epochs=8,
     learning_rate=1e-2,
     batch_size=16,

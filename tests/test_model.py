@@ -14,6 +14,7 @@ import tf_keras as keras
 
 from modules import backbones
 from modules import model as model_lib
+from modules import phases
 
 IMAGE_SIZE = 32
 
@@ -54,25 +55,20 @@ def trained_phases():
   bn_layers = [
     l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)
   ]
-  phase1 = model_lib.run_phase(
+  context = phases.PhaseContext(
+    classifier, [backbone], strategy, data, data, phases.FitOptions()
+  )
+  phase1 = phases.run_phase(
+    context,
     'phase1',
-    classifier,
-    backbone,
-    strategy,
-    data,
-    data,
     epochs=2,
     learning_rate=1e-2,
     fine_tune_layers=0,
   )
   snapshots.append(_snapshot(classifier.layers))
-  phase2 = model_lib.run_phase(
+  phase2 = phases.run_phase(
+    context,
     'phase2',
-    classifier,
-    backbone,
-    strategy,
-    data,
-    data,
     epochs=2,
     learning_rate=1e-3,
     fine_tune_layers=12,

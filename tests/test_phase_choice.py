@@ -17,6 +17,7 @@ import tf_keras as keras
 from modules import embedding_cache
 from modules import linear_probe
 from modules import model as model_lib
+from modules import phases
 from modules import trainer
 from pipeline import settings as settings_lib
 import test_training_options as tiny
@@ -73,9 +74,15 @@ def test_a_fine_tuning_phase_that_hurts_is_not_exported():
     tiny._images(64), tiny._images(32, seed=1), tiny._images(32, seed=2)
   )
   strategy = tf.distribute.get_strategy()
-  results = trainer.train_phases(
-    classifier, backbone, strategy, datasets, config
+  context = phases.PhaseContext(
+    classifier,
+    [backbone],
+    strategy,
+    datasets.train,
+    datasets.validation,
+    phases.FitOptions.from_config(config),
   )
+  results = trainer.train_phases(context, config, datasets.eval)
 
   phase1, phase2 = results['phase1'], results['phase2']
   print(
@@ -135,9 +142,15 @@ def test_a_kept_start_is_exported_refitted_on_fit_and_validation():
   datasets = trainer.Datasets(
     tiny._images(64, num_classes=3), tiny._images(48, seed=1, num_classes=3)
   )
-  results = trainer.train_phases(
-    classifier, backbone, tf.distribute.get_strategy(), datasets, config
+  context = phases.PhaseContext(
+    classifier,
+    [backbone],
+    tf.distribute.get_strategy(),
+    datasets.train,
+    datasets.validation,
+    phases.FitOptions.from_config(config),
   )
+  results = trainer.train_phases(context, config)
 
   start = results['phase1']['start']
   assert start['kept'] and start['refit_exported']

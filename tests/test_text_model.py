@@ -19,6 +19,7 @@ from modules import bert
 from modules import embedding_cache
 from modules import features
 from modules import model as model_lib
+from modules import phases
 from modules import tokenization
 
 MAX_LENGTH, IMAGE_SIZE = 8, 32
@@ -139,13 +140,12 @@ def test_text_phases_train_head_then_top_blocks(tiny_bert):
   data = _token_dataset(backbone.vocab)
   strategy = tf.distribute.get_strategy()
   initial = _snapshot(classifier)
-  phase1 = model_lib.run_phase(
-    'phase1', classifier, backbone, strategy, data, data, 3, 1e-2, 0
+  context = phases.PhaseContext(
+    classifier, [backbone], strategy, data, data, phases.FitOptions()
   )
+  phase1 = phases.run_phase(context, 'phase1', 3, 1e-2, 0)
   after1 = _snapshot(classifier)
-  phase2 = model_lib.run_phase(
-    'phase2', classifier, backbone, strategy, data, data, 2, 1e-3, 1
-  )
+  phase2 = phases.run_phase(context, 'phase2', 2, 1e-3, 1)
   after2 = _snapshot(classifier)
 
   head = {w.name for w in classifier.get_layer('logits').weights}
@@ -170,12 +170,11 @@ def test_fusion_per_tower_unfreezing_and_cached_phase1(tiny_bert):
   data = _token_dataset(text.vocab, images=True)
   strategy = tf.distribute.get_strategy()
   initial = _snapshot(classifier)
+  context = phases.PhaseContext(
+    classifier, [image, text], strategy, data, data, phases.FitOptions()
+  )
   phase1 = embedding_cache.run_cached_phase1(
-    classifier,
-    [image, text],
-    strategy,
-    data,
-    data,
+    context,
     epochs=4,
     learning_rate=1e-2,
     batch_size=16,
@@ -189,17 +188,13 @@ def test_fusion_per_tower_unfreezing_and_cached_phase1(tiny_bert):
   )
 
   # Phase 2, text tower only: the image tower stays as it was.
-  phase2 = model_lib.run_phase(
-    'phase2', classifier, [image, text], strategy, data, data, 1, 1e-3, [0, 1]
-  )
+  phase2 = phases.run_phase(context, 'phase2', 1, 1e-3, [0, 1])
   after2 = _snapshot(classifier)
   top_text = {w.name for w in text.network.get_layer('layer_2').weights}
   assert phase2['unfrozen_layers'] == ['layer_2']
   assert _changed(after1, after2) == head | top_text
   # Both towers: the image tower's top conv layers move, BatchNorm does not.
-  phase2 = model_lib.run_phase(
-    'phase2', classifier, [image, text], strategy, data, data, 1, 1e-3, [6, 1]
-  )
+  phase2 = phases.run_phase(context, 'phase2', 1, 1e-3, [6, 1])
   changed = _changed(after2, _snapshot(classifier))
   image_top = {
     w.name
@@ -210,17 +205,7 @@ def test_fusion_per_tower_unfreezing_and_cached_phase1(tiny_bert):
   assert image_top and image_top <= changed
   assert not any('_bn/' in name for name in changed)
   with pytest.raises(ValueError, match='2 backbones'):
-    model_lib.run_phase(
-      'phase2',
-      classifier,
-      [image, text],
-      strategy,
-      data,
-      data,
-      0,
-      1e-3,
-      [1, 1, 1],
-    )
+    phases.run_phase(context, 'phase2', 0, 1e-3, [1, 1, 1])
 
 
 class _HashingEncoder(tf.Module):

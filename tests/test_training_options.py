@@ -25,6 +25,7 @@ import tf_keras as keras
 from modules import augmentation
 from modules import backbones
 from modules import model as model_lib
+from modules import phases
 from modules import schedules
 from modules import trainer
 from pipeline import settings as settings_lib
@@ -101,14 +102,16 @@ def test_progressive_unfreezing_changes_exactly_each_phases_layers():
     }
   )
   recorder = _SnapshotAfterEachFit(classifier)
-  results = trainer.train_phases(
+  context = phases.PhaseContext(
     classifier,
-    backbone,
+    [backbone],
     tf.distribute.get_strategy(),
-    trainer.Datasets(_images(), _images(seed=1)),
-    config,
+    _images(),
+    _images(seed=1),
+    phases.FitOptions.from_config(config),
     callbacks=[recorder],
   )
+  results = trainer.train_phases(context, config)
 
   assert list(results) == ['phase1', 'phase2', 'phase3', 'phase4']
   assert results['phase1']['embedding_cache'] == 'used'
@@ -215,17 +218,15 @@ def test_early_stopping_stops_and_restores_the_best_epoch():
   # Eval labels are the train labels flipped: val_loss rises as training
   # improves, so the best epoch is an early one.
   train, evaluate = _points(64, 0), _points(64, 1, flip_labels=True)
-  fitted = model_lib.fit_phase(
-    'phase1',
+  context = phases.PhaseContext(
     model,
+    [],
     tf.distribute.get_strategy(),
     train,
     evaluate,
-    epochs=20,
-    learning_rate=5e-2,
-    callbacks=None,
-    options=model_lib.FitOptions(early_stopping_patience=2),
+    phases.FitOptions(early_stopping_patience=2),
   )
+  fitted = phases.fit_phase(context, 'phase1', epochs=20, learning_rate=5e-2)
   val_loss = fitted['history']['val_loss']
   stopping = fitted['early_stopping']
   assert stopping['stopped_early'] and stopping['epochs_run'] < 20
@@ -262,17 +263,15 @@ def test_class_weights_weight_the_training_loss():
   )(labels, model(points))
   sample_weights = tf.gather([weight[0], weight[1]], labels)
   expected = float(tf.reduce_sum(per_example * sample_weights)) / 16
-  fitted = model_lib.fit_phase(
-    'phase1',
+  context = phases.PhaseContext(
     model,
+    [],
     tf.distribute.get_strategy(),
     dataset,
     dataset,
-    1,
-    1e-3,
-    None,
-    model_lib.FitOptions(class_weight=weight),
+    phases.FitOptions(class_weight=weight),
   )
+  fitted = phases.fit_phase(context, 'phase1', 1, 1e-3)
   # One batch: the epoch's loss is that batch's, before the update.
   assert fitted['history']['loss'][0] == pytest.approx(expected, rel=1e-5)
 
@@ -283,20 +282,22 @@ def test_nan_guard_stops_a_diverging_phase():
   with strategy.scope():
     model = _dense_model()
   with pytest.raises(
-    model_lib.TrainingDivergedError,
+    phases.TrainingDivergedError,
     match=r'phase3: .* epoch 1, batch \d+, learning rate '
     r'1e\+38',
   ):
-    model_lib.fit_phase(
+    phases.fit_phase(
+      phases.PhaseContext(
+        model,
+        [],
+        strategy,
+        _points(256, 0),
+        _points(32, 1),
+        phases.FitOptions(),
+      ),
       'phase3',
-      model,
-      strategy,
-      _points(256, 0),
-      _points(32, 1),
       5,
       1e38,
-      None,
-      model_lib.FitOptions(),
     )
 
 
@@ -380,13 +381,15 @@ def test_mixed_precision_trains_with_float32_outputs(tmp_path):
       backbone = _tiny_backbone()
       classifier = model_lib.build_classifier(backbone, IMAGE_SIZE, 2, 0.0)
     # Phase 1 on cached (float16 -> float32) embeddings, then phase 2.
-    results = trainer.train_phases(
+    context = phases.PhaseContext(
       classifier,
-      backbone,
+      [backbone],
       strategy,
-      trainer.Datasets(_images(), _images(seed=1)),
-      config,
+      _images(),
+      _images(seed=1),
+      phases.FitOptions.from_config(config),
     )
+    results = trainer.train_phases(context, config)
     conv = backbone.network.get_layer('block3_conv')
     assert conv.compute_dtype == 'float16' and conv.kernel.dtype == 'float32'
     assert all(w.dtype == tf.float32 for w in classifier.weights)
