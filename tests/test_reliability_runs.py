@@ -384,7 +384,7 @@ def test_nan_loss_pushes_nothing(interrupted, tmp_path, capsys):
   settings = tmp_path / 'diverging.yaml'
   # Adam at 1e38 overflows the head's weights: the loss is NaN at once.
   settings.write_text(SETTINGS + '  phase1_learning_rate: 1.0e+38\n')
-  # The Trainer's divergence guard (modules/model.py) stops the run: exit 3,
+  # The Trainer's divergence guard (modules/phases.py) stops the run: exit 3,
   # as when the gate holds.
   assert (
     cli.main(['run', '--config', str(settings), '--output-dir', output_dir])
