@@ -262,9 +262,16 @@ def evaluate_phase(
   eval_loss, eval_accuracy = context.model.evaluate(
     context.validation, verbose=0
   )
+  stopping = fitted['early_stopping']
+  trained = (
+    f'after {epochs} epochs'
+    if not stopping
+    else f'with epoch {stopping["best_epoch"]} of {stopping["epochs_run"]} '
+    f'run (cap {epochs})'
+  )
   print(
     f'[trainer] {name}: validation accuracy {eval_accuracy:.4f} '
-    f'(loss {eval_loss:.4f}) after {epochs} epochs',
+    f'(loss {eval_loss:.4f}) {trained}',
     flush=True,
   )
   return {

@@ -365,9 +365,14 @@ def render_markdown(report: Dict[str, Any]) -> str:
       if phase == 'phase1'
       else f'phase {phase[len("phase") :]} (fine-tuning)'
     )
+    stopping = result.get('early_stopping')
+    epochs = (
+      f'{result["epochs"]} epochs'
+      if not stopping
+      else f'epoch {stopping["best_epoch"]} of {stopping["epochs_run"]} run'
+    )
     lines.append(
-      f'| Trainer, after {name}, {result["epochs"]} epochs | '
-      f'{_number(accuracy.get(phase))} |'
+      f'| Trainer, after {name}, {epochs} | {_number(accuracy.get(phase))} |'
     )
   lines += [
     f'| Evaluator (TFMA), this model | {_number(accuracy["eval"])} |',

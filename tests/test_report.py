@@ -132,6 +132,17 @@ def test_markdown_states_the_outcome_and_the_numbers():
     pushed
   )
   assert '| Evaluator (TFMA), latest blessed model | none yet |' in pushed
+  stopped = _report()
+  stopped['training']['phase1']['epochs'] = 100
+  stopped['training']['phase1']['early_stopping'] = {
+    'patience': 10,
+    'stopped_early': True,
+    'epochs_run': 12,
+    'best_epoch': 2,
+  }
+  assert (
+    '| Trainer, after phase 1 (frozen backbone), epoch 2 of 12 run | 0.8500 |'
+  ) in report_lib.render_markdown(stopped)
   assert '| **bag** | 8 | 1 | 1 |' in pushed
   assert '| Trainer | ran | 30.5 |' in pushed
   assert '![training curves](training_curves.png)' in pushed
