@@ -134,7 +134,8 @@ def test_a_kept_start_is_exported_refitted_on_fit_and_validation():
   backbone = tiny._tiny_backbone()
   classifier = model_lib.build_classifier(backbone, tiny.IMAGE_SIZE, 3, 0.0)
   # Phase 1's epochs at a learning rate that only makes the head worse: the
-  # closed-form start is kept, and phase 1 is the only candidate.
+  # closed-form start is kept. Phase 2 runs no epoch and ties, so phase 1 is
+  # exported (the earlier phase on a tie).
   config = settings_lib.TrainerConfig.from_dict(
     {
       'phase1_epochs': 2,
