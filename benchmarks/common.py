@@ -285,6 +285,14 @@ class ComponentMonitor(logging.Filter):
     self._thread.join()
     self._logger.removeFilter(self)
     self._logger.setLevel(self._level)
+    self._finish()
+
+  def _finish(self):
+    # Transform's run leaves no 'finished' record (the next component's
+    # 'running' record, or the run's end, closes it).
+    if self._node:
+      self.components[self._node]['seconds'] = time.time() - self._started
+      self._node = None
 
   def _sample(self):
     while not self._done.wait(self._interval):
@@ -297,11 +305,11 @@ class ComponentMonitor(logging.Filter):
 
   def filter(self, record):
     if record.msg == 'Component %s is running.':
+      self._finish()
       self._node, self._started = record.args[0], time.time()
       self.components[self._node] = {'peak_rss_mib': 0.0, 'peak_pss_mib': 0.0}
     elif record.msg == 'Component %s is finished.':
-      self.components[record.args[0]]['seconds'] = time.time() - self._started
-      self._node = None
+      self._finish()
     return record.levelno >= self._level
 
 
@@ -310,7 +318,9 @@ def run_nodes(
 ) -> dict:
   """Runs `node_ids` of `create_pipeline(config)` (all if None), uncached.
 
-  Returns `seconds` and `components` (ComponentMonitor's figures).
+  The nodes they depend on run too (Transform waits for the data gate's
+  ExampleValidator). Returns `seconds` and `components` (ComponentMonitor's
+  figures).
   """
   from tfx import v1 as tfx
 
@@ -318,10 +328,17 @@ def run_nodes(
 
   nodes = pipeline_lib.create_pipeline(config).components
   if node_ids:
-    nodes = [node for node in nodes if node.id in node_ids]
+    wanted = set(node_ids)
+    upstream = [node for node in nodes if node.id in wanted]
+    while upstream:
+      for up in upstream.pop().upstream_nodes:
+        if up.id not in wanted:
+          wanted.add(up.id)
+          upstream.append(up)
+    nodes = [node for node in nodes if node.id in wanted]
     for node in nodes:  # Detach the downstream nodes not run.
       for down in list(node.downstream_nodes):
-        if down.id not in node_ids:
+        if down.id not in wanted:
           node.remove_downstream_node(down)
   with Timer() as timer, ComponentMonitor(interval) as monitor:
     tfx.orchestration.LocalDagRunner().run(
