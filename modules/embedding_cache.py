@@ -137,8 +137,8 @@ def run_cached_phase1(
 
   `options` (schedule, early stopping, class weights) apply to the head's fit
   as they would to the plain path's. With `closed_form_start`, the dense
-  layer starts at modules/linear_probe.py's solution (the head's own L2
-  penalty and the class weights), and the phase keeps that start when no
+  layer starts at modules/linear_probe.py's solution (its L2 penalty chosen
+  by validation, the class weights), and the phase keeps that start when no
   epoch ends with a lower eval loss; the result's `start` says what it
   scored and whether it was kept. A kept start also gives `refit`: its
   lambda's solution on the fit and validation parts together. The phase's
@@ -194,7 +194,7 @@ def run_cached_phase1(
       start.pop('weights', None)
       refit = start.pop('refit', None)
       if start.get('kept'):
-        result['refit'] = refit  # Exported only if phase 1 is (trainer.py).
+        result['refit'] = refit()  # Exported only if phase 1 is (trainer.py).
       result['start'] = start
     return result
 
@@ -210,9 +210,9 @@ def _start_from_closed_form(
   Returns:
     `method`, `seconds`, the chosen `weight_decay` with the grid's
     `validation_losses`, and the start's eval `loss` and `accuracy` with its
-    `weights`, and `refit`: the same lambda's solution on the fit and the
-    validation parts together; or `skipped` (why) when the embeddings do not
-    fit in memory.
+    `weights`, and `refit`: a function that solves for the same lambda on
+    the fit and the validation parts together (called only for a kept
+    start); or `skipped` (why) when the embeddings do not fit in memory.
   """
   started = time.time()
   try:
@@ -236,13 +236,16 @@ def _start_from_closed_form(
     class_weight,
   )
   kernel, bias = chosen['kernel'], chosen['bias']
-  refit = linear_probe.fit(
-    *(np.concatenate(parts) for parts in zip(fit_part, validation)),
-    dense.units,
-    chosen['weight_decay'],
-    class_weight,
-    initial=(kernel, bias),
-  )
+
+  def refit():
+    return linear_probe.fit(
+      *(np.concatenate(parts) for parts in zip(fit_part, validation)),
+      dense.units,
+      chosen['weight_decay'],
+      class_weight,
+      initial=(kernel, bias),
+    )
+
   with strategy.scope():
     dense.kernel.assign(kernel)
     dense.bias.assign(bias)
