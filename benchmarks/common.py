@@ -7,7 +7,6 @@ the 2-core machine they were measured on is shared.
 """
 
 import gzip
-import logging
 import os
 import posixpath
 import shutil
@@ -256,43 +255,48 @@ def process_tree_memory_mib() -> Tuple[float, float]:
   return rss / 1024, pss / 1024
 
 
-class ComponentMonitor(logging.Filter):
+class ComponentMonitor:
   """Per component: wall time and the process tree's peak RSS and PSS.
 
   `components[node]` holds `seconds`, `peak_rss_mib` and `peak_pss_mib`.
-  Installed on the absl logger, it sees LocalDagRunner's 'Component %s is
-  running/finished.' records and lets through only what the logger would
-  have emitted before. Memory is sampled every `interval` seconds.
+  It wraps TFX's `Launcher.launch`, which LocalDagRunner calls once per node
+  (tfx/orchestration/local/local_dag_runner.py, `run_with_ir`); log records
+  would not do, as none reaches the absl logger after Transform starts.
+  Memory is sampled every `interval` seconds.
   """
 
   def __init__(self, interval: float = 0.25):
-    super().__init__()
-    self.components, self._node, self._started = {}, None, 0.0
+    self.components, self._node = {}, None
     self._interval = interval
-    self._logger = logging.getLogger('absl')
-    self._level = self._logger.getEffectiveLevel()
     self._done = threading.Event()
     self._thread = threading.Thread(target=self._sample, daemon=True)
 
   def __enter__(self):
-    self._logger.addFilter(self)
-    self._logger.setLevel(logging.INFO)
+    from tfx.orchestration.portable import launcher
+
+    self._launch = launcher.Launcher.launch
+    monitor = self
+
+    def launch(node_launcher):
+      node = node_launcher._pipeline_node.node_info.id
+      monitor.components[node] = {'peak_rss_mib': 0.0, 'peak_pss_mib': 0.0}
+      monitor._node, started = node, time.time()
+      try:
+        return monitor._launch(node_launcher)
+      finally:
+        monitor._node = None
+        monitor.components[node]['seconds'] = time.time() - started
+
+    launcher.Launcher.launch = launch
     self._thread.start()
     return self
 
   def __exit__(self, *exc):
+    from tfx.orchestration.portable import launcher
+
+    launcher.Launcher.launch = self._launch
     self._done.set()
     self._thread.join()
-    self._logger.removeFilter(self)
-    self._logger.setLevel(self._level)
-    self._finish()
-
-  def _finish(self):
-    # Transform's run leaves no 'finished' record (the next component's
-    # 'running' record, or the run's end, closes it).
-    if self._node:
-      self.components[self._node]['seconds'] = time.time() - self._started
-      self._node = None
 
   def _sample(self):
     while not self._done.wait(self._interval):
@@ -302,15 +306,6 @@ class ComponentMonitor(logging.Filter):
         entry = self.components[node]
         entry['peak_rss_mib'] = max(entry['peak_rss_mib'], rss)
         entry['peak_pss_mib'] = max(entry['peak_pss_mib'], pss)
-
-  def filter(self, record):
-    if record.msg == 'Component %s is running.':
-      self._finish()
-      self._node, self._started = record.args[0], time.time()
-      self.components[self._node] = {'peak_rss_mib': 0.0, 'peak_pss_mib': 0.0}
-    elif record.msg == 'Component %s is finished.':
-      self._finish()
-    return record.levelno >= self._level
 
 
 def run_nodes(

@@ -16,6 +16,7 @@ import json
 import os
 from typing import Dict, List, Optional
 
+import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.utils import proto_utils
@@ -218,7 +219,11 @@ def create_pipeline(
 
   example_gen = example_gen_component(config, data_root)
   statistics_gen = tfx.components.StatisticsGen(
-    examples=example_gen.outputs['examples']
+    examples=example_gen.outputs['examples'],
+    # TFDV's exact top-k groups by every distinct value, which holds every
+    # image's bytes and every text in memory on local Beam; the sketch is
+    # bounded (Transform's statistics use it already).
+    stats_options=tfdv.StatsOptions(use_sketch_based_topk_uniques=True),
   )
   schema_gen = tfx.components.SchemaGen(
     statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True
