@@ -11,6 +11,9 @@ StatisticsGen's exact top-k (TFDV's top_k_uniques_stats_generator.py,
 `TopKUniquesStatsGenerator.expand`: `ToTopKTuples` then a CombinePerKey keyed
 by (slice, feature, value)) holds one key per distinct value: every image's
 bytes, every text. The pipeline's StatisticsGen must use the sketch instead.
+Transform's own pre- and post-transform statistics (TFDV again, on the raw
+bytes and on the decoded pixels) grew its peak from 1.1 to 1.8 GiB at 10,000
+images: the pipeline's Transform computes none (StatisticsGen has them).
 """
 
 import io
@@ -20,7 +23,9 @@ import apache_beam as beam
 from PIL import Image
 from tfx.types import standard_artifacts
 
+from tfx.components.schema_gen import executor as schema_gen_executor
 from tfx.components.statistics_gen import executor as statistics_gen_executor
+from tfx.components.transform import executor as transform_executor
 
 from components import image_example_gen as ieg
 from pipeline import pipeline as pipeline_lib
@@ -49,6 +54,11 @@ class _RecordingExecutor(ieg.ImageExampleGenExecutor):
 
 
 class _RecordingStatisticsGen(statistics_gen_executor.Executor):
+  def _make_beam_pipeline(self):
+    return _RecordingPipeline(argv=self._beam_pipeline_args)
+
+
+class _RecordingTransform(transform_executor.Executor):
   def _make_beam_pipeline(self):
     return _RecordingPipeline(argv=self._beam_pipeline_args)
 
@@ -93,12 +103,12 @@ def _groups_of_examples(graph) -> list:
 
 
 def _image_folder(data: pathlib.Path) -> None:
-  for label in ('cat', 'dog'):
-    for i in range(6):
+  for green, label in ((90, 'cat'), (160, 'dog')):
+    for i in range(16):
       path = data / label / f'{i}.jpg'
       path.parent.mkdir(parents=True, exist_ok=True)
       buf = io.BytesIO()
-      Image.new('RGB', (8, 8), (i * 40, 90, 7)).save(buf, 'JPEG')
+      Image.new('RGB', (8, 8), (i * 16, green, 7)).save(buf, 'JPEG')
       path.write_bytes(buf.getvalue())
 
 
@@ -124,34 +134,75 @@ def test_examples_are_written_without_a_shuffle(tmp_path):
   assert {p.parent.name for p in written} == {'Split-train', 'Split-eval'}
 
 
-def test_statistics_group_no_feature_values(tmp_path):
-  data = tmp_path / 'data'
-  _image_folder(data)
-  examples = _ingest(tmp_path, data)
+def _pipeline_node(data, tmp_path, node_id):
   config = settings_lib.PipelineConfig(
     data_root=str(data), output_dir=str(tmp_path / 'run')
   )
-  statistics_gen = next(
+  return next(
     node
     for node in pipeline_lib.create_pipeline(config).components
-    if node.id == 'StatisticsGen'
+    if node.id == node_id
   )
+
+
+def _statistics(tmp_path, data, examples):
   statistics = standard_artifacts.ExampleStatistics()
   statistics.uri = str(tmp_path / 'statistics')
+  statistics.split_names = examples.split_names
   _RecordingPipeline.graphs.clear()
   _RecordingStatisticsGen().Do(
     {'examples': [examples]},
     {'statistics': [statistics]},
-    dict(statistics_gen.exec_properties),
+    dict(_pipeline_node(data, tmp_path, 'StatisticsGen').exec_properties),
   )
-  per_value = [
+  return statistics
+
+
+def _names(graphs, suffix: str) -> list:
+  return [
     t.unique_name
-    for graph in _RecordingPipeline.graphs
+    for graph in graphs
     for t in graph.components.transforms.values()
-    if t.unique_name.endswith('ToTopKTuples')
+    if t.unique_name.endswith(suffix)
   ]
-  assert _RecordingPipeline.graphs and per_value == []
+
+
+def test_statistics_group_no_feature_values(tmp_path):
+  data = tmp_path / 'data'
+  _image_folder(data)
+  statistics = _statistics(tmp_path, data, _ingest(tmp_path, data))
+  assert _RecordingPipeline.graphs
+  assert _names(_RecordingPipeline.graphs, 'ToTopKTuples') == []
   assert {p.name for p in pathlib.Path(statistics.uri).iterdir()} == {
     'Split-train',
     'Split-eval',
   }
+
+
+def test_transform_computes_no_statistics(tmp_path):
+  data = tmp_path / 'data'
+  _image_folder(data)
+  examples = _ingest(tmp_path, data)
+  schema = standard_artifacts.Schema()
+  schema.uri = str(tmp_path / 'schema')
+  schema_gen_executor.Executor().Do(
+    {'statistics': [_statistics(tmp_path, data, examples)]},
+    {'schema': [schema]},
+    dict(_pipeline_node(data, tmp_path, 'SchemaGen').exec_properties),
+  )
+  transform = _pipeline_node(data, tmp_path, 'Transform')
+  outputs = {}
+  for key, channel in transform.outputs.items():
+    artifact = channel.type()
+    artifact.uri = str(tmp_path / 'transform' / key)
+    outputs[key] = [artifact]
+  _RecordingPipeline.graphs.clear()
+  _RecordingTransform().Do(
+    {'examples': [examples], 'schema': [schema]},
+    outputs,
+    dict(transform.exec_properties),
+  )
+  assert _RecordingPipeline.graphs
+  assert _names(_RecordingPipeline.graphs, 'GenerateStatistics') == []
+  graph = pathlib.Path(outputs['transform_graph'][0].uri)
+  assert (graph / 'transform_fn' / 'saved_model.pb').exists()
