@@ -246,6 +246,9 @@ def create_pipeline(
     custom_config=transform_config(config),
     # Only the vocabulary is analyzed; images are decoded on the fly.
     materialize=False,
+    # StatisticsGen has the raw data's statistics. Transform's own (of the
+    # raw bytes, and of every decoded image) grew its memory with the data.
+    disable_statistics=True,
     splits_config=tfx.proto.SplitsConfig(analyze=['train', 'eval']),
     **transform_code,
   )
