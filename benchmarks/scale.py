@@ -18,8 +18,9 @@ Three parts, each printing both sides of its comparison:
   whole    the whole pipeline (image_size 96, phase2_epochs 0) at each of
            --sizes (default 5,000 and 20,000).
 
-Each run is its own child process. Per component: wall time, images per
-second, and the peak memory of the whole process tree (the child and every
+Each run is its own child process. Per run: the CPU seconds of the pipeline
+process and of the Beam worker processes it started. Per component: wall
+time, images per second, and the peak memory of the whole process tree (the child and every
 descendant, Beam's worker processes included), sampled every 0.25 s from
 /proc/<pid>/smaps_rollup: `rss` sums each process's RSS (pages shared by
 several processes, such as TensorFlow's libraries, counted once per process)
@@ -33,6 +34,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -142,9 +144,20 @@ def run_child(spec: dict) -> dict:
     trainer=spec.get('trainer', {}),
     **({'beam_pipeline_args': spec['beam']} if spec.get('beam') else {}),
   )
+  figures = common.run_nodes(config, spec.get('nodes'), 'scale')
+  own, children = (
+    resource.getrusage(who)
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+  )
   return {
-    **common.run_nodes(config, spec.get('nodes'), 'scale'),
+    **figures,
     'beam_pipeline_args': config.beam_pipeline_args,
+    # CPU seconds (user + system) of the pipeline process, and of the ended
+    # processes it started (Beam's workers in the multi-process mode).
+    'cpu_seconds': {
+      'pipeline_process': own.ru_utime + own.ru_stime,
+      'worker_processes': children.ru_utime + children.ru_stime,
+    },
   }
 
 
@@ -176,6 +189,8 @@ def measure(name: str, work: str, data_root: str, images: int, **spec) -> dict:
   print(f'# {name}: {result["beam_pipeline_args"]}', flush=True)
   common.metric(f'{name}_images', images)
   common.metric(f'{name}_seconds', result['seconds'])
+  for process, seconds in result['cpu_seconds'].items():
+    common.metric(f'{name}_{process}_cpu_seconds', seconds)
   for node, figures in result['components'].items():
     common.metric(f'{name}_{node}_seconds', figures['seconds'])
     common.metric(
