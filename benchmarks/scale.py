@@ -21,10 +21,11 @@ Three parts, each printing both sides of its comparison:
 Each run is its own child process. Per run: the CPU seconds of the pipeline
 process and of the Beam worker processes it started. Per component: wall
 time, images per second, and the peak memory of the whole process tree (the
-child and every descendant, Beam's worker processes included), sampled every 0.25 s from
-/proc/<pid>/smaps_rollup: `rss` sums each process's RSS (pages shared by
-several processes, such as TensorFlow's libraries, counted once per process)
-and `pss` splits shared pages between them (the tree's real footprint).
+child and every descendant, Beam's worker processes included), sampled every
+0.25 s from /proc/<pid>/smaps_rollup: `rss` sums each process's RSS (pages
+shared by several processes, such as TensorFlow's libraries, counted once
+per process) and `pss` splits shared pages between them (the tree's real
+footprint).
 
   .venv/bin/python benchmarks/scale.py data|workers|whole [--sizes ...]
       [--size N] [--work DIR]
