@@ -198,10 +198,15 @@ def test_a_kept_start_is_exported_refitted_on_fit_and_validation():
     datasets.validation,
     phases.FitOptions.from_config(config),
   )
-  results = trainer.train_phases(context, config)
+  eval_dataset = tiny._images(40, seed=2, num_classes=3)
+  results = trainer.train_phases(context, config, eval_dataset)
 
   start = results['phase1']['start']
   assert start['kept'] and start['refit_exported']
+  # The reported eval figures are the exported model's: the refit's.
+  loss, accuracy = classifier.evaluate(eval_dataset, verbose=0)
+  assert results['phase1']['eval_accuracy'] == pytest.approx(accuracy)
+  assert results['phase1']['eval_loss'] == pytest.approx(loss, rel=1e-5)
   assert 'refit' not in results['phase1']
   embedder = embedding_cache.embedding_model(classifier)
   fit_part, validation = (
