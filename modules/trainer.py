@@ -420,6 +420,10 @@ class _Candidates:
       dense.kernel.assign(refit[0])
       dense.bias.assign(refit[1])
     phase1['start']['refit_exported'] = True
+    if self.eval_dataset is not None:  # The exported model's figures.
+      loss, accuracy = self.classifier.evaluate(self.eval_dataset, verbose=0)
+      phase1['eval_accuracy'] = float(accuracy)
+      phase1['eval_loss'] = float(loss)
     print(
       '[trainer] phase1 is its closed-form start: exported refitted with '
       f'its L2 {phase1["start"]["weight_decay"]:g} on the fit and validation '
