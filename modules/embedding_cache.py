@@ -137,11 +137,11 @@ def run_cached_phase1(
 
   `options` (schedule, early stopping, class weights) apply to the head's fit
   as they would to the plain path's. With `closed_form_start`, the dense
-  layer starts at modules/linear_probe.py's solution (its L2 penalty chosen
-  by validation, the class weights), and the phase keeps that start when no
-  epoch ends with a lower eval loss; the result's `start` says what it
-  scored and whether it was kept. A kept start also gives `refit`: its
-  lambda's solution on the fit and validation parts together. The phase's
+  layer starts at modules/linear_probe.py's solution (its L2 penalty
+  chosen by cross-validation, the class weights), and the phase keeps that
+  start when no epoch ends with a lower eval loss; the result's `start` says
+  what it scored and whether it was kept. A kept start also gives `refit`:
+  its lambda's solution on the fit and validation parts together. The phase's
   eval accuracy is the head's on the cached eval embeddings: what the
   assembled classifier scores on the eval inputs (the same layers;
   tests/test_embedding_cache.py checks it), without a second backbone pass.
@@ -202,17 +202,18 @@ def run_cached_phase1(
 def _start_from_closed_form(
   head, strategy, train_cache, eval_cache, learning_rate, class_weight
 ) -> dict:
-  """Loads linear_probe.fit_by_validation's solution into the dense layer.
+  """Loads linear_probe.fit_by_cross_validation's solution into the dense
+  layer.
 
   The grid is linear_probe.WEIGHT_DECAYS and the head's own L2 penalty, if
   any.
 
   Returns:
     `method`, `seconds`, the chosen `weight_decay` with the grid's
-    `validation_losses`, and the start's eval `loss` and `accuracy` with its
-    `weights`, and `refit`: a function that solves for the same lambda on
-    the fit and the validation parts together (called only for a kept
-    start); or `skipped` (why) when the embeddings do not fit in memory.
+    `cross_validation_losses`, and the start's eval `loss` and `accuracy`
+    with its `weights`, and `refit`: a function that solves for the same
+    lambda on the fit and the validation parts together (called only for a
+    kept start); or `skipped` (why) when the embeddings do not fit in memory.
   """
   started = time.time()
   try:
@@ -227,7 +228,7 @@ def _start_from_closed_form(
   own_weight_decay = (
     float(f'{regularizer.l2:.6g}') if regularizer is not None else 0.0
   )
-  chosen = linear_probe.fit_by_validation(
+  chosen = linear_probe.fit_by_cross_validation(
     fit_part,
     validation,
     dense.units,
@@ -254,17 +255,18 @@ def _start_from_closed_form(
   seconds = time.time() - started
   print(
     f'[trainer] phase1: closed-form start (logistic regression, L2 '
-    f'{chosen["weight_decay"]:g} chosen by validation loss from '
-    f'{sorted(chosen["validation_losses"])}, {len(fit_part[1])} examples) '
+    f'{chosen["weight_decay"]:g} chosen by {linear_probe.FOLDS}-fold '
+    f'cross-validation from {sorted(chosen["cross_validation_losses"])}, '
+    f'{len(fit_part[1])} examples) '
     f'in {seconds:.1f} s: eval accuracy {accuracy:.4f} (loss {loss:.4f})',
     flush=True,
   )
   return {
     'method': 'logistic_regression',
     'weight_decay': chosen['weight_decay'],
-    'validation_losses': {
+    'cross_validation_losses': {
       f'{decay:g}': round(value, 6)
-      for decay, value in chosen['validation_losses'].items()
+      for decay, value in chosen['cross_validation_losses'].items()
     },
     'seconds': round(seconds, 3),
     'loss': float(loss),

@@ -25,6 +25,10 @@ import tensorflow as tf
 # LogisticRegression() (C=1) on n examples is lambda = 1 / (2n): 1e-3 for
 # 500 examples, 1e-5 for 50,000.
 WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# Folds of the cross-validation that chooses among them. One validation
+# split of a few hundred examples chose too weak a lambda on SpamAssassin
+# (benchmarks/RESULTS.md (g)).
+FOLDS = 5
 
 # Embedding matrices above this many floats are not loaded into memory; the
 # head then starts from Keras' random initialization.
@@ -89,34 +93,62 @@ def cross_entropy(
   return float(-np.mean(log_probs[np.arange(len(labels)), labels]))
 
 
-def fit_by_validation(
+def stratified_folds(labels: np.ndarray, folds: int) -> np.ndarray:
+  """Each example's fold, 0..folds-1: classes dealt round-robin (seeded)."""
+  order = np.random.default_rng(0).permutation(len(labels))
+  order = order[np.argsort(labels[order], kind='stable')]
+  fold = np.empty(len(labels), int)
+  fold[order] = np.arange(len(labels)) % folds
+  return fold
+
+
+def fit_by_cross_validation(
   fit_part: Tuple[np.ndarray, np.ndarray],
   validation: Tuple[np.ndarray, np.ndarray],
   num_classes: int,
   weight_decays: Sequence[float] = WEIGHT_DECAYS,
   class_weight: Optional[Dict[int, float]] = None,
+  folds: int = FOLDS,
 ) -> dict:
-  """`fit` on `fit_part` for each lambda; the lowest validation cross-entropy.
+  """The lambda with the lowest cross-validated cross-entropy; `fit` there.
 
-  The lambdas run from the strongest down, each warm-started from the last.
+  The folds split the fit and validation parts together (stratified by
+  label, seeded); in each, the lambdas run from the strongest down, each
+  warm-started from the last. The returned solution is `fit` on `fit_part`
+  alone at that lambda, so the validation part still judges it.
 
   Returns:
     `weight_decay` (the chosen lambda), its `kernel` and `bias`, and
-    `validation_losses` ({lambda: validation cross-entropy}).
+    `cross_validation_losses` ({lambda: mean held-out cross-entropy}).
   """
-  solution, losses, best = None, {}, None
-  for weight_decay in sorted(set(weight_decays), reverse=True):
-    solution = fit(
-      *fit_part, num_classes, weight_decay, class_weight, initial=solution
-    )
-    losses[weight_decay] = cross_entropy(*solution, *validation)
-    if best is None or losses[weight_decay] < best[0]:
-      best = (losses[weight_decay], weight_decay, solution)
+  embeddings, labels = (
+    np.concatenate(parts) for parts in zip(fit_part, validation)
+  )
+  fold = stratified_folds(labels, folds)
+  totals = dict.fromkeys(weight_decays, 0.0)
+  for k in range(folds):
+    train, held_out = fold != k, fold == k
+    solution = None
+    for weight_decay in sorted(totals, reverse=True):
+      solution = fit(
+        embeddings[train],
+        labels[train],
+        num_classes,
+        weight_decay,
+        class_weight,
+        initial=solution,
+      )
+      totals[weight_decay] += held_out.sum() * cross_entropy(
+        *solution, embeddings[held_out], labels[held_out]
+      )
+  losses = {decay: total / len(labels) for decay, total in totals.items()}
+  chosen = min(losses, key=losses.get)
+  kernel, bias = fit(*fit_part, num_classes, chosen, class_weight)
   return {
-    'weight_decay': best[1],
-    'kernel': best[2][0],
-    'bias': best[2][1],
-    'validation_losses': dict(sorted(losses.items())),
+    'weight_decay': chosen,
+    'kernel': kernel,
+    'bias': bias,
+    'cross_validation_losses': dict(sorted(losses.items())),
   }
 
 

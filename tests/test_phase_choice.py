@@ -102,31 +102,49 @@ def test_a_fine_tuning_phase_that_hurts_is_not_exported():
   assert eval_accuracy == pytest.approx(phase1['eval_accuracy'], abs=1e-6)
 
 
-def test_the_start_keeps_the_l2_with_the_lowest_validation_loss():
+def test_the_start_keeps_the_l2_with_the_lowest_cross_validated_loss():
   rng = np.random.default_rng(1)
 
   def part(n):
     labels = rng.integers(0, 3, n)
     return rng.normal(size=(n, 20)) + labels[:, None] * 0.3, labels
 
-  fit_part, validation = part(60), part(60)
-  chosen = linear_probe.fit_by_validation(fit_part, validation, 3)
-  losses = {
-    weight_decay: linear_probe.cross_entropy(
-      *linear_probe.fit(*fit_part, 3, weight_decay), *validation
-    )
-    for weight_decay in linear_probe.WEIGHT_DECAYS
-  }
-  print('validation cross-entropy by lambda:', losses)
+  fit_part, validation = part(60), part(40)
+  chosen = linear_probe.fit_by_cross_validation(fit_part, validation, 3)
+  embeddings, labels = (np.concatenate(p) for p in zip(fit_part, validation))
+  fold = linear_probe.stratified_folds(labels, linear_probe.FOLDS)
+  for label in range(3):  # Each class dealt evenly over the folds.
+    counts = np.bincount(fold[labels == label], minlength=linear_probe.FOLDS)
+    assert counts.max() - counts.min() <= 1
+  losses = {}
+  for weight_decay in linear_probe.WEIGHT_DECAYS:
+    held_out = []
+    for k in range(linear_probe.FOLDS):
+      solution = linear_probe.fit(
+        embeddings[fold != k], labels[fold != k], 3, weight_decay
+      )
+      held_out.append(
+        (fold == k).sum()
+        * linear_probe.cross_entropy(
+          *solution, embeddings[fold == k], labels[fold == k]
+        )
+      )
+    losses[weight_decay] = sum(held_out) / len(labels)
+  print('cross-validated cross-entropy by lambda:', losses)
   best = min(losses, key=losses.get)
   assert chosen['weight_decay'] == best
-  # The chosen solution is the lambda's optimum, whatever the warm start.
-  assert chosen['validation_losses'][best] == pytest.approx(
-    losses[best], rel=1e-4
-  )
+  # Each lambda's figure is its optimum's, whatever the warm start.
+  for weight_decay, loss in losses.items():
+    assert chosen['cross_validation_losses'][weight_decay] == pytest.approx(
+      loss, rel=1e-4
+    )
+  # The start is fitted on the fit part alone, at the chosen lambda.
+  kernel, bias = linear_probe.fit(*fit_part, 3, best)
   assert linear_probe.cross_entropy(
     chosen['kernel'], chosen['bias'], *validation
-  ) == pytest.approx(losses[best], rel=1e-4)
+  ) == pytest.approx(
+    linear_probe.cross_entropy(kernel, bias, *validation), rel=1e-4
+  )
 
 
 def test_a_kept_start_is_exported_refitted_on_fit_and_validation():
