@@ -209,8 +209,8 @@ def _start_from_closed_form(
   any.
 
   Returns:
-    `method`, `seconds`, the chosen `weight_decay` with the grid's
-    `cross_validation_losses`, and the start's eval `loss` and `accuracy`
+    `method`, `seconds`, the chosen `weight_decay` with the `folds` and the
+    grid's `cross_validation_losses`, and the start's eval `loss` and `accuracy`
     with its `weights`, and `refit`: a function that solves for the same
     lambda on the fit and the validation parts together (called only for a
     kept start); or `skipped` (why) when the embeddings do not fit in memory.
@@ -253,10 +253,15 @@ def _start_from_closed_form(
     model_lib.compile_for_phase(head, learning_rate)
   loss, accuracy = head.evaluate(eval_cache, verbose=0)
   seconds = time.time() - started
+  how = (
+    f'{chosen["folds"]}-fold cross-validation'
+    if chosen['folds'] > 1
+    else 'the validation part'
+  )
   print(
     f'[trainer] phase1: closed-form start (logistic regression, L2 '
-    f'{chosen["weight_decay"]:g} chosen by {linear_probe.FOLDS}-fold '
-    f'cross-validation from {sorted(chosen["cross_validation_losses"])}, '
+    f'{chosen["weight_decay"]:g} chosen by {how} from '
+    f'{sorted(chosen["cross_validation_losses"])}, '
     f'{len(fit_part[1])} examples) '
     f'in {seconds:.1f} s: eval accuracy {accuracy:.4f} (loss {loss:.4f})',
     flush=True,
@@ -264,6 +269,7 @@ def _start_from_closed_form(
   return {
     'method': 'logistic_regression',
     'weight_decay': chosen['weight_decay'],
+    'folds': chosen['folds'],
     'cross_validation_losses': {
       f'{decay:g}': round(value, 6)
       for decay, value in chosen['cross_validation_losses'].items()

@@ -111,6 +111,7 @@ def test_the_start_keeps_the_l2_with_the_lowest_cross_validated_loss():
 
   fit_part, validation = part(60), part(40)
   chosen = linear_probe.fit_by_cross_validation(fit_part, validation, 3)
+  assert chosen['folds'] == linear_probe.FOLDS
   embeddings, labels = (np.concatenate(p) for p in zip(fit_part, validation))
   fold = linear_probe.stratified_folds(labels, linear_probe.FOLDS)
   for label in range(3):  # Each class dealt evenly over the folds.
@@ -144,6 +145,30 @@ def test_the_start_keeps_the_l2_with_the_lowest_cross_validated_loss():
     chosen['kernel'], chosen['bias'], *validation
   ) == pytest.approx(
     linear_probe.cross_entropy(kernel, bias, *validation), rel=1e-4
+  )
+
+
+def test_a_large_validation_part_chooses_the_l2_alone():
+  rng = np.random.default_rng(2)
+
+  def part(n):
+    labels = rng.integers(0, 3, n)
+    return rng.normal(size=(n, 20)) + labels[:, None] * 0.3, labels
+
+  fit_part, validation = part(60), part(40)
+  chosen = linear_probe.fit_by_cross_validation(
+    fit_part, validation, 3, cross_validate_below=40
+  )
+  losses = {
+    weight_decay: linear_probe.cross_entropy(
+      *linear_probe.fit(*fit_part, 3, weight_decay), *validation
+    )
+    for weight_decay in linear_probe.WEIGHT_DECAYS
+  }
+  best = min(losses, key=losses.get)
+  assert chosen['folds'] == 1 and chosen['weight_decay'] == best
+  assert chosen['cross_validation_losses'][best] == pytest.approx(
+    losses[best], rel=1e-4
   )
 
 
