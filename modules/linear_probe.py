@@ -30,7 +30,7 @@ WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # too weak a lambda on SpamAssassin (benchmarks/RESULTS.md (g)). A larger
 # validation part is as reliable alone, and FOLDS times cheaper.
 FOLDS = 5
-CROSS_VALIDATE_BELOW = 1000
+CROSS_VALIDATE_BELOW = 500
 
 # Embedding matrices above this many floats are not loaded into memory; the
 # head then starts from Keras' random initialization.
