@@ -132,12 +132,12 @@ def fit_by_cross_validation(
     fold = stratified_folds(labels, folds)
   else:
     folds, fold = 1, np.repeat([1, 0], [len(fit_part[1]), len(validation[1])])
-  totals = dict.fromkeys(weight_decays, 0.0)
+  totals, solutions = dict.fromkeys(weight_decays, 0.0), {}
   for k in range(folds):
     train, held_out = fold != k, fold == k
     solution = None
     for weight_decay in sorted(totals, reverse=True):
-      solution = fit(
+      solution = solutions[weight_decay] = fit(
         embeddings[train],
         labels[train],
         num_classes,
@@ -151,7 +151,10 @@ def fit_by_cross_validation(
   held_out_count = np.sum(fold < folds)  # The examples a fold holds out.
   losses = {decay: total / held_out_count for decay, total in totals.items()}
   chosen = min(losses, key=losses.get)
-  kernel, bias = fit(*fit_part, num_classes, chosen, class_weight)
+  # Warm-started from the last fold's solution (with one fold, the same one).
+  kernel, bias = fit(
+    *fit_part, num_classes, chosen, class_weight, initial=solutions[chosen]
+  )
   return {
     'weight_decay': chosen,
     'kernel': kernel,

@@ -375,19 +375,21 @@ class _Candidates:
     # The phase validated (and reported) on the validation part.
     result['validation_accuracy'] = result.pop('eval_accuracy')
     result['validation_loss'] = result.pop('eval_loss')
-    if self.eval_dataset is not None:
-      with self.strategy.scope():
-        model_lib.compile_for_phase(self.classifier, 1e-3)  # For evaluate.
-      loss, accuracy = self.classifier.evaluate(self.eval_dataset, verbose=0)
-      result['eval_accuracy'], result['eval_loss'] = (
-        float(accuracy),
-        float(loss),
-      )
+    self._measure_on_eval(result)
     score = (result['validation_accuracy'], -result['validation_loss'])
     if self.best is None or score > self.best_score:
       self.best, self.best_score = name, score
       self.best_weights = [(v, v.numpy()) for v in self.classifier.weights]
     return result
+
+  def _measure_on_eval(self, result: dict) -> None:
+    """Sets `eval_accuracy` and `eval_loss`: the classifier's, as it is now."""
+    if self.eval_dataset is None:
+      return
+    with self.strategy.scope():
+      model_lib.compile_for_phase(self.classifier, 1e-3)  # For evaluate.
+    loss, accuracy = self.classifier.evaluate(self.eval_dataset, verbose=0)
+    result['eval_accuracy'], result['eval_loss'] = float(accuracy), float(loss)
 
   def restore_best(self, results: Dict[str, dict]) -> None:
     """Marks the chosen phase; loads its weights unless it was the last.
@@ -420,10 +422,7 @@ class _Candidates:
       dense.kernel.assign(refit[0])
       dense.bias.assign(refit[1])
     phase1['start']['refit_exported'] = True
-    if self.eval_dataset is not None:  # The exported model's figures.
-      loss, accuracy = self.classifier.evaluate(self.eval_dataset, verbose=0)
-      phase1['eval_accuracy'] = float(accuracy)
-      phase1['eval_loss'] = float(loss)
+    self._measure_on_eval(phase1)  # The exported model's figures.
     print(
       '[trainer] phase1 is its closed-form start: exported refitted with '
       f'its L2 {phase1["start"]["weight_decay"]:g} on the fit and validation '

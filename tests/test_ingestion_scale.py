@@ -48,19 +48,23 @@ class _RecordingPipeline(beam.Pipeline):
     return super().run(test_runner_api)
 
 
-class _RecordingExecutor(ieg.ImageExampleGenExecutor):
+class _Recording:
+  """Mixed into a TFX Beam executor: its pipelines keep their graphs."""
+
   def _make_beam_pipeline(self):
     return _RecordingPipeline(argv=self._beam_pipeline_args)
 
 
-class _RecordingStatisticsGen(statistics_gen_executor.Executor):
-  def _make_beam_pipeline(self):
-    return _RecordingPipeline(argv=self._beam_pipeline_args)
+class _RecordingExecutor(_Recording, ieg.ImageExampleGenExecutor):
+  pass
 
 
-class _RecordingTransform(transform_executor.Executor):
-  def _make_beam_pipeline(self):
-    return _RecordingPipeline(argv=self._beam_pipeline_args)
+class _RecordingStatisticsGen(_Recording, statistics_gen_executor.Executor):
+  pass
+
+
+class _RecordingTransform(_Recording, transform_executor.Executor):
+  pass
 
 
 def _groups_of_examples(graph) -> list:

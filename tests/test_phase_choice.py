@@ -102,14 +102,19 @@ def test_a_fine_tuning_phase_that_hurts_is_not_exported():
   assert eval_accuracy == pytest.approx(phase1['eval_accuracy'], abs=1e-6)
 
 
-def test_the_start_keeps_the_l2_with_the_lowest_cross_validated_loss():
-  rng = np.random.default_rng(1)
+def _three_class_parts(seed: int):
+  """A fit part (60) and a validation part (40): 20-d, weakly separable."""
+  rng = np.random.default_rng(seed)
 
   def part(n):
     labels = rng.integers(0, 3, n)
     return rng.normal(size=(n, 20)) + labels[:, None] * 0.3, labels
 
-  fit_part, validation = part(60), part(40)
+  return part(60), part(40)
+
+
+def test_the_start_keeps_the_l2_with_the_lowest_cross_validated_loss():
+  fit_part, validation = _three_class_parts(seed=1)
   chosen = linear_probe.fit_by_cross_validation(fit_part, validation, 3)
   assert chosen['folds'] == linear_probe.FOLDS
   embeddings, labels = (np.concatenate(p) for p in zip(fit_part, validation))
@@ -149,13 +154,7 @@ def test_the_start_keeps_the_l2_with_the_lowest_cross_validated_loss():
 
 
 def test_a_large_validation_part_chooses_the_l2_alone():
-  rng = np.random.default_rng(2)
-
-  def part(n):
-    labels = rng.integers(0, 3, n)
-    return rng.normal(size=(n, 20)) + labels[:, None] * 0.3, labels
-
-  fit_part, validation = part(60), part(40)
+  fit_part, validation = _three_class_parts(seed=2)
   chosen = linear_probe.fit_by_cross_validation(
     fit_part, validation, 3, cross_validate_below=40
   )
