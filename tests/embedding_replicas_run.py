@@ -1,5 +1,9 @@
 """Embeds a small dataset on 2 logical CPU replicas and on one device.
 
+Its last batch holds one example, so the second replica's part is empty, as
+MirroredStrategy hands out any last batch smaller than the replica count; the
+mirrored classifier also fits and evaluates on it.
+
 Used by test_embedding_cache.py in a subprocess, because logical devices must
 be configured before TensorFlow initializes its devices. Prints a JSON verdict.
 Usage: embedding_replicas_run.py CACHE_DIR
@@ -24,7 +28,7 @@ from modules import backbones
 from modules import embedding_cache
 from modules import model as model_lib
 
-IMAGE_SIZE, EXAMPLES, BATCH = 32, 37, 8  # A partial last batch.
+IMAGE_SIZE, EXAMPLES, BATCH = 32, 33, 8  # A last batch of one.
 rng = np.random.default_rng(0)
 labels = rng.integers(0, 3, EXAMPLES)
 images = (
@@ -58,6 +62,11 @@ for name, strategy in (
     'features': features.numpy(),
     'labels': cached_labels.numpy(),
   }
+with mirrored.scope():
+  model_lib.compile_for_phase(model, 1e-2)
+model.fit(dataset, epochs=1, verbose=0)
+_, evaluated_accuracy = model.evaluate(dataset, verbose=0)
+predicted = np.argmax(model(images, training=False).numpy(), axis=1)
 print(
   'VERDICT '
   + json.dumps(
@@ -77,6 +86,8 @@ print(
         ).max()
       ),
       'shape': list(caches['mirrored']['features'].shape),
+      'evaluated_accuracy': evaluated_accuracy,
+      'predicted_accuracy': float(np.mean(predicted == labels)),
     }
   )
 )
