@@ -13,15 +13,10 @@ import json
 import os
 import sys
 
-os.environ['TF_USE_LEGACY_KERAS'] = '1'
-import tensorflow as tf
-
-cpu = tf.config.list_physical_devices('CPU')[0]
-tf.config.set_logical_device_configuration(
-  cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-)
+import two_cpu_replicas  # noqa: F401 (first: before TensorFlow starts)
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from modules import backbones

@@ -398,12 +398,9 @@ def test_trainer_settings_turn_dann_on_for_fine_tuning(tmp_path):
 
 # Run in a subprocess: logical devices must be set before TensorFlow starts.
 _MIRRORED_SCRIPT = """
-import json, os, sys
-os.environ['TF_USE_LEGACY_KERAS'] = '1'
+import json, sys
+import two_cpu_replicas
 import tensorflow as tf
-cpu = tf.config.list_physical_devices('CPU')[0]
-tf.config.set_logical_device_configuration(
-    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np
 import test_domain_adaptation as t
 from modules import domain_adaptation as da
