@@ -139,19 +139,20 @@ def run_cached_phase1(
   as they would to the plain path's. With `closed_form_start`, the dense
   layer starts at modules/linear_probe.py's solution (its L2 penalty
   chosen by cross-validation, the class weights), and the phase keeps that
-  start when no epoch ends with a lower eval loss; the result's `start` says
-  what it scored and whether it was kept. A kept start also gives `refit`:
-  its lambda's solution on the fit and validation parts together. The phase's
-  eval accuracy is the head's on the cached eval embeddings: what the
-  assembled classifier scores on the eval inputs (the same layers;
-  tests/test_embedding_cache.py checks it), without a second backbone pass.
+  start when no epoch ends with a lower validation loss; the result's `start`
+  says what it scored and whether it was kept. A kept start also gives
+  `refit`: its lambda's solution on the fit and validation parts together.
+  The phase's accuracy is the head's on the cached validation embeddings:
+  what the assembled classifier scores on the validation inputs (the same
+  layers; tests/test_embedding_cache.py checks it), without a second backbone
+  pass.
   """
   strategy = context.strategy
   with strategy.scope():
     model_lib.freeze_backbone(context.towers)
     head = head_model(context.model)
   with tempfile.TemporaryDirectory(prefix='phase1_embeddings_') as cache_dir:
-    train_cache, eval_cache, train_count = _cache_embeddings(
+    fit_cache, validation_cache, fit_count = _cache_embeddings(
       context.model,
       strategy,
       context.train,
@@ -161,14 +162,14 @@ def run_cached_phase1(
       cache_dir,
     )
     options = dataclasses.replace(
-      context.options, steps_per_epoch=math.ceil(train_count / batch_size)
+      context.options, steps_per_epoch=math.ceil(fit_count / batch_size)
     )
     start = (
       _start_from_closed_form(
         head,
         strategy,
-        train_cache,
-        eval_cache,
+        fit_cache,
+        validation_cache,
         learning_rate,
         options.class_weight,
       )
@@ -180,13 +181,13 @@ def run_cached_phase1(
       context,
       model=head,
       towers=[],
-      train=train_cache,
-      validation=eval_cache,
+      train=fit_cache,
+      validation=validation_cache,
       options=options,
     )
     fitted = phases.fit_phase(cached, 'phase1', epochs, learning_rate)
     if start and 'loss' in start:
-      _keep_start_if_better(head, strategy, eval_cache, start)
+      _keep_start_if_better(head, strategy, validation_cache, start)
     result = phases.evaluate_phase(
       cached, 'phase1', epochs, learning_rate, fitted, []
     )
@@ -200,7 +201,7 @@ def run_cached_phase1(
 
 
 def _start_from_closed_form(
-  head, strategy, train_cache, eval_cache, learning_rate, class_weight
+  head, strategy, fit_cache, validation_cache, learning_rate, class_weight
 ) -> dict:
   """Loads linear_probe.fit_by_cross_validation's solution into the dense
   layer.
@@ -210,15 +211,16 @@ def _start_from_closed_form(
 
   Returns:
     `method`, `seconds`, the chosen `weight_decay` with the `folds` and the
-    grid's `cross_validation_losses`, and the start's eval `loss` and `accuracy`
+    grid's `cross_validation_losses`, the start's validation `loss` and
+    `accuracy`
     with its `weights`, and `refit`: a function that solves for the same
     lambda on the fit and the validation parts together (called only for a
     kept start); or `skipped` (why) when the embeddings do not fit in memory.
   """
   started = time.time()
   try:
-    fit_part = linear_probe.load(train_cache)
-    validation = linear_probe.load(eval_cache)
+    fit_part = linear_probe.load(fit_cache)
+    validation = linear_probe.load(validation_cache)
   except MemoryError as error:
     print(f'[trainer] phase1: no closed-form start: {error}', flush=True)
     return {'method': 'logistic_regression', 'skipped': str(error)}
@@ -251,7 +253,7 @@ def _start_from_closed_form(
     dense.kernel.assign(kernel)
     dense.bias.assign(bias)
     model_lib.compile_for_phase(head, learning_rate)
-  loss, accuracy = head.evaluate(eval_cache, verbose=0)
+  loss, accuracy = head.evaluate(validation_cache, verbose=0)
   seconds = time.time() - started
   how = (
     f'{chosen["folds"]}-fold cross-validation'
@@ -263,7 +265,8 @@ def _start_from_closed_form(
     f'{chosen["weight_decay"]:g} chosen by {how} from '
     f'{sorted(chosen["cross_validation_losses"])}, '
     f'{len(fit_part[1])} examples) '
-    f'in {seconds:.1f} s: eval accuracy {accuracy:.4f} (loss {loss:.4f})',
+    f'in {seconds:.1f} s: validation accuracy {accuracy:.4f} '
+    f'(loss {loss:.4f})',
     flush=True,
   )
   return {
@@ -282,9 +285,9 @@ def _start_from_closed_form(
   }
 
 
-def _keep_start_if_better(head, strategy, eval_cache, start) -> None:
+def _keep_start_if_better(head, strategy, validation_cache, start) -> None:
   """Restores the closed-form start when the trained head's loss is higher."""
-  loss, _ = head.evaluate(eval_cache, verbose=0)
+  loss, _ = head.evaluate(validation_cache, verbose=0)
   start['kept'] = bool(loss > start['loss'])
   if start['kept']:
     dense = head.get_layer(model_lib.LOGITS)
@@ -292,37 +295,41 @@ def _keep_start_if_better(head, strategy, eval_cache, start) -> None:
       dense.kernel.assign(start['weights'][0])
       dense.bias.assign(start['weights'][1])
     print(
-      '[trainer] phase1: no epoch beat the closed-form start on the eval '
-      'loss; the start is kept',
+      '[trainer] phase1: no epoch beat the closed-form start on the '
+      'validation loss; the start is kept',
       flush=True,
     )
 
 
 def _cache_embeddings(
-  model, strategy, train_dataset, eval_dataset, batch_size, seed, cache_dir
+  model, strategy, fit_dataset, validation_dataset, batch_size, seed, cache_dir
 ):
-  """Both splits' embeddings, written once to `cache_dir`, as datasets."""
+  """Both parts' embeddings, written once to `cache_dir`, as datasets."""
   embedder = embedding_model(model)
   width = embedder.output_shape[-1]
   started = time.time()
   paths = {
-    split: os.path.join(cache_dir, f'{split}.tfrecord')
-    for split in ('train', 'eval')
+    part: os.path.join(cache_dir, f'{part}.tfrecord')
+    for part in ('fit', 'validation')
   }
   counts = {
-    split: sum(write_embeddings(strategy, embedder, dataset, paths[split]))
-    for split, dataset in (('train', train_dataset), ('eval', eval_dataset))
+    part: sum(write_embeddings(strategy, embedder, dataset, paths[part]))
+    for part, dataset in (
+      ('fit', fit_dataset),
+      ('validation', validation_dataset),
+    )
   }
   print(
-    f'[trainer] phase1: cached embeddings of {counts["train"]} train and '
-    f'{counts["eval"]} eval examples on {strategy.num_replicas_in_sync} '
-    f'replica(s) in {time.time() - started:.1f} s',
+    f'[trainer] phase1: cached embeddings of {counts["fit"]} fit and '
+    f'{counts["validation"]} validation examples on '
+    f'{strategy.num_replicas_in_sync} replica(s) in '
+    f'{time.time() - started:.1f} s',
     flush=True,
   )
   return (
-    read_embeddings(paths['train'], width, batch_size, True, seed),
-    read_embeddings(paths['eval'], width, batch_size, False, seed),
-    counts['train'],
+    read_embeddings(paths['fit'], width, batch_size, True, seed),
+    read_embeddings(paths['validation'], width, batch_size, False, seed),
+    counts['fit'],
   )
 
 
