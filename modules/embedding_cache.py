@@ -212,10 +212,10 @@ def _start_from_closed_form(
   Returns:
     `method`, `seconds`, the chosen `weight_decay` with the `folds` and the
     grid's `cross_validation_losses`, the start's validation `loss` and
-    `accuracy`
-    with its `weights`, and `refit`: a function that solves for the same
-    lambda on the fit and the validation parts together (called only for a
-    kept start); or `skipped` (why) when the embeddings do not fit in memory.
+    `accuracy` with its `weights`, and `refit`: a function that solves for
+    the same lambda on the fit and the validation parts together (called only
+    for a kept start); or `skipped` (why) when the embeddings do not fit in
+    memory.
   """
   started = time.time()
   try:
