@@ -73,7 +73,11 @@ def _read_split(out: pathlib.Path, split: str) -> List[Dict[str, bytes]]:
   files = tf.io.gfile.glob(os.path.join(out, f'Split-{split}', '*.gz'))
   rows = []
   for record in tf.data.TFRecordDataset(files, compression_type='GZIP'):
-    features = tf.train.Example.FromString(record.numpy()).features.feature
+    example = tf.train.Example.FromString(record.numpy())
+    # The same bytes on every run: the Trainer's fit/validation carve hashes
+    # them (modules/trainer.py, in_part).
+    assert record.numpy() == example.SerializeToString(deterministic=True)
+    features = example.features.feature
     assert set(features) == {
       'image',
       'label',

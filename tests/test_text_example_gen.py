@@ -37,7 +37,10 @@ def _rows(out: pathlib.Path) -> List[Dict[str, bytes]]:
   for split in ('train', 'eval'):
     files = tf.io.gfile.glob(os.path.join(out, f'Split-{split}', '*.gz'))
     for record in tf.data.TFRecordDataset(files, compression_type='GZIP'):
-      features = tf.train.Example.FromString(record.numpy()).features.feature
+      example = tf.train.Example.FromString(record.numpy())
+      # The same bytes on every run (the Trainer's carve hashes them).
+      assert record.numpy() == example.SerializeToString(deterministic=True)
+      features = example.features.feature
       rows.append(
         {
           'split': split,
