@@ -473,6 +473,7 @@ class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     from the stage that reads and validates the files: memory stays flat in
     the data's size. Entries are read in path-hash order (`hash_order`), so
     the shards are not sorted by class; the Trainer shuffles on top.
+    Examples are serialized deterministically (`_serialize`).
     """
     self._log_startup(input_dict, output_dict, exec_properties)
     input_config = example_gen_pb2.Input()
@@ -495,7 +496,7 @@ class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
       ).items():
         _ = (
           examples
-          | f'Serialize[{split}]' >> beam.ParDo(write_split.MaybeSerialize())
+          | f'Serialize[{split}]' >> beam.Map(_serialize)
           | f'Write[{split}]'
           >> beam.io.WriteToTFRecord(
             os.path.join(
@@ -518,6 +519,14 @@ class ReportingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
         examples_utils.set_file_format(
           artifact, write_split.to_file_format_str(file_format)
         )
+
+
+def _serialize(example: tf.train.Example) -> bytes:
+  """The same bytes on every run and machine, which the Trainer's
+  fit/validation carve hashes (modules/trainer.py, `in_part`). TFX's
+  `write_split.MaybeSerialize` calls `SerializeToString()`, whose feature map
+  order changes from process to process."""
+  return example.SerializeToString(deterministic=True)
 
 
 def hash_order(entries: Iterable[Any], key: Callable[[Any], str]) -> List[Any]:

@@ -66,8 +66,9 @@ def in_part(
   """Whether a serialized train example is in `part` of the train split.
 
   'validation': the examples whose fingerprint hash falls in the first
-  `validation_fraction` of 1000 buckets (the same examples on every run and
-  machine); 'fit': the others; None: all.
+  `validation_fraction` of 1000 buckets; 'fit': the others; None: all. The
+  ExampleGens serialize deterministically (components/ingestion.py,
+  `_serialize`), so the parts are the same on every run and machine.
   """
   if part is None:
     return tf.constant(True)
