@@ -19,6 +19,7 @@ from modules import linear_probe
 from modules import model as model_lib
 from modules import phases
 from modules import trainer
+from modules import tuner
 from pipeline import settings as settings_lib
 import test_training_options as tiny
 
@@ -169,6 +170,40 @@ def test_a_large_validation_part_chooses_the_l2_alone():
   assert chosen['cross_validation_losses'][best] == pytest.approx(
     losses[best], rel=1e-4
   )
+
+
+def test_the_tuner_cross_validates_each_l2_once(tmp_path, monkeypatch):
+  """Every trial adds its own head L2 to linear_probe.WEIGHT_DECAYS; the
+  folds of the grid's lambdas are solved in the first trial only."""
+  fit_part, validation = _three_class_parts(seed=3)
+  fold_solves = []  # The lambda of each solve on a fold's training rows.
+  solve = linear_probe.fit
+
+  def counting_fit(embeddings, labels, num_classes, weight_decay, *a, **k):
+    if len(labels) == 80:  # 4 of the 5 folds of 100; not 60 or 100.
+      fold_solves.append(weight_decay)
+    return solve(embeddings, labels, num_classes, weight_decay, *a, **k)
+
+  monkeypatch.setattr(linear_probe, 'fit', counting_fit)
+  trials = 2  # The first pays for tracing: about 30 s idle.
+  search = tuner.HeadSearch(
+    {trainer.FIT: fit_part[0], trainer.VALIDATION: validation[0]},
+    {trainer.FIT: fit_part[1], trainer.VALIDATION: validation[1]},
+    3,
+    settings_lib.TrainerConfig.from_dict({'phase1_epochs': 3}),
+    max_trials=trials,
+    seed=0,
+    directory=str(tmp_path),
+    project_name='head',
+  )
+  search.search()
+
+  assert len(search.oracle.trials) == trials
+  grid = set(linear_probe.WEIGHT_DECAYS)
+  assert [fold_solves.count(decay) for decay in sorted(grid)] == [
+    linear_probe.FOLDS
+  ] * len(grid)
+  assert len(fold_solves) == linear_probe.FOLDS * (len(grid) + trials)
 
 
 def test_a_kept_start_is_exported_refitted_on_fit_and_validation():
