@@ -112,6 +112,7 @@ def fit_by_cross_validation(
   class_weight: Optional[Dict[int, float]] = None,
   folds: int = FOLDS,
   cross_validate_below: int = CROSS_VALIDATE_BELOW,
+  known_losses: Optional[Dict[float, float]] = None,
 ) -> dict:
   """The lambda with the lowest cross-validated cross-entropy; `fit` there.
 
@@ -120,6 +121,9 @@ def fit_by_cross_validation(
   fold is the validation part. In each, the lambdas run from the strongest
   down, each warm-started from the last. The returned solution is `fit` on
   `fit_part` alone at that lambda, so the validation part still judges it.
+  `known_losses` ({lambda: loss} from earlier calls on the same parts and
+  class weights, e.g. the Tuner's trials) skips those lambdas' folds and
+  receives the new ones.
 
   Returns:
     `weight_decay` (the chosen lambda), its `kernel` and `bias`, `folds`,
@@ -132,7 +136,9 @@ def fit_by_cross_validation(
     fold = stratified_folds(labels, folds)
   else:
     folds, fold = 1, np.repeat([1, 0], [len(fit_part[1]), len(validation[1])])
-  totals, solutions = dict.fromkeys(weight_decays, 0.0), {}
+  known = {} if known_losses is None else known_losses
+  totals = {decay: 0.0 for decay in weight_decays if decay not in known}
+  solutions = {}
   for k in range(folds):
     train, held_out = fold != k, fold == k
     solution = None
@@ -149,11 +155,14 @@ def fit_by_cross_validation(
         *solution, embeddings[held_out], labels[held_out]
       )
   held_out_count = np.sum(fold < folds)  # The examples a fold holds out.
-  losses = {decay: total / held_out_count for decay, total in totals.items()}
+  known.update(
+    {decay: total / held_out_count for decay, total in totals.items()}
+  )
+  losses = {decay: known[decay] for decay in weight_decays}
   chosen = min(losses, key=losses.get)
   # Warm-started from the last fold's solution (with one fold, the same one).
   kernel, bias = fit(
-    *fit_part, num_classes, chosen, class_weight, initial=solutions[chosen]
+    *fit_part, num_classes, chosen, class_weight, initial=solutions.get(chosen)
   )
   return {
     'weight_decay': chosen,

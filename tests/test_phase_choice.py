@@ -154,6 +154,27 @@ def test_the_start_keeps_the_l2_with_the_lowest_cross_validated_loss():
   )
 
 
+def test_known_losses_give_the_same_choice_as_solving_again():
+  fit_part, validation = _three_class_parts(seed=1)
+  grid = linear_probe.WEIGHT_DECAYS + (3e-4,)
+  fresh = linear_probe.fit_by_cross_validation(fit_part, validation, 3, grid)
+  known = {}
+  linear_probe.fit_by_cross_validation(
+    fit_part, validation, 3, linear_probe.WEIGHT_DECAYS, known_losses=known
+  )
+  assert sorted(known) == sorted(linear_probe.WEIGHT_DECAYS)
+  again = linear_probe.fit_by_cross_validation(
+    fit_part, validation, 3, grid, known_losses=known
+  )
+  assert again['weight_decay'] == fresh['weight_decay']
+  assert sorted(known) == sorted(grid)
+  for decay, loss in fresh['cross_validation_losses'].items():
+    assert again['cross_validation_losses'][decay] == pytest.approx(
+      loss, rel=1e-4
+    )
+  np.testing.assert_allclose(again['kernel'], fresh['kernel'], atol=1e-4)
+
+
 def test_a_large_validation_part_chooses_the_l2_alone():
   fit_part, validation = _three_class_parts(seed=2)
   chosen = linear_probe.fit_by_cross_validation(
@@ -199,11 +220,14 @@ def test_the_tuner_cross_validates_each_l2_once(tmp_path, monkeypatch):
   search.search()
 
   assert len(search.oracle.trials) == trials
-  grid = set(linear_probe.WEIGHT_DECAYS)
-  assert [fold_solves.count(decay) for decay in sorted(grid)] == [
+  # Each lambda's folds once: the grid's, and each trial's own L2 (the
+  # first trial's is the default, 1e-4, already in the grid).
+  solved = set(fold_solves)
+  assert solved >= set(linear_probe.WEIGHT_DECAYS)
+  assert len(solved) > len(linear_probe.WEIGHT_DECAYS)
+  assert [fold_solves.count(decay) for decay in sorted(solved)] == [
     linear_probe.FOLDS
-  ] * len(grid)
-  assert len(fold_solves) == linear_probe.FOLDS * (len(grid) + trials)
+  ] * len(solved)
 
 
 def test_a_kept_start_is_exported_refitted_on_fit_and_validation():
