@@ -175,6 +175,13 @@ def _examples(pipeline_root, split):
 
 def linear_probe_accuracy(pipeline_root):
   """LogisticRegression (defaults) on the default backbone's embeddings."""
+  data = embeddings(pipeline_root)
+  probe = linear_model.LogisticRegression(max_iter=5000).fit(*data['train'])
+  return probe.score(*data['eval'])
+
+
+def embeddings(pipeline_root):
+  """{'train', 'eval'}: (the default backbone's embeddings, label indices)."""
   transform = tft.TFTransformOutput(
     helpers.latest_artifact(pipeline_root, 'Transform', 'transform_graph')
   )
@@ -192,8 +199,7 @@ def linear_probe_accuracy(pipeline_root):
     data[split] = linear_probe.load(
       (embedder(inputs, training=False), label) for inputs, label in dataset
     )
-  probe = linear_model.LogisticRegression(max_iter=5000).fit(*data['train'])
-  return probe.score(*data['eval'])
+  return data
 
 
 def raw_accuracy(pipeline_root, modality):
