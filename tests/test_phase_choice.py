@@ -195,14 +195,18 @@ def test_a_large_validation_part_chooses_the_l2_alone():
 
 def test_the_tuner_cross_validates_each_l2_once(tmp_path, monkeypatch):
   """Every trial adds its own head L2 to linear_probe.WEIGHT_DECAYS; the
-  folds of the grid's lambdas are solved in the first trial only."""
+  folds of the grid's lambdas are solved in the first trial only, and a
+  later trial starts each of its solves from an earlier solution."""
   fit_part, validation = _three_class_parts(seed=3)
   fold_solves = []  # The lambda of each solve on a fold's training rows.
+  cold_solves = []  # The lambda of each solve that starts from zeros.
   solve = linear_probe.fit
 
   def counting_fit(embeddings, labels, num_classes, weight_decay, *a, **k):
     if len(labels) == 80:  # 4 of the 5 folds of 100; not 60 or 100.
       fold_solves.append(weight_decay)
+    if k.get('initial') is None:
+      cold_solves.append(weight_decay)
     return solve(embeddings, labels, num_classes, weight_decay, *a, **k)
 
   monkeypatch.setattr(linear_probe, 'fit', counting_fit)
@@ -228,6 +232,8 @@ def test_the_tuner_cross_validates_each_l2_once(tmp_path, monkeypatch):
   assert [fold_solves.count(decay) for decay in sorted(solved)] == [
     linear_probe.FOLDS
   ] * len(solved)
+  # Cold: only the first trial's strongest lambda, once per fold.
+  assert cold_solves == [max(linear_probe.WEIGHT_DECAYS)] * linear_probe.FOLDS
 
 
 def test_a_kept_start_is_exported_refitted_on_fit_and_validation():
