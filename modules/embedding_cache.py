@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -132,7 +132,7 @@ def run_cached_phase1(
   batch_size: int,
   seed: int,
   closed_form_start: bool = False,
-  known_losses: Optional[Dict[float, float]] = None,
+  memo: Optional[linear_probe.CrossValidationMemo] = None,
 ) -> dict:
   """Phase 1 with the embedding cache; returns what phases.run_phase does.
 
@@ -146,7 +146,7 @@ def run_cached_phase1(
   The phase's accuracy is the head's on the cached validation embeddings:
   what the assembled classifier scores on the validation inputs (the same
   layers; tests/test_embedding_cache.py checks it), without a second backbone
-  pass. `known_losses`: see linear_probe.fit_by_cross_validation.
+  pass. `memo`: see linear_probe.fit_by_cross_validation.
   """
   strategy = context.strategy
   with strategy.scope():
@@ -173,7 +173,7 @@ def run_cached_phase1(
         validation_cache,
         learning_rate,
         options.class_weight,
-        known_losses,
+        memo,
       )
       if closed_form_start and epochs > 0
       else None
@@ -209,7 +209,7 @@ def _start_from_closed_form(
   validation_cache,
   learning_rate,
   class_weight,
-  known_losses,
+  memo,
 ) -> dict:
   """Loads linear_probe.fit_by_cross_validation's solution into the dense
   layer.
@@ -245,7 +245,7 @@ def _start_from_closed_form(
     linear_probe.WEIGHT_DECAYS
     + ((own_weight_decay,) if own_weight_decay else ()),
     class_weight,
-    known_losses=known_losses,
+    memo=memo,
   )
   kernel, bias = chosen['kernel'], chosen['bias']
 

@@ -14,6 +14,7 @@ trains with dropout, and keeps whichever of its start and its epochs has
 the lower validation loss (modules/embedding_cache.py).
 """
 
+import dataclasses
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -104,6 +105,31 @@ def stratified_folds(labels: np.ndarray, folds: int) -> np.ndarray:
   return fold
 
 
+@dataclasses.dataclass
+class CrossValidationMemo:
+  """What fit_by_cross_validation solved, for later calls on the same parts
+  and class weights (the Tuner's trials).
+
+  Attributes:
+    losses: {lambda: mean held-out cross-entropy}.
+    solutions: {(fold, lambda): (kernel, bias)} of each fold's solve.
+  """
+
+  losses: Dict[float, float] = dataclasses.field(default_factory=dict)
+  solutions: Dict[Tuple[int, float], Tuple[np.ndarray, np.ndarray]] = (
+    dataclasses.field(default_factory=dict)
+  )
+
+  def nearest(self, fold: int, weight_decay: float):
+    """The fold's solution at the lambda nearest `weight_decay` (log scale);
+    None before any."""
+    solved = [decay for k, decay in self.solutions if k == fold]
+    if not solved:
+      return None
+    closest = min(solved, key=lambda d: abs(np.log(d / weight_decay)))
+    return self.solutions[fold, closest]
+
+
 def fit_by_cross_validation(
   fit_part: Tuple[np.ndarray, np.ndarray],
   validation: Tuple[np.ndarray, np.ndarray],
@@ -112,18 +138,19 @@ def fit_by_cross_validation(
   class_weight: Optional[Dict[int, float]] = None,
   folds: int = FOLDS,
   cross_validate_below: int = CROSS_VALIDATE_BELOW,
-  known_losses: Optional[Dict[float, float]] = None,
+  memo: Optional[CrossValidationMemo] = None,
 ) -> dict:
   """The lambda with the lowest cross-validated cross-entropy; `fit` there.
 
   The folds split the fit and validation parts together (stratified by
   label, seeded); from `cross_validate_below` validation examples, the one
   fold is the validation part. In each, the lambdas run from the strongest
-  down, each warm-started from the last. The returned solution is `fit` on
-  `fit_part` alone at that lambda, so the validation part still judges it.
-  `known_losses` ({lambda: loss} from earlier calls on the same parts and
-  class weights, e.g. the Tuner's trials) skips those lambdas' folds and
-  receives the new ones.
+  down, each warm-started from the fold's solution at the nearest lambda
+  solved. The returned solution is `fit` on `fit_part` alone at that
+  lambda, so the validation part still judges it. `memo` (from earlier
+  calls on the same parts and class weights, e.g. the Tuner's trials) skips
+  the lambdas it holds, warm-starts the new ones from its solutions, and
+  receives them.
 
   Returns:
     `weight_decay` (the chosen lambda), its `kernel` and `bias`, `folds`,
@@ -136,33 +163,35 @@ def fit_by_cross_validation(
     fold = stratified_folds(labels, folds)
   else:
     folds, fold = 1, np.repeat([1, 0], [len(fit_part[1]), len(validation[1])])
-  known = {} if known_losses is None else known_losses
-  totals = {decay: 0.0 for decay in weight_decays if decay not in known}
-  solutions = {}
+  memo = CrossValidationMemo() if memo is None else memo
+  totals = {decay: 0.0 for decay in weight_decays if decay not in memo.losses}
   for k in range(folds):
     train, held_out = fold != k, fold == k
-    solution = None
     for weight_decay in sorted(totals, reverse=True):
-      solution = solutions[weight_decay] = fit(
+      solution = memo.solutions[k, weight_decay] = fit(
         embeddings[train],
         labels[train],
         num_classes,
         weight_decay,
         class_weight,
-        initial=solution,
+        initial=memo.nearest(k, weight_decay),
       )
       totals[weight_decay] += held_out.sum() * cross_entropy(
         *solution, embeddings[held_out], labels[held_out]
       )
   held_out_count = np.sum(fold < folds)  # The examples a fold holds out.
-  known.update(
+  memo.losses.update(
     {decay: total / held_out_count for decay, total in totals.items()}
   )
-  losses = {decay: known[decay] for decay in weight_decays}
+  losses = {decay: memo.losses[decay] for decay in weight_decays}
   chosen = min(losses, key=losses.get)
   # Warm-started from the last fold's solution (with one fold, the same one).
   kernel, bias = fit(
-    *fit_part, num_classes, chosen, class_weight, initial=solutions.get(chosen)
+    *fit_part,
+    num_classes,
+    chosen,
+    class_weight,
+    initial=memo.solutions[folds - 1, chosen],
   )
   return {
     'weight_decay': chosen,

@@ -5,8 +5,8 @@ Searches the head's phase-1 hyperparameters (TUNABLE in modules/trainer.py:
 backbone's embeddings, computed once, so a trial costs seconds: each trial
 runs the Trainer's own phase 1 (modules/embedding_cache.py
 `run_cached_phase1`: closed-form start, early stopping) on those embeddings.
-The start's cross-validated losses are kept across trials, so a trial
-solves only for its own L2.
+The start's cross-validation is kept across trials, so a trial solves
+only for its own L2, warm-started from the nearest L2's solutions.
 Trials fit on the train split less its validation part and are scored on
 that validation part (modules/trainer.py `in_part`): the eval split that the
 Evaluator's gate judges is never read. The score is validation accuracy,
@@ -53,7 +53,8 @@ class HeadSearch(keras_tuner.RandomSearch):
     )
     self.embeddings, self.labels = embeddings, labels
     self.num_classes, self.config = num_classes, config
-    self.cross_validation_losses = {}  # Filled by the first trial.
+    # The start's folds, solved by the first trial, reused by later ones.
+    self.cross_validation = linear_probe.CrossValidationMemo()
 
   def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
     hp = trial.hyperparameters
@@ -99,7 +100,7 @@ class HeadSearch(keras_tuner.RandomSearch):
       batch_size,
       self.config.seed,
       closed_form_start=self.config.phase1_start == 'logistic_regression',
-      known_losses=self.cross_validation_losses,
+      memo=self.cross_validation,
     )
     # run_cached_phase1 names its second dataset's metrics eval_*.
     accuracy, loss = result['eval_accuracy'], result['eval_loss']

@@ -154,20 +154,20 @@ def test_the_start_keeps_the_l2_with_the_lowest_cross_validated_loss():
   )
 
 
-def test_known_losses_give_the_same_choice_as_solving_again():
+def test_a_memo_gives_the_same_choice_as_solving_again():
   fit_part, validation = _three_class_parts(seed=1)
   grid = linear_probe.WEIGHT_DECAYS + (3e-4,)
   fresh = linear_probe.fit_by_cross_validation(fit_part, validation, 3, grid)
-  known = {}
+  memo = linear_probe.CrossValidationMemo()
   linear_probe.fit_by_cross_validation(
-    fit_part, validation, 3, linear_probe.WEIGHT_DECAYS, known_losses=known
+    fit_part, validation, 3, linear_probe.WEIGHT_DECAYS, memo=memo
   )
-  assert sorted(known) == sorted(linear_probe.WEIGHT_DECAYS)
+  assert sorted(memo.losses) == sorted(linear_probe.WEIGHT_DECAYS)
   again = linear_probe.fit_by_cross_validation(
-    fit_part, validation, 3, grid, known_losses=known
+    fit_part, validation, 3, grid, memo=memo
   )
   assert again['weight_decay'] == fresh['weight_decay']
-  assert sorted(known) == sorted(grid)
+  assert sorted(memo.losses) == sorted(grid)
   for decay, loss in fresh['cross_validation_losses'].items():
     assert again['cross_validation_losses'][decay] == pytest.approx(
       loss, rel=1e-4
