@@ -236,17 +236,31 @@ def test_the_tuner_cross_validates_each_l2_once(tmp_path, monkeypatch):
   assert cold_solves == [max(linear_probe.WEIGHT_DECAYS)] * linear_probe.FOLDS
 
 
-def test_a_kept_start_is_exported_refitted_on_fit_and_validation():
+@pytest.mark.parametrize(
+  'learning_rate, weight_decays, kept',
+  [
+    # Epochs at a learning rate that only makes the head worse: the
+    # closed-form start is kept.
+    (10.0, linear_probe.WEIGHT_DECAYS, True),
+    # A start held back by too strong an L2: the epochs beat it on the
+    # validation part, and the refit is still what phase 1 exports.
+    (0.05, (1.0,), False),
+  ],
+)
+def test_phase1_is_exported_as_its_start_refitted_on_fit_and_validation(
+  learning_rate, weight_decays, kept, monkeypatch
+):
+  monkeypatch.setattr(linear_probe, 'WEIGHT_DECAYS', weight_decays)
   keras.utils.set_random_seed(0)
   backbone = tiny._tiny_backbone()
   classifier = model_lib.build_classifier(backbone, tiny.IMAGE_SIZE, 3, 0.0)
-  # Phase 1's epochs at a learning rate that only makes the head worse: the
-  # closed-form start is kept. Phase 2 runs no epoch and ties, so phase 1 is
-  # exported (the earlier phase on a tie).
+  # Phase 2 runs no epoch and ties, so phase 1 is exported (the earlier
+  # phase on a tie).
   config = settings_lib.TrainerConfig.from_dict(
     {
       'phase1_epochs': 2,
-      'phase1_learning_rate': 10.0,
+      'phase1_learning_rate': learning_rate,
+      'head_weight_decay': 0.0,
       'batch_size': 8,
       'phase2_epochs': 0,
     }
@@ -266,7 +280,7 @@ def test_a_kept_start_is_exported_refitted_on_fit_and_validation():
   results = trainer.train_phases(context, config, eval_dataset)
 
   start = results['phase1']['start']
-  assert start['kept'] and start['refit_exported']
+  assert start['kept'] == kept and start['refit_exported']
   # The reported eval figures are the exported model's: the refit's.
   loss, accuracy = classifier.evaluate(eval_dataset, verbose=0)
   assert results['phase1']['eval_accuracy'] == pytest.approx(accuracy)
