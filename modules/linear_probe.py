@@ -11,7 +11,9 @@ cross-entropy with class weights w, the kernel's L2 regularizer lambda,
 no penalty on the bias). Loading the solution into the dense layer starts
 phase 1 where a linear probe on the same embeddings ends; phase 1 then
 trains with dropout, and keeps whichever of its start and its epochs has
-the lower validation loss (modules/embedding_cache.py).
+the lower validation loss (modules/embedding_cache.py). An exported phase 1
+is the start solved again on the fit and validation parts together
+(modules/trainer.py `_Candidates`).
 """
 
 import dataclasses
