@@ -103,7 +103,7 @@ def _held_out(labels, used, rng, balanced):
   """Indices of up to HELD_OUT examples not in `used` (drawn last from rng,
   so the folder's examples are the same as without it)."""
   rest = np.setdiff1d(np.arange(len(labels)), used)
-  if not balanced:
+  if not balanced or not len(rest):
     return rng.permutation(rest)[:HELD_OUT]
   return rest[_balanced([labels[i] for i in rest], HELD_OUT, rng)]
 
